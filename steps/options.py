@@ -1,0 +1,178 @@
+"""Every user-facing parameter, declared once, with the check MLflow does not make.
+
+MLflow passes `-P` values through unchecked, so each parameter here has a click type that
+rejects bad values with a message naming the parameter and what it accepts. The step CLIs and
+the driver (`main.py`) build their options from these declarations; the MLproject defaults
+must equal the ones here (tests/test_project_files.py checks).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Callable
+
+import click
+
+from steps.data import DATASET_NAMES
+from steps.model import SOLVERS
+from steps.saliency_maps import ALGORITHMS
+
+PICTURE_MODES = ("both", "combined", "per_class")
+RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+class IntList(click.ParamType):
+    """Comma-separated integers such as `64,32`, each at least `minimum`, optionally of fixed length."""
+
+    name = "int_list"
+
+    def __init__(self, minimum: int = 0, length: int | None = None, allow_empty: bool = False):
+        self.minimum = minimum
+        self.length = length
+        self.allow_empty = allow_empty
+
+    def describe(self) -> str:
+        what = f"integers >= {self.minimum}"
+        count = f"{self.length} comma-separated" if self.length else "comma-separated"
+        example = ",".join(["2"] * (self.length or 2))
+        return f"{count} {what}, e.g. {example}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if not text and self.allow_empty:
+            return ()
+        try:
+            numbers = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not {self.describe()}", param, ctx)
+        if any(n < self.minimum for n in numbers) or (self.length and len(numbers) != self.length):
+            self.fail(f"{value!r} is not {self.describe()}", param, ctx)
+        return numbers
+
+
+class RunIdList(click.ParamType):
+    """Comma-separated MLflow run IDs (32 hex characters each); empty means none."""
+
+    name = "run_id_list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if not text:
+            return ()
+        ids = tuple(part.strip() for part in text.split(","))
+        for run_id in ids:
+            if not RUN_ID_PATTERN.match(run_id):
+                self.fail(f"{run_id!r} is not an MLflow run ID (32 hexadecimal characters)", param, ctx)
+        return ids
+
+
+class RunId(RunIdList):
+    name = "run_id"
+
+    def convert(self, value, param, ctx):
+        ids = super().convert(value, param, ctx)
+        if len(ids) != 1:
+            self.fail(f"{value!r} is not one MLflow run ID (32 hexadecimal characters)", param, ctx)
+        return ids[0]
+
+
+def option(name: str, default, type_, help_: str, required: bool = False):
+    """A click option `--name` whose value arrives as `name`; the decorator keeps its `name`."""
+    decorator = click.option(
+        f"--{name}", name, default=default, type=type_, help=help_, required=required,
+        show_default=not required,
+    )
+    decorator.name = name
+    return decorator
+
+
+TRAIN = [
+    option("dataset", "digits", click.Choice(DATASET_NAMES), "Dataset to train and evaluate on."),
+    option("test_fraction", 0.25, click.FloatRange(0, 1, min_open=True, max_open=True),
+            "Fraction of the dataset held out as the test split."),
+    option("split_seed", 0, click.IntRange(min=0), "Seed of the train/test split."),
+    option("hidden_layer_sizes", "64", IntList(minimum=1), "Hidden layer sizes, e.g. 64,32."),
+    option("learning_rate", 0.001, click.FloatRange(min=0, min_open=True),
+            "Initial learning rate (MLPClassifier learning_rate_init)."),
+    option("epochs", 200, click.IntRange(min=1), "Maximum epochs (MLPClassifier max_iter)."),
+    option("solver", "adam", click.Choice(SOLVERS), "Optimizer."),
+    option("alpha", 0.0001, click.FloatRange(min=0), "L2 penalty."),
+    option("batch_size", 64, click.IntRange(min=1), "Minibatch size."),
+    option("random_state", 0, click.IntRange(min=0), "Seed of weight initialisation and shuffling."),
+]
+
+EVALUATE = [
+    option("num_samples", 0, click.IntRange(min=0),
+            "How many test images to evaluate, one run each (0 = the whole test split)."),
+]
+
+QUERY = [
+    option("query", "tags.Correct = 'false'", str,
+            "mlflow.search_runs filter string selecting evaluation samples to explain."),
+    option("order_by", "metrics.Predicted_class_conf ASC", str,
+            "Order of the query's results (comma-separated search_runs order_by clauses)."),
+    option("max_images", 5, click.IntRange(min=1), "Largest number of images the query passes on."),
+]
+
+SALIENCY = [
+    option("algorithm", "rise", click.Choice(ALGORITHMS), "Saliency algorithm."),
+    option("n", 1000, click.IntRange(min=1), "RISE: number of random masks."),
+    option("s", 4, click.IntRange(min=1), "RISE: grid resolution of the masks."),
+    option("p1", 0.5, click.FloatRange(0, 1), "RISE: probability that a grid cell is kept."),
+    option("seed", 0, click.IntRange(min=0), "RISE: seed of the masks."),
+    option("debiased", True, click.BOOL, "RISE: debias the scores by p1 (true/false)."),
+    option("window_size", "2,2", IntList(minimum=1, length=2),
+            "Sliding window: window height,width in pixels."),
+    option("stride", "1,1", IntList(minimum=1, length=2), "Sliding window: step height,width."),
+    option("fill", 0.0, click.FloatRange(0, 1), "Value occluded pixels take (images are in [0, 1])."),
+    option("picture_mode", "both", click.Choice(PICTURE_MODES),
+            "Pictures: one file per class, one combined file, or both."),
+    option("predict_batch_size", 256, click.IntRange(min=1),
+            "How many perturbed images the classifier scores per call."),
+]
+
+TRAIN_RUN_ID = option("train_run_id", None, RunId(), "ID of a run of the Train experiment.", True)
+IMAGE_IDS = option("image_ids", None, IntList(minimum=0), "Comma-separated image IDs.", True)
+EVALUATION_RUN_IDS = option("evaluation_run_ids", "", RunIdList(),
+                            "Evaluation sample run IDs, one per image ID (optional).")
+
+
+def as_param(value) -> str:
+    """A click-converted value back in the string form the MLproject parameters take."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def with_options(options: list[Callable]) -> Callable:
+    """Apply a list of click options to a command, in declaration order."""
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def run_cli(command: click.Command, args: list[str] | None = None) -> None:
+    """Run a click command so that any bad input ends in one `Error: ...` line and exit code 2.
+
+    Click's standalone mode prints a usage block before the error; users of `mlflow run` never
+    typed those flags, so the usage only hides the line that matters.
+    """
+    try:
+        command.main(args=args, standalone_mode=False)
+    except click.ClickException as error:
+        click.echo(f"Error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)

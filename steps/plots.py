@@ -1,0 +1,77 @@
+"""Pictures: the confusion matrix and saliency maps overlaid on their image.
+
+Each function returns a matplotlib Figure; the steps hand it to `mlflow.log_figure` and close it.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+SALIENCY_CMAP = "jet"
+
+
+def confusion_matrix_figure(
+    true_labels: np.ndarray, predicted_labels: np.ndarray, class_names: list[str]
+) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ConfusionMatrixDisplay.from_predictions(
+        true_labels,
+        predicted_labels,
+        labels=list(range(len(class_names))),
+        display_labels=class_names,
+        ax=ax,
+        colorbar=False,
+    )
+    ax.set_title(f"Confusion matrix ({len(true_labels)} samples)")
+    fig.tight_layout()
+    return fig
+
+
+def _overlay(ax, image: np.ndarray, saliency: np.ndarray, title: str):
+    ax.imshow(image, cmap="gray")
+    shown = ax.imshow(saliency, cmap=SALIENCY_CMAP, alpha=0.5, vmin=-1, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    return shown
+
+
+def class_overlay_figure(image: np.ndarray, saliency: np.ndarray, title: str) -> Figure:
+    """The image beside the image with one class's map over it."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6, 3))
+    left.imshow(image, cmap="gray")
+    left.set_title("image", fontsize=9)
+    left.axis("off")
+    shown = _overlay(right, image, saliency, title)
+    fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def all_classes_figure(
+    image: np.ndarray, maps: np.ndarray, class_names: list[str], suptitle: str
+) -> Figure:
+    """The image followed by its map for every class, in one grid."""
+    panels = len(class_names) + 1
+    cols = min(panels, 6)
+    rows = int(np.ceil(panels / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.2 * rows), squeeze=False)
+    flat = axes.ravel()
+    flat[0].imshow(image, cmap="gray")
+    flat[0].set_title("image", fontsize=9)
+    flat[0].axis("off")
+    shown = None
+    for ax, name, saliency in zip(flat[1:], class_names, maps):
+        shown = _overlay(ax, image, saliency, f"class {name}")
+    for ax in flat[panels:]:
+        ax.axis("off")
+    if shown is not None:
+        fig.colorbar(shown, ax=list(flat), fraction=0.02, pad=0.02)
+    fig.suptitle(suptitle)
+    return fig

@@ -1,0 +1,47 @@
+"""The query between evaluation and saliency: which evaluated samples to explain."""
+
+from __future__ import annotations
+
+import click
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from steps.evaluate import PARENT_TAG
+from steps.tracking import EVALUATION_EXPERIMENT, experiment_id
+
+RESULT_COLUMNS = ["run_id", "tags.Image_id", "tags.GT_class", "tags.Predicted_class",
+                  "tags.Correct", "metrics.Predicted_class_conf"]
+
+
+def sample_filter(evaluation_run_id: str, user_filter: str) -> str:
+    """The user's filter, limited to the per-sample runs of one evaluation."""
+    scope = f"tags.{PARENT_TAG} = '{evaluation_run_id}'"
+    return f"{scope} AND {user_filter}" if user_filter.strip() else scope
+
+
+def query_samples(evaluation_run_id: str, user_filter: str, order_by: str, max_images: int
+                  ) -> pd.DataFrame:
+    """Evaluation samples matching the user's filter, ordered, at most `max_images` of them.
+
+    Raises a click error naming `query` (or `order_by`) when MLflow rejects the syntax.
+    """
+    order = [clause.strip() for clause in order_by.split(",") if clause.strip()]
+    try:
+        runs = mlflow.search_runs(
+            experiment_ids=[experiment_id(EVALUATION_EXPERIMENT)],
+            filter_string=sample_filter(evaluation_run_id, user_filter),
+            order_by=order,
+            max_results=max_images,
+        )
+    except MlflowException as error:
+        first_line = str(error.message).strip().splitlines()[0]
+        raise click.BadParameter(
+            f"MLflow rejected query {user_filter!r} with order_by {order_by!r}: {first_line}. "
+            "See https://mlflow.org/docs/latest/search-runs.html for the syntax, "
+            "e.g. \"metrics.Predicted_class_conf < 0.9 AND tags.GT_class = '3'\"",
+            param_hint="'--query'",
+        ) from None
+    if runs.empty:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    return runs[[c for c in RESULT_COLUMNS if c in runs.columns]].reset_index(drop=True)

@@ -1,0 +1,142 @@
+"""Saliency maps with xaitk-saliency, used as released.
+
+A generator is xaitk's `PerturbationOcclusion` composed of a perturber and a scorer (RISE:
+`RISEGrid` + `RISEScoring`; sliding window: `SlidingWindow` + `OcclusionScoring`), with the
+occlusion `fill` set on it. Its smqtk configuration (plus the fill, which xaitk keeps outside
+the configuration) is what the saliency step stores, and `generator_from_config` rebuilds the
+same generator from it. Nothing here knows about MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Hashable, Iterable, Iterator, Sequence
+
+import numpy as np
+from smqtk_classifier.interfaces.classify_image import ClassifyImage
+from smqtk_core.configuration import from_config_dict, to_config_dict
+from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import OcclusionScoring
+from xaitk_saliency.impls.gen_classifier_conf_sal.rise_scoring import RISEScoring
+from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.occlusion_based import (
+    PerturbationOcclusion,
+)
+from xaitk_saliency.impls.perturb_image.rise import RISEGrid
+from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow
+from xaitk_saliency.interfaces.gen_image_classifier_blackbox_sal import (
+    GenerateImageClassifierBlackboxSaliency,
+)
+
+from steps.data import flatten
+
+ALGORITHMS = ("rise", "sliding_window")
+
+
+@dataclass(frozen=True)
+class SaliencyParams:
+    """The algorithm and its xaitk parameters, as the user sets them."""
+
+    algorithm: str = "rise"
+    n: int = 1000
+    s: int = 4
+    p1: float = 0.5
+    seed: int = 0
+    debiased: bool = True
+    window_size: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (1, 1)
+    fill: float = 0.0
+
+    def used_params(self) -> dict[str, Any]:
+        """Only the parameters the chosen algorithm uses."""
+        if self.algorithm == "rise":
+            keys = ("n", "s", "p1", "seed", "debiased")
+        else:
+            keys = ("window_size", "stride")
+        return {"algorithm": self.algorithm, "fill": self.fill,
+                **{key: getattr(self, key) for key in keys}}
+
+
+def build_generator(params: SaliencyParams) -> PerturbationOcclusion:
+    """Compose xaitk's perturber and scorer for the chosen algorithm."""
+    if params.algorithm == "rise":
+        # threads=0: RISEGrid's threaded mask shifts share one RNG and are not reproducible.
+        perturber = RISEGrid(n=params.n, s=params.s, p1=params.p1, seed=params.seed, threads=0)
+        scorer = RISEScoring(p1=params.p1 if params.debiased else 0.0)
+    elif params.algorithm == "sliding_window":
+        perturber = SlidingWindow(window_size=params.window_size, stride=params.stride)
+        scorer = OcclusionScoring()
+    else:
+        raise ValueError(f"unknown algorithm {params.algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    generator = PerturbationOcclusion(perturber, scorer, threads=0)
+    generator.fill = params.fill
+    return generator
+
+
+def generator_config(generator: PerturbationOcclusion) -> dict[str, Any]:
+    """The smqtk configuration of the generator, with its fill: enough to rebuild it."""
+    return {"generator": to_config_dict(generator), "fill": generator.fill}
+
+
+@contextlib.contextmanager
+def _quiet_plugin_discovery():
+    """smqtk's plugin discovery warns about optional back-ends (caffe, libsvm) we never use."""
+    logger = logging.getLogger("smqtk_classifier")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def generator_from_config(config: dict[str, Any]) -> GenerateImageClassifierBlackboxSaliency:
+    """Rebuild a generator from `generator_config`'s output (e.g. read back from a run)."""
+    with _quiet_plugin_discovery():
+        impls = GenerateImageClassifierBlackboxSaliency.get_impls()
+        generator = from_config_dict(config["generator"], impls)
+    generator.fill = config.get("fill")
+    return generator
+
+
+class SklearnImageClassifier(ClassifyImage):
+    """A fitted sklearn classifier seen by xaitk as an smqtk `ClassifyImage`.
+
+    Images arrive one at a time from xaitk's occlusion stream; they are gathered into batches of
+    `batch_size` and classified with one `predict_proba` call per batch.
+    """
+
+    def __init__(self, model, batch_size: int = 256) -> None:
+        self._model = model
+        self._batch_size = int(batch_size)
+
+    def get_labels(self) -> Sequence[Hashable]:
+        return [int(c) for c in self._model.classes_]
+
+    def _classify_batch(self, batch: list[np.ndarray]) -> Iterator[dict]:
+        labels = self.get_labels()
+        for row in self._model.predict_proba(flatten(np.stack(batch))):
+            yield dict(zip(labels, row.tolist()))
+
+    def classify_images(self, img_iter: np.ndarray | Iterable[np.ndarray]) -> Iterator[dict]:
+        batch: list[np.ndarray] = []
+        for image in img_iter:
+            batch.append(image)
+            if len(batch) == self._batch_size:
+                yield from self._classify_batch(batch)
+                batch = []
+        if batch:
+            yield from self._classify_batch(batch)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"batch_size": self._batch_size}
+
+
+def compute_saliency(
+    generator: GenerateImageClassifierBlackboxSaliency, image: np.ndarray, classifier: ClassifyImage
+) -> np.ndarray:
+    """One map per class, `[classes, H, W]`, values in [-1, 1]."""
+    return np.asarray(generator(image, classifier))

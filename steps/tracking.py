@@ -1,0 +1,99 @@
+"""Thin MLflow wiring shared by the steps: the stage experiments, the step's run, run lookups."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import click
+import mlflow
+from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking import MlflowClient
+
+TRAIN_EXPERIMENT = "Train"
+EVALUATION_EXPERIMENT = "Evaluation"
+SALIENCY_EXPERIMENT = "Saliency Map Generation"
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+
+
+def experiment_id(name: str) -> str:
+    """ID of the named experiment, created if missing (safe when two processes race)."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
+    """The run a step logs into, always in its stage's experiment.
+
+    Under `mlflow run`, MLflow has already created a run (MLFLOW_RUN_ID). The driver creates it
+    in the stage's experiment and it is used as is. A step run alone (`mlflow run . -e train`)
+    gets its run in the default experiment: the step's results then go to a run nested under it
+    in the stage's experiment, and the outer run is tagged with that run's ID. Either way, an
+    exception ends the runs as FAILED.
+    """
+    stage_experiment = experiment_id(experiment_name)
+    # Popped, or every later `start_run(nested=True)` would resume this run instead.
+    launched_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    launched = MlflowClient().get_run(launched_id) if launched_id else None
+    if launched is None:
+        with mlflow.start_run(experiment_id=stage_experiment, run_name=run_name) as run:
+            yield run
+    elif launched.info.experiment_id == stage_experiment:
+        with mlflow.start_run(run_id=launched_id) as run:
+            yield run
+    else:
+        with mlflow.start_run(run_id=launched_id):
+            with mlflow.start_run(
+                experiment_id=stage_experiment, run_name=run_name, nested=True
+            ) as run:
+                MlflowClient().set_tag(launched_id, f"{experiment_name}_run_id", run.info.run_id)
+                yield run
+
+
+def require_run(run_id: str, experiment_name: str, param: str) -> Run:
+    """A FINISHED run of the named experiment, or a click error naming the parameter."""
+    hint = f"'--{param}'"
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise click.BadParameter(
+            f"no run {run_id} in the tracking store {mlflow.get_tracking_uri()}", param_hint=hint
+        ) from None
+    experiment = client.get_experiment(run.info.experiment_id)
+    if experiment.name != experiment_name:
+        raise click.BadParameter(
+            f"run {run_id} belongs to experiment {experiment.name!r}; "
+            f"expected a run of experiment {experiment_name!r}",
+            param_hint=hint,
+        )
+    if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
+        raise click.BadParameter(
+            f"run {run_id} is {run.info.status}; expected a FINISHED run", param_hint=hint
+        )
+    return run
+
+
+def train_run_setup(train_run: Run) -> dict[str, str]:
+    """The data settings a train run used, so later steps see the same split."""
+    params = train_run.data.params
+    return {key: params[key] for key in ("dataset", "test_fraction", "split_seed")}
+
+
+def load_train_model(train_run: Run):
+    """The sklearn model logged by a train run."""
+    return mlflow.sklearn.load_model(f"runs:/{train_run.info.run_id}/model")
