@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import urllib.parse
 from typing import Iterator
 
 import click
@@ -21,6 +23,22 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 
 
+def _artifact_location(client: MlflowClient, name: str) -> str | None:
+    """Where a new stage experiment keeps artifacts: beside the Default experiment's.
+
+    A store the process opens itself (SQLite, PostgreSQL) would otherwise put them under
+    `./mlruns` of whatever directory the step runs in (the project checkout), away from the
+    main run's. A tracking server decides for itself.
+    """
+    if urllib.parse.urlparse(mlflow.get_tracking_uri()).scheme in ("http", "https", "databricks"):
+        return None
+    default = client.get_experiment("0")
+    if default is None or not default.artifact_location:
+        return None
+    root = default.artifact_location.rstrip("/").rsplit("/", 1)[0]
+    return f"{root}/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
+
+
 def experiment_id(name: str) -> str:
     """ID of the named experiment, created if missing (safe when two processes race)."""
     client = MlflowClient()
@@ -28,7 +46,7 @@ def experiment_id(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=_artifact_location(client, name))
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
@@ -60,7 +78,7 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
             with mlflow.start_run(
                 experiment_id=stage_experiment, run_name=run_name, nested=True
             ) as run:
-                MlflowClient().set_tag(launched_id, f"{experiment_name}_run_id", run.info.run_id)
+                MlflowClient().set_tag(launched_id, "Step_run_id", run.info.run_id)
                 yield run
 
 

@@ -80,7 +80,7 @@ def train(dataset, test_fraction, split_seed, **model_args):
         ])
 
         features = flatten(test_images[:5])
-        mlflow.sklearn.log_model(
+        model_info = mlflow.sklearn.log_model(
             classifier,
             name="model",
             serialization_format="skops",
@@ -88,6 +88,8 @@ def train(dataset, test_fraction, split_seed, **model_args):
             signature=infer_signature(features, classifier.predict(features)),
             input_example=features,
         )
+        # MLflow 3 keeps the model as a LoggedModel linked to this run; the tag finds it.
+        mlflow.set_tag("Model_uri", model_info.model_uri)
         with tempfile.TemporaryDirectory() as tmp:
             pickle_path = Path(tmp, "model.pkl")
             pickle_path.write_bytes(pickle.dumps(classifier))

@@ -1,0 +1,101 @@
+"""Shared fixtures: a real SQLite tracking store in a temporary directory, and `mlflow run`.
+
+Every test that runs the project does so as a user would: `mlflow run <project>` in a
+subprocess, then reads what it wrote back with `MlflowClient`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+# Small sizes keep the end-to-end runs quick while exercising every code path.
+FAST_TRAIN = {"epochs": "20", "hidden_layer_sizes": "32"}
+FAST_SALIENCY = {"n": "100"}
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def project_env(tracking_uri: str | None) -> dict[str, str]:
+    """The environment for `mlflow run`: this interpreter's tools first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    if tracking_uri is None:
+        env.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def mlflow_run(params: dict[str, str], *, entry_point: str = "main", tracking_uri: str | None,
+               cwd: Path, extra_args: tuple[str, ...] = (), timeout: int = 600) -> Completed:
+    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "-e", entry_point,
+            "--env-manager", "local", *extra_args]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    proc = subprocess.run(args, cwd=cwd, env=project_env(tracking_uri), capture_output=True,
+                          text=True, timeout=timeout)
+    return Completed(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite tracking store; this process's MLflow client points at it too."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield Store(uri, tmp_path)
+    mlflow.set_tracking_uri(None)
+
+
+@dataclass
+class Store:
+    uri: str
+    dir: Path
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri)
+
+    def run(self, params: dict[str, str], entry_point: str = "main", **kwargs) -> Completed:
+        return mlflow_run(params, entry_point=entry_point, tracking_uri=self.uri, cwd=self.dir,
+                          **kwargs)
+
+    def runs(self, experiment_name: str, filter_string: str = "") -> list:
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            return []
+        return self.client.search_runs([experiment.experiment_id], filter_string,
+                                       max_results=10000)
+
+    def all_runs(self) -> list:
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(ids, max_results=10000)
+
+    def train(self, **params) -> str:
+        """Run the train entry point alone; returns the Train run's ID."""
+        result = self.run({**FAST_TRAIN, **params}, entry_point="train")
+        assert result.returncode == 0, result.output
+        (run,) = self.runs("Train")[:1]
+        return run.info.run_id

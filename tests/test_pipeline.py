@@ -1,0 +1,209 @@
+"""The whole pipeline, `mlflow run <project>`, checked through what it left in the store."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from steps.data import load_dataset, split_dataset
+from steps.saliency_maps import SklearnImageClassifier, compute_saliency, generator_from_config
+from tests.conftest import FAST_SALIENCY, FAST_TRAIN, Store
+
+NUM_SAMPLES = 40
+QUERY = "metrics.Predicted_class_conf < 0.99"
+MAX_IMAGES = 3
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pipeline")
+    store = Store(f"sqlite:///{directory / 'mlflow.db'}", directory)
+    result = store.run({**FAST_TRAIN, **FAST_SALIENCY, "num_samples": str(NUM_SAMPLES),
+                        "query": QUERY, "max_images": str(MAX_IMAGES)})
+    assert result.returncode == 0, result.output
+    mlflow.set_tracking_uri(store.uri)
+    yield store, result
+    mlflow.set_tracking_uri(None)
+
+
+def only(runs, entry_point):
+    matching = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == entry_point]
+    assert len(matching) == 1, [r.data.tags for r in runs]
+    return matching[0]
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def read_artifact(client, run_id, path) -> bytes:
+    local = client.download_artifacts(run_id, path)
+    with open(local, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def runs(pipeline):
+    store, _ = pipeline
+    main = only(store.runs("Default"), "main")
+    train = only(store.runs("Train"), "train")
+    evaluation = only(store.runs("Evaluation"), "evaluate")
+    samples = store.runs("Evaluation", f"tags.Evaluation_parent_run_id = '{evaluation.info.run_id}'")
+    saliency = only(store.runs("Saliency Map Generation"), "saliency")
+    maps = store.runs("Saliency Map Generation",
+                      f"tags.mlflow.parentRunId = '{saliency.info.run_id}'")
+    return {"main": main, "train": train, "evaluation": evaluation, "samples": samples,
+            "saliency": saliency, "maps": maps}
+
+
+def test_driver_prints_run_ids_tracking_uri_and_ui_command(pipeline, runs):
+    store, result = pipeline
+    for key in ("main", "train", "evaluation", "saliency"):
+        assert runs[key].info.run_id in result.stdout
+    assert store.uri in result.stdout
+    assert f"mlflow ui --backend-store-uri {store.uri}" in result.stdout
+
+
+def test_every_run_finished_and_steps_are_nested_under_main(pipeline, runs):
+    store, _ = pipeline
+    assert {r.info.status for r in store.all_runs()} == {"FINISHED"}
+    main_id = runs["main"].info.run_id
+    for key in ("train", "evaluation", "saliency"):
+        assert runs[key].data.tags["mlflow.parentRunId"] == main_id
+    tags = runs["main"].data.tags
+    assert tags["Train_run_id"] == runs["train"].info.run_id
+    assert tags["Evaluation_run_id"] == runs["evaluation"].info.run_id
+    assert tags["Saliency_run_id"] == runs["saliency"].info.run_id
+
+
+def test_train_run_params_tags_metrics(pipeline, runs):
+    store, _ = pipeline
+    train = runs["train"]
+    assert len(store.runs("Train")) == 1
+    params = train.data.params
+    assert params["epochs"] == FAST_TRAIN["epochs"]
+    assert params["hidden_layer_sizes"] == FAST_TRAIN["hidden_layer_sizes"]
+    for key in ("learning_rate", "solver", "alpha", "batch_size", "random_state", "dataset",
+                "test_fraction", "split_seed"):
+        assert key in params
+    tags = train.data.tags
+    assert tags["Dataset"] == "digits"
+    assert int(tags["Train_size"]) + int(tags["Test_size"]) == 1797
+    assert int(tags["Test_size"]) == 450
+    assert tags["Num_classes"] == "10"
+    history = store.client.get_metric_history(train.info.run_id, "training_loss")
+    assert [m.step for m in history] == list(range(int(tags["Epochs_run"])))
+    assert 1 <= len(history) <= int(FAST_TRAIN["epochs"])
+    assert history[-1].value < history[0].value
+    assert 0.8 < train.data.metrics["test_accuracy"] <= 1
+    assert 0.8 < train.data.metrics["train_accuracy"] <= 1
+
+
+def test_train_run_artifacts_model_pickle_and_environment(pipeline, runs):
+    store, _ = pipeline
+    run_id = runs["train"].info.run_id
+    paths = artifact_paths(store.client, run_id)
+    assert {"model.pkl", "environment/conda.yaml", "environment/requirements.txt"} <= paths
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[runs["train"].info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    assert logged.name == "model"
+    assert runs["train"].data.tags["Model_uri"] == f"models:/{logged.model_id}"
+    info = mlflow.models.get_model_info(f"models:/{logged.model_id}")
+    assert info.flavors["sklearn"]["serialization_format"] == "skops"
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 64)
+    assert info.saved_input_example_info is not None
+    model = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
+    data = load_dataset("digits")
+    predictions = model.predict(data.images[:50].reshape(50, -1))
+    assert np.mean(predictions == data.labels[:50]) > 0.8
+
+
+def test_evaluation_per_sample_runs(pipeline, runs):
+    samples = runs["samples"]
+    assert len(samples) == NUM_SAMPLES
+    data = load_dataset("digits")
+    test_ids = set(split_dataset(data, 0.25, 0).test_ids.tolist())
+    image_ids = [int(r.data.tags["Image_id"]) for r in samples]
+    assert len(set(image_ids)) == NUM_SAMPLES and set(image_ids) <= test_ids
+    parent_id = runs["evaluation"].info.run_id
+    for run in samples:
+        tags, metrics = run.data.tags, run.data.metrics
+        assert run.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent_id
+        assert tags["Train_run_id"] == runs["train"].info.run_id
+        assert int(tags["GT_class"]) == data.labels[int(tags["Image_id"])]
+        confs = [metrics[f"Class_{k}_conf"] for k in range(10)]
+        assert sum(confs) == pytest.approx(1, abs=1e-6)
+        assert int(tags["Predicted_class"]) == int(np.argmax(confs))
+        assert metrics["Predicted_class_conf"] == pytest.approx(max(confs))
+        assert tags["Correct"] == str(tags["GT_class"] == tags["Predicted_class"]).lower()
+
+
+def test_evaluation_parent_aggregates_and_confusion_matrix(pipeline, runs):
+    store, _ = pipeline
+    parent = runs["evaluation"]
+    metrics = parent.data.metrics
+    correct = [r.data.tags["Correct"] == "true" for r in runs["samples"]]
+    assert metrics["accuracy"] == pytest.approx(np.mean(correct))
+    for k in range(10):
+        assert 0 <= metrics[f"Class_{k}_precision"] <= 1
+        assert 0 <= metrics[f"Class_{k}_recall"] <= 1
+    assert parent.data.tags["Train_run_id"] == runs["train"].info.run_id
+    png = read_artifact(store.client, parent.info.run_id, "confusion_matrix.png")
+    assert png.startswith(PNG_MAGIC)
+
+
+def test_query_selects_saliency_images_and_is_logged(pipeline, runs):
+    store, _ = pipeline
+    matching = sorted(
+        (r for r in runs["samples"] if r.data.metrics["Predicted_class_conf"] < 0.99),
+        key=lambda r: r.data.metrics["Predicted_class_conf"],
+    )[:MAX_IMAGES]
+    assert matching, "the test's query should match some samples"
+    expected = [r.data.tags["Image_id"] for r in matching]
+    assert runs["main"].data.tags["Queried_image_ids"] == ",".join(expected)
+    csv = read_artifact(store.client, runs["main"].info.run_id, "query/query_result.csv")
+    table = pd.read_csv(io.BytesIO(csv), dtype=str)
+    assert table["tags.Image_id"].tolist() == expected
+    assert table["run_id"].tolist() == [r.info.run_id for r in matching]
+    assert sorted(r.data.tags["Image_id"] for r in runs["maps"]) == sorted(expected)
+
+
+def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
+    store, _ = pipeline
+    samples = {r.data.tags["Image_id"]: r for r in runs["samples"]}
+    model = mlflow.sklearn.load_model(f"runs:/{runs['train'].info.run_id}/model")
+    data = load_dataset("digits")
+    assert len(runs["maps"]) == MAX_IMAGES
+    for run in runs["maps"]:
+        tags, run_id = run.data.tags, run.info.run_id
+        sample = samples[tags["Image_id"]]
+        assert tags["Evaluation_run_id"] == sample.info.run_id
+        assert tags["Train_run_id"] == runs["train"].info.run_id
+        assert tags["GT_class"] == sample.data.tags["GT_class"]
+        assert tags["Predicted_class"] == sample.data.tags["Predicted_class"]
+        assert run.data.params == {"algorithm": "rise", "n": FAST_SALIENCY["n"], "s": "4",
+                                   "p1": "0.5", "seed": "0", "debiased": "true", "fill": "0.0"}
+        paths = artifact_paths(store.client, run_id)
+        assert {"saliency_map.npy", "generator_config.json", "pictures/all_classes.png"} <= paths
+        assert {f"pictures/class_{k}.png" for k in range(10)} <= paths
+        assert read_artifact(store.client, run_id, "pictures/class_3.png").startswith(PNG_MAGIC)
+        stored = np.load(store.client.download_artifacts(run_id, "saliency_map.npy"))
+        assert stored.shape == (10, 8, 8)
+        assert np.isfinite(stored).all() and stored.min() >= -1 and stored.max() <= 1
+        config = json.loads(read_artifact(store.client, run_id, "generator_config.json"))
+        generator = generator_from_config(config)
+        again = compute_saliency(generator, data.images[int(tags["Image_id"])],
+                                 SklearnImageClassifier(model))
+        np.testing.assert_allclose(again, stored, atol=1e-6)
