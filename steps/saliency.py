@@ -110,7 +110,8 @@ def saliency(train_run_id, image_ids, evaluation_run_ids, picture_mode, predict_
                 confidences = model.predict_proba(image.reshape(1, -1))[0]
                 predicted = int(model.classes_[confidences.argmax()])
                 truth = int(data.labels[image_id])
-                with mlflow.start_run(run_name=f"image-{image_id}", nested=True):
+                with mlflow.start_run(run_name=f"image-{image_id}", nested=True,
+                                      experiment_id=parent.info.experiment_id):
                     mlflow.set_tags({
                         "Image_id": str(image_id),
                         "GT_class": str(truth),

@@ -1,0 +1,84 @@
+"""Each entry point run alone with `mlflow run . -e ...`, and `-P` overrides arriving as params."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import FAST_TRAIN, Store
+from tests.test_pipeline import artifact_paths
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("entry_points")
+    return Store(f"sqlite:///{directory / 'mlflow.db'}", directory)
+
+
+@pytest.fixture(scope="module")
+def train_run(store):
+    """`mlflow run . -e train` with overrides: the results land in the Train experiment."""
+    result = store.run({**FAST_TRAIN, "hidden_layer_sizes": "16,8", "solver": "sgd",
+                        "learning_rate": "0.05", "epochs": "12", "split_seed": "3"},
+                       entry_point="train")
+    assert result.returncode == 0, result.output
+    (run,) = store.runs("Train")
+    return run
+
+
+def test_train_alone_logs_overrides_into_the_train_experiment(store, train_run):
+    params = train_run.data.params
+    assert params["hidden_layer_sizes"] == "16,8"
+    assert params["solver"] == "sgd"
+    assert params["learning_rate"] == "0.05"
+    assert params["epochs"] == "12"
+    assert params["split_seed"] == "3"
+    assert int(train_run.data.tags["Epochs_run"]) <= 12
+    assert train_run.info.status == "FINISHED"
+    # The run `mlflow run -e train` made in the default experiment points to it.
+    (outer,) = store.runs("Default")
+    assert train_run.data.tags["mlflow.parentRunId"] == outer.info.run_id
+    assert outer.data.tags["Step_run_id"] == train_run.info.run_id
+    assert outer.info.status == "FINISHED"
+
+
+def test_evaluate_alone(store, train_run):
+    train_id = train_run.info.run_id
+    result = store.run({"train_run_id": train_id, "num_samples": "15"}, entry_point="evaluate")
+    assert result.returncode == 0, result.output
+    runs = store.runs("Evaluation", f"tags.Train_run_id = '{train_id}'")
+    parents = [r for r in runs if "Evaluation_parent_run_id" not in r.data.tags]
+    samples = [r for r in runs if "Evaluation_parent_run_id" in r.data.tags]
+    assert len(parents) == 1 and len(samples) == 15
+    assert parents[0].data.metrics["num_samples"] == 15
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_run):
+    train_id = train_run.info.run_id
+    result = store.run({"train_run_id": train_id, "image_ids": "3,1000",
+                        "algorithm": "sliding_window", "window_size": "3,3", "stride": "2,2",
+                        "fill": "0.5", "picture_mode": "per_class"}, entry_point="saliency")
+    assert result.returncode == 0, result.output
+    maps = [r for r in store.runs("Saliency Map Generation") if "Image_id" in r.data.tags]
+    assert sorted(r.data.tags["Image_id"] for r in maps) == ["1000", "3"]
+    for run in maps:
+        assert run.data.params == {"algorithm": "sliding_window", "window_size": "3,3",
+                                   "stride": "2,2", "fill": "0.5"}
+        assert run.data.tags["Evaluation_run_id"] == ""
+        paths = artifact_paths(store.client, run.info.run_id)
+        assert {f"pictures/class_{k}.png" for k in range(10)} <= paths
+        assert "pictures/all_classes.png" not in paths
+
+
+def test_query_that_matches_nothing_is_a_message_not_a_crash(store):
+    result = store.run({**FAST_TRAIN, "num_samples": "10",
+                        "query": "metrics.Predicted_class_conf < 0"})
+    assert result.returncode == 0, result.output
+    assert "matched no evaluation sample" in result.stdout
+    (main,) = [r for r in store.runs("Default")
+               if r.data.tags.get("mlflow.project.entryPoint") == "main"]
+    assert main.info.status == "FINISHED"
+    assert main.data.tags["Query_matches"] == "0"
+    assert "Saliency_run_id" not in main.data.tags
+    assert not store.runs("Saliency Map Generation",
+                          f"tags.mlflow.parentRunId = '{main.info.run_id}'")

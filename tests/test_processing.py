@@ -1,0 +1,141 @@
+"""The pure processing code: data, model and saliency, with no tracking store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
+from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.slidingwindow import SlidingWindowStack
+
+from steps.data import flatten, load_dataset, split_dataset
+from steps.model import ModelParams, accuracy, predict_confidences, train_classifier
+from steps.saliency_maps import (
+    SaliencyParams,
+    SklearnImageClassifier,
+    build_generator,
+    compute_saliency,
+    generator_config,
+    generator_from_config,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    split = split_dataset(digits, 0.25, 0)
+    params = ModelParams(hidden_layer_sizes=(32,), epochs=30)
+    return train_classifier(params, digits.images[split.train_ids], digits.labels[split.train_ids])
+
+
+def test_digits_dataset_shape_range_and_ids(digits):
+    assert digits.images.shape == (1797, 8, 8)
+    assert digits.images.min() == 0 and digits.images.max() == 1
+    assert digits.class_names == tuple(str(k) for k in range(10))
+    assert len(digits) == 1797
+
+
+def test_unknown_dataset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; known: digits"):
+        load_dataset("mnist")
+
+
+def test_split_is_deterministic_disjoint_and_complete(digits):
+    a, b = split_dataset(digits, 0.25, 7), split_dataset(digits, 0.25, 7)
+    other = split_dataset(digits, 0.25, 8)
+    np.testing.assert_array_equal(a.test_ids, b.test_ids)
+    assert not np.array_equal(a.test_ids, other.test_ids)
+    assert set(a.train_ids).isdisjoint(a.test_ids)
+    assert sorted([*a.train_ids, *a.test_ids]) == list(range(1797))
+    assert len(a.test_ids) == 450
+
+
+def test_training_reports_loss_per_epoch_and_learns(digits, model):
+    assert len(model.loss_curve) == model.classifier.n_iter_ <= 30
+    assert model.loss_curve[-1] < model.loss_curve[0]
+    split = split_dataset(digits, 0.25, 0)
+    assert accuracy(model.classifier, digits.images[split.test_ids], digits.labels[split.test_ids]) > 0.9
+
+
+def test_lbfgs_has_a_single_final_loss(digits):
+    trained = train_classifier(ModelParams(solver="lbfgs", epochs=5, hidden_layer_sizes=(8,)),
+                               digits.images[:200], digits.labels[:200])
+    assert len(trained.loss_curve) == 1
+    assert trained.converged is False
+
+
+def test_confidences_are_probabilities(digits, model):
+    conf = predict_confidences(model.classifier, digits.images[:20])
+    assert conf.shape == (20, 10)
+    np.testing.assert_allclose(conf.sum(axis=1), 1, atol=1e-6)
+
+
+class CountingModel:
+    """A fitted model that counts its `predict_proba` calls and batch sizes."""
+
+    def __init__(self, model):
+        self._model = model
+        self.classes_ = model.classes_
+        self.batches = []
+
+    def predict_proba(self, rows):
+        self.batches.append(len(rows))
+        return self._model.predict_proba(rows)
+
+
+def test_classifier_wrapper_classifies_in_batches(digits, model):
+    counting = CountingModel(model.classifier)
+    wrapper = SklearnImageClassifier(counting, batch_size=64)
+    results = list(wrapper.classify_images(iter(digits.images[:150])))
+    assert counting.batches == [64, 64, 22]
+    assert len(results) == 150 and set(results[0]) == set(range(10))
+    expected = model.classifier.predict_proba(flatten(digits.images[:150]))
+    np.testing.assert_allclose([[r[k] for k in range(10)] for r in results], expected)
+
+
+@pytest.mark.parametrize("params", [
+    SaliencyParams(algorithm="rise", n=200, s=4, p1=0.5, seed=3),
+    SaliencyParams(algorithm="rise", n=150, s=2, p1=0.3, seed=1, debiased=False),
+    SaliencyParams(algorithm="sliding_window", window_size=(2, 2), stride=(1, 1)),
+    SaliencyParams(algorithm="sliding_window", window_size=(3, 2), stride=(2, 1), fill=0.5),
+])
+def test_maps_shape_range_and_equal_xaitk_high_level_stacks(digits, model, params):
+    """Our composition of xaitk's components gives exactly xaitk's own stack's maps."""
+    if params.algorithm == "rise":
+        stack = RISEStack(n=params.n, s=params.s, p1=params.p1, seed=params.seed, threads=0,
+                          debiased=params.debiased)
+    else:
+        stack = SlidingWindowStack(window_size=params.window_size, stride=params.stride)
+    stack.fill = params.fill
+    classifier = SklearnImageClassifier(model.classifier)
+    for image in digits.images[[0, 11, 42]]:
+        ours = compute_saliency(build_generator(params), image, classifier)
+        assert ours.shape == (10, 8, 8)
+        assert ours.min() >= -1 and ours.max() <= 1
+        np.testing.assert_allclose(ours, stack(image, classifier), atol=1e-5)
+
+
+@pytest.mark.parametrize("params", [
+    SaliencyParams(algorithm="rise", n=120, s=3, p1=0.4, seed=9, fill=0.25),
+    SaliencyParams(algorithm="sliding_window", window_size=(4, 4), stride=(2, 2), fill=1.0),
+])
+def test_generator_rebuilt_from_its_json_config_gives_the_same_map(digits, model, params):
+    generator = build_generator(params)
+    config = json.loads(json.dumps(generator_config(generator)))
+    rebuilt = generator_from_config(config)
+    assert rebuilt.fill == params.fill
+    assert generator_config(rebuilt) == config
+    classifier = SklearnImageClassifier(model.classifier)
+    image = digits.images[5]
+    np.testing.assert_array_equal(compute_saliency(rebuilt, image, classifier),
+                                  compute_saliency(generator, image, classifier))
+
+
+def test_unknown_algorithm_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown algorithm 'gradcam'"):
+        build_generator(SaliencyParams(algorithm="gradcam"))
