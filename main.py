@@ -2,10 +2,13 @@
 
 Run it as `mlflow run .` (entry point `main`). It passes each step's run ID on to the next,
 selects the images to explain with `mlflow.search_runs`, and logs that query's result here.
+A step whose stored run matches (same parameters, code version and upstream runs) is reused
+instead of run again, unless `-P use_cache=false`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -14,7 +17,9 @@ from mlflow.exceptions import ExecutionException
 from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 
 from steps import options, tracking
+from steps.code_version import code_version
 from steps.query import query_samples
+from steps.step_cache import find_reusable_run
 
 PROJECT_DIR = Path(__file__).resolve().parent
 NO_RUN_ID = "0" * 32
@@ -29,20 +34,58 @@ def step_params(declarations, values: dict) -> dict[str, str]:
     return {d.name: options.as_param(values[d.name]) for d in declarations}
 
 
-def run_step(entry_point: str, experiment: str, parameters: dict, env_manager: str) -> str:
-    """Run one entry point as a nested MLflow run in its stage's experiment; returns its run ID."""
-    click.echo(f"=== {entry_point} ===")
-    try:
-        submitted = mlflow.run(
-            str(PROJECT_DIR),
-            entry_point,
-            parameters=parameters,
-            experiment_id=tracking.experiment_id(experiment),
-            env_manager=env_manager,
-        )
-    except ExecutionException as error:
-        raise StepFailed(f"the {entry_point} step failed ({error}); its message is above") from None
-    return submitted.run_id
+@dataclass
+class Driver:
+    """Runs or reuses steps inside the main run and records what it did there."""
+
+    env_manager: str
+    use_cache: bool
+    version: str
+
+    def step(self, entry_point: str, experiment: str, parameters: dict[str, str]) -> str:
+        """The run ID of the step: a matching stored run, or a new nested `mlflow.run`."""
+        experiment_id = tracking.experiment_id(experiment)
+        if self.use_cache:
+            stored = find_reusable_run(experiment_id, entry_point, parameters, self.version)
+            if stored is not None:
+                run_id = stored.info.run_id
+                click.echo(f"=== {entry_point}: reusing FINISHED run {run_id} "
+                           "(same parameters, code version and upstream runs) ===")
+                mlflow.set_tag(f"Reused_{entry_point}", run_id)
+                return run_id
+        click.echo(f"=== {entry_point} ===")
+        try:
+            submitted = mlflow.run(str(PROJECT_DIR), entry_point, parameters=parameters,
+                                   experiment_id=experiment_id, env_manager=self.env_manager)
+        except ExecutionException as error:
+            raise StepFailed(f"the {entry_point} step failed ({error}); its message is above") from None
+        return submitted.run_id
+
+    def resume(self, entry_point: str, run_id: str) -> str:
+        click.echo(f"=== {entry_point}: starting from stored run {run_id} ===")
+        mlflow.set_tag(f"Resumed_{entry_point}", run_id)
+        return run_id
+
+
+def resume_points(train_run_id: str | None, evaluation_run_id: str | None):
+    """Check the stored runs the user asked to start from; returns (train ID, evaluation ID)."""
+    if evaluation_run_id:
+        evaluation = tracking.require_run(evaluation_run_id, tracking.EVALUATION_EXPERIMENT,
+                                          "evaluation_run_id")
+        if tracking.EVALUATION_PARENT_TAG in evaluation.data.tags:
+            raise click.BadParameter(
+                f"run {evaluation_run_id} is one image's sample run; give its evaluation "
+                f"(parent) run {evaluation.data.tags[tracking.EVALUATION_PARENT_TAG]}",
+                param_hint="'--evaluation_run_id'")
+        evaluated = evaluation.data.tags.get("Train_run_id")
+        if train_run_id and train_run_id != evaluated:
+            raise click.BadParameter(
+                f"evaluation run {evaluation_run_id} evaluated train run {evaluated}, "
+                f"not {train_run_id}", param_hint="'--train_run_id'")
+        train_run_id = evaluated
+    if train_run_id:
+        tracking.require_run(train_run_id, tracking.TRAIN_EXPERIMENT, "train_run_id")
+    return train_run_id, evaluation_run_id
 
 
 def ui_hint(tracking_uri: str) -> str:
@@ -52,23 +95,32 @@ def ui_hint(tracking_uri: str) -> str:
 
 
 @click.command(help=__doc__)
-@options.with_options(options.TRAIN + options.EVALUATE + options.QUERY + options.SALIENCY)
-def main(**values):
-    # Fail on a bad filter string now, not after training and evaluating.
+@options.with_options(options.DRIVER + options.TRAIN + options.EVALUATE + options.QUERY
+                      + options.SALIENCY)
+def main(use_cache, train_run_id, evaluation_run_id, **values):
+    # Fail on a bad filter string or resume run now, not after training and evaluating.
     query_samples(NO_RUN_ID, values["query"], values["order_by"], 1)
+    train_run_id, evaluation_run_id = resume_points(train_run_id, evaluation_run_id)
 
     with mlflow.start_run() as main_run:
         # MLflow does not pass its environment manager on to nested `mlflow.run` calls.
-        env_manager = main_run.data.tags.get(MLFLOW_PROJECT_ENV, "local")
+        driver = Driver(env_manager=main_run.data.tags.get(MLFLOW_PROJECT_ENV, "local"),
+                        use_cache=use_cache, version=code_version())
         summary = {"Main run": main_run.info.run_id}
 
-        train_id = run_step("train", tracking.TRAIN_EXPERIMENT,
-                            step_params(options.TRAIN, values), env_manager)
+        if train_run_id:
+            train_id = driver.resume("train", train_run_id)
+        else:
+            train_id = driver.step("train", tracking.TRAIN_EXPERIMENT,
+                                   step_params(options.TRAIN, values))
         mlflow.set_tag("Train_run_id", train_id)
         summary["Train run"] = train_id
 
-        evaluation_id = run_step("evaluate", tracking.EVALUATION_EXPERIMENT, {
-            "train_run_id": train_id, **step_params(options.EVALUATE, values)}, env_manager)
+        if evaluation_run_id:
+            evaluation_id = driver.resume("evaluate", evaluation_run_id)
+        else:
+            evaluation_id = driver.step("evaluate", tracking.EVALUATION_EXPERIMENT, {
+                "train_run_id": train_id, **step_params(options.EVALUATE, values)})
         mlflow.set_tag("Evaluation_run_id", evaluation_id)
         summary["Evaluation run"] = evaluation_id
 
@@ -83,12 +135,12 @@ def main(**values):
             image_ids = ",".join(samples["tags.Image_id"])
             click.echo(f"Query {values['query']!r} selected images {image_ids}")
             mlflow.set_tag("Queried_image_ids", image_ids)
-            saliency_id = run_step("saliency", tracking.SALIENCY_EXPERIMENT, {
+            saliency_id = driver.step("saliency", tracking.SALIENCY_EXPERIMENT, {
                 "train_run_id": train_id,
                 "image_ids": image_ids,
                 "evaluation_run_ids": ",".join(samples["run_id"]),
                 **step_params(options.SALIENCY, values),
-            }, env_manager)
+            })
             mlflow.set_tag("Saliency_run_id", saliency_id)
             summary["Saliency run"] = saliency_id
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+
+from steps.catalog import DATASETS
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Split:
 
 
 def _load_digits() -> ImageDataset:
+    from sklearn.datasets import load_digits  # imported here: loading sklearn takes a second
+
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)
     return ImageDataset(
@@ -52,7 +54,6 @@ def _load_digits() -> ImageDataset:
 
 
 LOADERS: dict[str, Callable[[], ImageDataset]] = {"digits": _load_digits}
-DATASET_NAMES = tuple(LOADERS)
 
 
 def load_dataset(name: str) -> ImageDataset:
@@ -60,12 +61,14 @@ def load_dataset(name: str) -> ImageDataset:
     try:
         loader = LOADERS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}") from None
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
     return loader()
 
 
 def split_dataset(dataset: ImageDataset, test_fraction: float, seed: int) -> Split:
     """Stratified split of image IDs, the same for the same fraction and seed."""
+    from sklearn.model_selection import train_test_split
+
     ids = np.arange(len(dataset))
     train_ids, test_ids = train_test_split(
         ids, test_size=test_fraction, random_state=seed, stratify=dataset.labels

@@ -16,8 +16,6 @@ from steps.data import load_dataset, split_dataset
 from steps.model import predict_confidences, predicted_labels
 from steps.sample_runs import SampleRun, SampleRunWriter
 
-PARENT_TAG = "Evaluation_parent_run_id"
-
 
 def sample_runs(image_ids, true_labels, confidences, class_labels, tags) -> list[SampleRun]:
     """The per-sample runs to write: confidences as metrics, identity and outcome as tags."""
@@ -72,7 +70,7 @@ def evaluate(train_run_id, num_samples):
         predicted = predicted_labels(model, confidences)
         runs = sample_runs(test_ids, truth, confidences, class_labels, {
             "Train_run_id": train_run_id,
-            PARENT_TAG: parent_id,
+            tracking.EVALUATION_PARENT_TAG: parent_id,
             tracking.PARENT_RUN_TAG: parent_id,
         })
         writer = SampleRunWriter(parent.info.experiment_id)

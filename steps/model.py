@@ -14,7 +14,6 @@ from sklearn.neural_network import MLPClassifier
 
 from steps.data import flatten
 
-SOLVERS = ("adam", "sgd", "lbfgs")
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,7 @@ from typing import Callable
 
 import click
 
-from steps.data import DATASET_NAMES
-from steps.model import SOLVERS
-from steps.saliency_maps import ALGORITHMS
-
-PICTURE_MODES = ("both", "combined", "per_class")
+from steps.catalog import ALGORITHMS, DATASETS, PICTURE_MODES, SOLVERS
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -72,10 +68,17 @@ class RunIdList(click.ParamType):
 
 
 class RunId(RunIdList):
+    """One MLflow run ID; with `optional`, an empty value means none (None)."""
+
     name = "run_id"
+
+    def __init__(self, optional: bool = False):
+        self.optional = optional
 
     def convert(self, value, param, ctx):
         ids = super().convert(value, param, ctx)
+        if not ids and self.optional:
+            return None
         if len(ids) != 1:
             self.fail(f"{value!r} is not one MLflow run ID (32 hexadecimal characters)", param, ctx)
         return ids[0]
@@ -92,7 +95,7 @@ def option(name: str, default, type_, help_: str, required: bool = False):
 
 
 TRAIN = [
-    option("dataset", "digits", click.Choice(DATASET_NAMES), "Dataset to train and evaluate on."),
+    option("dataset", "digits", click.Choice(DATASETS), "Dataset to train and evaluate on."),
     option("test_fraction", 0.25, click.FloatRange(0, 1, min_open=True, max_open=True),
             "Fraction of the dataset held out as the test split."),
     option("split_seed", 0, click.IntRange(min=0), "Seed of the train/test split."),
@@ -136,6 +139,15 @@ SALIENCY = [
             "How many perturbed images the classifier scores per call."),
 ]
 
+DRIVER = [
+    option("use_cache", True, click.BOOL,
+           "Reuse a FINISHED step run with the same parameters, code version and upstream runs."),
+    option("train_run_id", "", RunId(optional=True),
+           "Start from this stored Train run instead of training (empty: train or reuse)."),
+    option("evaluation_run_id", "", RunId(optional=True),
+           "Start from this stored evaluation (its parent run) instead of evaluating."),
+]
+
 TRAIN_RUN_ID = option("train_run_id", None, RunId(), "ID of a run of the Train experiment.", True)
 IMAGE_IDS = option("image_ids", None, IntList(minimum=0), "Comma-separated image IDs.", True)
 EVALUATION_RUN_IDS = option("evaluation_run_ids", "", RunIdList(),
@@ -144,6 +156,8 @@ EVALUATION_RUN_IDS = option("evaluation_run_ids", "", RunIdList(),
 
 def as_param(value) -> str:
     """A click-converted value back in the string form the MLproject parameters take."""
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple):

@@ -7,8 +7,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from steps.evaluate import PARENT_TAG
-from steps.tracking import EVALUATION_EXPERIMENT, experiment_id
+from steps.tracking import EVALUATION_EXPERIMENT, EVALUATION_PARENT_TAG, experiment_id
 
 RESULT_COLUMNS = ["run_id", "tags.Image_id", "tags.GT_class", "tags.Predicted_class",
                   "tags.Correct", "metrics.Predicted_class_conf"]
@@ -16,7 +15,7 @@ RESULT_COLUMNS = ["run_id", "tags.Image_id", "tags.GT_class", "tags.Predicted_cl
 
 def sample_filter(evaluation_run_id: str, user_filter: str) -> str:
     """The user's filter, limited to the per-sample runs of one evaluation."""
-    scope = f"tags.{PARENT_TAG} = '{evaluation_run_id}'"
+    scope = f"tags.{EVALUATION_PARENT_TAG} = '{evaluation_run_id}'"
     return f"{scope} AND {user_filter}" if user_filter.strip() else scope
 
 

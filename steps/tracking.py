@@ -15,11 +15,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from steps.code_version import CODE_VERSION_TAG, code_version
+
 TRAIN_EXPERIMENT = "Train"
 EVALUATION_EXPERIMENT = "Evaluation"
 SALIENCY_EXPERIMENT = "Saliency Map Generation"
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+EVALUATION_PARENT_TAG = "Evaluation_parent_run_id"
 RUN_NAME_TAG = "mlflow.runName"
 
 
@@ -64,19 +67,22 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
     exception ends the runs as FAILED.
     """
     stage_experiment = experiment_id(experiment_name)
+    version = code_version()
     # Popped, or every later `start_run(nested=True)` would resume this run instead.
     launched_id = os.environ.pop("MLFLOW_RUN_ID", None)
     launched = MlflowClient().get_run(launched_id) if launched_id else None
     if launched is None:
-        with mlflow.start_run(experiment_id=stage_experiment, run_name=run_name) as run:
+        with mlflow.start_run(experiment_id=stage_experiment, run_name=run_name,
+                              tags={CODE_VERSION_TAG: version}) as run:
             yield run
     elif launched.info.experiment_id == stage_experiment:
-        with mlflow.start_run(run_id=launched_id) as run:
+        with mlflow.start_run(run_id=launched_id, tags={CODE_VERSION_TAG: version}) as run:
             yield run
     else:
         with mlflow.start_run(run_id=launched_id):
             with mlflow.start_run(
-                experiment_id=stage_experiment, run_name=run_name, nested=True
+                experiment_id=stage_experiment, run_name=run_name, nested=True,
+                tags={CODE_VERSION_TAG: version},
             ) as run:
                 MlflowClient().set_tag(launched_id, "Step_run_id", run.info.run_id)
                 yield run

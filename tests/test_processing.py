@@ -139,3 +139,10 @@ def test_generator_rebuilt_from_its_json_config_gives_the_same_map(digits, model
 def test_unknown_algorithm_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown algorithm 'gradcam'"):
         build_generator(SaliencyParams(algorithm="gradcam"))
+
+
+def test_catalog_names_every_dataset_loader():
+    from steps.catalog import DATASETS
+    from steps.data import LOADERS
+
+    assert tuple(LOADERS) == DATASETS

@@ -12,7 +12,7 @@ from steps import options
 from tests.conftest import PROJECT_DIR
 
 ENTRY_POINT_OPTIONS = {
-    "main": options.TRAIN + options.EVALUATE + options.QUERY + options.SALIENCY,
+    "main": options.DRIVER + options.TRAIN + options.EVALUATE + options.QUERY + options.SALIENCY,
     "train": options.TRAIN,
     "evaluate": [options.TRAIN_RUN_ID, *options.EVALUATE],
     "saliency": [options.TRAIN_RUN_ID, options.IMAGE_IDS, options.EVALUATION_RUN_IDS,

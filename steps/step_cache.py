@@ -1,0 +1,59 @@
+"""Finding a stored step run that can stand in for running the step again.
+
+A run matches when it is a FINISHED run of the same entry point, with the same code version
+tag, and every parameter equal as MLflow stores it (a string). Upstream run IDs are parameters
+of the downstream steps, so a new train run never matches an old evaluation. The search runs on
+the tracking store with the conditions as a filter string and pages through every result,
+however many runs the experiment holds.
+"""
+
+from __future__ import annotations
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from steps.code_version import CODE_VERSION_TAG
+
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+PAGE_SIZE = 1000
+
+
+def _quoted(value: str) -> str | None:
+    """`value` as a filter-string literal, or None when it holds both kinds of quote."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def reuse_filter(entry_point: str, params: dict[str, str], version: str) -> str:
+    clauses = [
+        f"tags.`{ENTRY_POINT_TAG}` = {_quoted(entry_point)}",
+        f"tags.`{CODE_VERSION_TAG}` = {_quoted(version)}",
+        "attributes.status = 'FINISHED'",
+    ]
+    for key, value in params.items():
+        literal = _quoted(value)
+        if literal is not None and value != "":
+            clauses.append(f"params.`{key}` = {literal}")
+    return " AND ".join(clauses)
+
+
+def find_reusable_run(experiment_id: str, entry_point: str, params: dict[str, str],
+                      version: str, client: MlflowClient | None = None) -> Run | None:
+    """The newest FINISHED run that matches on entry point, code version and every param."""
+    client = client or MlflowClient()
+    filter_string = reuse_filter(entry_point, params, version)
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=PAGE_SIZE,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        for run in page:
+            # The filter already matched; this also checks what it could not express
+            # (empty values, values with both kinds of quote).
+            if all(run.data.params.get(k) == v for k, v in params.items()):
+                return run
+        token = page.token
+        if not token:
+            return None
