@@ -23,6 +23,8 @@ from xaitk_saliency.impls.gen_classifier_conf_sal.rise_scoring import RISEScorin
 from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.occlusion_based import (
     PerturbationOcclusion,
 )
+from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
+from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.slidingwindow import SlidingWindowStack
 from xaitk_saliency.impls.perturb_image.rise import RISEGrid
 from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow
 from xaitk_saliency.interfaces.gen_image_classifier_blackbox_sal import (
@@ -74,13 +76,26 @@ def build_generator(params: SaliencyParams) -> PerturbationOcclusion:
     return generator
 
 
+def xaitk_stack(params: SaliencyParams) -> GenerateImageClassifierBlackboxSaliency:
+    """xaitk's own high-level stack for the same parameters: the reference fast maps must equal."""
+    if params.algorithm == "rise":
+        stack = RISEStack(n=params.n, s=params.s, p1=params.p1, seed=params.seed, threads=0,
+                          debiased=params.debiased)
+    elif params.algorithm == "sliding_window":
+        stack = SlidingWindowStack(window_size=params.window_size, stride=params.stride)
+    else:
+        raise ValueError(f"unknown algorithm {params.algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    stack.fill = params.fill
+    return stack
+
+
 def generator_config(generator: PerturbationOcclusion) -> dict[str, Any]:
     """The smqtk configuration of the generator, with its fill: enough to rebuild it."""
     return {"generator": to_config_dict(generator), "fill": generator.fill}
 
 
 @contextlib.contextmanager
-def _quiet_plugin_discovery():
+def quiet_plugin_discovery():
     """smqtk's plugin discovery warns about optional back-ends (caffe, libsvm) we never use."""
     logger = logging.getLogger("smqtk_classifier")
     level = logger.level
@@ -95,7 +110,7 @@ def _quiet_plugin_discovery():
 
 def generator_from_config(config: dict[str, Any]) -> GenerateImageClassifierBlackboxSaliency:
     """Rebuild a generator from `generator_config`'s output (e.g. read back from a run)."""
-    with _quiet_plugin_discovery():
+    with quiet_plugin_discovery():
         impls = GenerateImageClassifierBlackboxSaliency.get_impls()
         generator = from_config_dict(config["generator"], impls)
     generator.fill = config.get("fill")
@@ -116,9 +131,20 @@ class SklearnImageClassifier(ClassifyImage):
     def get_labels(self) -> Sequence[Hashable]:
         return [int(c) for c in self._model.classes_]
 
+    def classify_array(self, images: np.ndarray) -> np.ndarray:
+        """Confidences `[N, classes]` of images `[N, H, W]`, columns in `get_labels` order.
+
+        The array form of `classify_images`, for callers that hold a whole batch: no per-image
+        dictionaries. `batch_size` images per `predict_proba` call.
+        """
+        rows = flatten(images)
+        size = self._batch_size
+        return np.concatenate([self._model.predict_proba(rows[start:start + size])
+                               for start in range(0, len(rows), size)])
+
     def _classify_batch(self, batch: list[np.ndarray]) -> Iterator[dict]:
         labels = self.get_labels()
-        for row in self._model.predict_proba(flatten(np.stack(batch))):
+        for row in self.classify_array(np.stack(batch)):
             yield dict(zip(labels, row.tolist()))
 
     def classify_images(self, img_iter: np.ndarray | Iterable[np.ndarray]) -> Iterator[dict]:

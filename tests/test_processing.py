@@ -6,8 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
-from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.slidingwindow import SlidingWindowStack
 
 from steps.data import flatten, load_dataset, split_dataset
 from steps.model import ModelParams, accuracy, predict_confidences, train_classifier
@@ -18,6 +16,7 @@ from steps.saliency_maps import (
     compute_saliency,
     generator_config,
     generator_from_config,
+    xaitk_stack,
 )
 
 
@@ -106,12 +105,7 @@ def test_classifier_wrapper_classifies_in_batches(digits, model):
 ])
 def test_maps_shape_range_and_equal_xaitk_high_level_stacks(digits, model, params):
     """Our composition of xaitk's components gives exactly xaitk's own stack's maps."""
-    if params.algorithm == "rise":
-        stack = RISEStack(n=params.n, s=params.s, p1=params.p1, seed=params.seed, threads=0,
-                          debiased=params.debiased)
-    else:
-        stack = SlidingWindowStack(window_size=params.window_size, stride=params.stride)
-    stack.fill = params.fill
+    stack = xaitk_stack(params)
     classifier = SklearnImageClassifier(model.classifier)
     for image in digits.images[[0, 11, 42]]:
         ours = compute_saliency(build_generator(params), image, classifier)

@@ -1,0 +1,187 @@
+"""The fast saliency engine: the same maps as xaitk's own stacks, its mask cache, its benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.preprocessing import maxabs_scale
+from smqtk_classifier.interfaces.classify_image import ClassifyImage
+from xaitk_saliency.impls.perturb_image.rise import RISEGrid
+from xaitk_saliency.utils.masking import occlude_image_streaming
+
+from steps.fast_saliency import (
+    FastSaliency,
+    MaskCache,
+    depends_only_on_shape,
+    occlude,
+    scale_by_max_abs,
+)
+from steps.saliency_maps import (
+    SaliencyParams,
+    SklearnImageClassifier,
+    build_generator,
+    generator_config,
+    xaitk_stack,
+)
+from tests.conftest import PROJECT_DIR
+from tests.test_processing import CountingModel, digits, model  # noqa: F401 (fixtures)
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def images(digits):
+    """Three digits and a blank image (whose sliding-window maps are all zero)."""
+    return [*digits.images[[0, 11, 42]], np.zeros_like(digits.images[0])]
+
+
+def stored_config(params: SaliencyParams) -> dict:
+    """The configuration as the saliency step stores it and reads it back (through JSON)."""
+    return json.loads(json.dumps(generator_config(build_generator(params))))
+
+
+class DictOnlyClassifier(ClassifyImage):
+    """An smqtk classifier with no array call: the engine must use `classify_images`."""
+
+    def __init__(self, inner: ClassifyImage):
+        self._inner = inner
+
+    def get_labels(self):
+        return self._inner.get_labels()
+
+    def classify_images(self, img_iter):
+        return self._inner.classify_images(img_iter)
+
+    def get_config(self):
+        return {}
+
+
+@pytest.mark.parametrize("params, chunk_size", [
+    (SaliencyParams(algorithm="rise", n=200, s=4, p1=0.5, seed=3), 64),
+    (SaliencyParams(algorithm="rise", n=150, s=2, p1=0.3, seed=1, debiased=False), 1024),
+    (SaliencyParams(algorithm="rise", n=257, s=5, p1=0.7, seed=11, fill=0.25), 100),
+    (SaliencyParams(algorithm="rise", n=90, s=8, p1=0.1, seed=0, debiased=False, fill=1.0), 7),
+    (SaliencyParams(algorithm="sliding_window", window_size=(2, 2), stride=(1, 1)), 10),
+    (SaliencyParams(algorithm="sliding_window", window_size=(3, 2), stride=(2, 1), fill=0.5), 5),
+    (SaliencyParams(algorithm="sliding_window", window_size=(4, 4), stride=(2, 2), fill=1.0), 1024),
+])
+def test_maps_equal_xaitk_high_level_stacks(model, images, params, chunk_size):
+    engine = FastSaliency.from_config(stored_config(params), chunk_size=chunk_size)
+    stack = xaitk_stack(params)
+    classifier = SklearnImageClassifier(model.classifier)
+    for image in images:
+        ours = engine(image, classifier)
+        assert ours.shape == (10, 8, 8)
+        assert ours.min() >= -1 and ours.max() <= 1
+        np.testing.assert_allclose(ours, stack(image, classifier), atol=ATOL)
+
+
+def test_float32_confidences_are_scored_in_float64_like_xaitk(model, images):
+    """The model answers in float32; xaitk reads Python floats. Same batches: same maps."""
+    params = SaliencyParams(n=1000)
+    classifier = SklearnImageClassifier(model.classifier, batch_size=256)
+    assert classifier.classify_array(images[:1]).dtype == np.float32
+    engine = FastSaliency.from_config(stored_config(params), chunk_size=1024)
+    np.testing.assert_allclose(engine(images[0], classifier),
+                               xaitk_stack(params)(images[0], classifier), atol=1e-12)
+
+
+def test_perturbed_images_are_classified_in_chunks_of_at_most_chunk_size(model, images):
+    counting = CountingModel(model.classifier)
+    engine = FastSaliency.from_config(stored_config(SaliencyParams(n=200)), chunk_size=64)
+    engine(images[0], SklearnImageClassifier(counting, batch_size=1000))
+    assert counting.batches == [64, 64, 64, 8]
+
+
+def test_a_classifier_without_an_array_call_gives_the_same_maps(model, images):
+    params = SaliencyParams(algorithm="sliding_window", window_size=(3, 3), stride=(2, 2))
+    engine = FastSaliency.from_config(stored_config(params), chunk_size=8)
+    classifier = SklearnImageClassifier(model.classifier)
+    np.testing.assert_allclose(engine(images[1], DictOnlyClassifier(classifier)),
+                               xaitk_stack(params)(images[1], classifier), atol=ATOL)
+
+
+def test_engine_uses_the_stored_configuration_not_defaults():
+    params = SaliencyParams(algorithm="rise", n=37, s=3, p1=0.2, seed=5, debiased=False, fill=0.75)
+    engine = FastSaliency.from_config(stored_config(params), chunk_size=16)
+    assert isinstance(engine.perturber, RISEGrid)
+    assert (engine.perturber.n, engine.perturber.s, engine.perturber.p1, engine.perturber.seed) \
+        == (37, 3, 0.2, 5)
+    assert engine.scorer.p1 == 0.0
+    assert engine.fill == 0.75 and engine.chunk_size == 16
+    assert engine.masks(np.zeros((8, 8))).shape == (37, 8, 8)
+
+
+def test_configurations_it_cannot_rebuild_are_clear_errors():
+    stack_config = {"generator": {"type": "xaitk_saliency.RISEStack"}, "fill": 0.0}
+    with pytest.raises(ValueError, match="built from a .*PerturbationOcclusion configuration"):
+        FastSaliency.from_config(stack_config)
+    with pytest.raises(ValueError, match="chunk_size must be at least 1"):
+        FastSaliency.from_config(stored_config(SaliencyParams()), chunk_size=0)
+    with pytest.raises(ValueError, match="expected an image"):
+        FastSaliency.from_config(stored_config(SaliencyParams()))(np.zeros(64), None)
+
+
+def test_mask_cache_reuses_masks_for_the_same_configuration_and_shape_only():
+    cache = MaskCache()
+    config = stored_config(SaliencyParams(n=50, seed=2))
+    engine = FastSaliency.from_config(config, mask_cache=cache)
+    first = engine.masks(np.zeros((8, 8)))
+    assert engine.masks(np.ones((8, 8))) is first
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert not first.flags.writeable
+    # Another engine from the same stored configuration shares them.
+    assert FastSaliency.from_config(config, mask_cache=cache).masks(np.zeros((8, 8))) is first
+    assert (cache.misses, cache.hits) == (1, 2)
+    # A different image shape, or a different configuration, does not.
+    other_shape = engine.masks(np.zeros((6, 10)))
+    assert other_shape.shape == (50, 6, 10)
+    other_config = FastSaliency.from_config(stored_config(SaliencyParams(n=50, seed=3)),
+                                            mask_cache=cache).masks(np.zeros((8, 8)))
+    assert not np.array_equal(other_config, first)
+    assert (cache.misses, cache.hits, len(cache)) == (3, 2, 3)
+
+
+def test_mask_cache_drops_the_least_recently_used_and_skips_unseeded_rise():
+    cache = MaskCache(max_entries=2)
+    perturber = RISEGrid(n=10, s=2, p1=0.5, seed=0, threads=0)
+    a = cache.masks(perturber, (8, 8))
+    cache.masks(perturber, (4, 4))
+    assert cache.masks(perturber, (8, 8)) is a
+    cache.masks(perturber, (5, 5))  # drops (4, 4), the least recently used
+    assert cache.masks(perturber, (8, 8)) is a
+    assert (cache.misses, len(cache)) == (3, 2)
+    cache.masks(perturber, (4, 4))
+    assert cache.misses == 4
+    assert not depends_only_on_shape(RISEGrid(n=10, s=2, p1=0.5, seed=None, threads=0))
+
+
+@pytest.mark.parametrize("fill", [None, 0.3, [0.1, 0.5, 0.9]])
+def test_occlusion_equals_xaitk_streaming_occlusion(fill):
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 5, 3), dtype=np.float32)
+    for masks in (rng.random((9, 6, 5), dtype=np.float32), rng.random((9, 6, 5)) < 0.5):
+        expected = np.stack(list(occlude_image_streaming(image, masks, fill=fill)))
+        np.testing.assert_array_equal(occlude(image, masks, fill), expected)
+
+
+def test_scaling_equals_sklearn_maxabs_scale_then_clip():
+    rows = np.array([[0.5, -2.0, 1.0], [0.0, 0.0, 0.0], [1e-16, -2e-16, 0.0], [3.0, 1.0, 2.0]])
+    np.testing.assert_array_equal(scale_by_max_abs(rows),
+                                  np.clip(maxabs_scale(rows, axis=1), -1, 1))
+
+
+def test_benchmark_script_runs_on_tiny_sizes():
+    script = PROJECT_DIR / "benchmarks" / "saliency_benchmark.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--images", "2", "--n", "40", "--epochs", "3",
+         "--repeats", "1"],
+        cwd=PROJECT_DIR.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("naive ", "ours ", "bound ", "ours / naive: ", "bound / ours: ",
+                 "maps equal xaitk's"):
+        assert line in result.stdout, result.stdout
