@@ -149,9 +149,19 @@ DRIVER = [
 ]
 
 TRAIN_RUN_ID = option("train_run_id", None, RunId(), "ID of a run of the Train experiment.", True)
-IMAGE_IDS = option("image_ids", None, IntList(minimum=0), "Comma-separated image IDs.", True)
-EVALUATION_RUN_IDS = option("evaluation_run_ids", "", RunIdList(),
-                            "Evaluation sample run IDs, one per image ID (optional).")
+
+SALIENCY_INPUTS = [
+    option("train_run_id", "", RunId(optional=True),
+           "ID of a run of the Train experiment (with image_ids)."),
+    option("image_ids", "", IntList(minimum=0, allow_empty=True),
+           "Comma-separated image IDs to explain (or to add, with update_run_id)."),
+    option("evaluation_run_ids", "", RunIdList(),
+           "Evaluation sample run IDs, one per image ID (optional)."),
+    option("reproduce_run_id", "", RunId(optional=True),
+           "Regenerate this stored saliency map run from its stored configuration."),
+    option("update_run_id", "", RunId(optional=True),
+           "Add the maps of image_ids to this stored saliency map run."),
+]
 
 
 def as_param(value) -> str:

@@ -6,17 +6,24 @@ xaitk/smqtk configuration that rebuilds the same generator (`generator_config.js
 come from one `FastSaliency` engine for all the images, built from that stored configuration:
 the same maps as xaitk's generator, about 50 times faster per map
 (benchmarks/saliency_benchmark.py).
+
+Two more modes work on stored runs: `reproduce_run_id` regenerates a stored map from its stored
+configuration and fails when the new map differs; `update_run_id` adds maps of more images to a
+stored run under new artifact paths, deleting nothing.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import mlflow
 import numpy as np
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 
 from steps import options, plots, tracking
 from steps.data import ImageDataset, load_dataset
@@ -30,6 +37,13 @@ from steps.saliency_maps import (
 
 CONFIG_ARTIFACT = "generator_config.json"
 MAP_ARTIFACT = "saliency_map.npy"
+REPRODUCED_TAG = "Reproduced_from"
+HISTORY_TAG = "Image_id_history"
+UPDATES_TAG = "Update_count"
+
+
+class MapsDiffer(click.ClickException):
+    exit_code = 3
 
 
 def check_image_ids(image_ids: tuple[int, ...], data: ImageDataset) -> None:
@@ -43,10 +57,13 @@ def check_image_ids(image_ids: tuple[int, ...], data: ImageDataset) -> None:
         )
 
 
-def check_evaluation_runs(image_ids, evaluation_run_ids) -> tuple[str, ...]:
-    """Each evaluation run must be an Evaluation sample run of the same image, in order."""
+def check_evaluation_runs(image_ids, evaluation_run_ids) -> list[dict[str, str]]:
+    """Each evaluation run must be an Evaluation sample run of the same image, in order.
+
+    Returns, per image, the lineage tags naming the evaluation sample and its evaluation.
+    """
     if not evaluation_run_ids:
-        return ("",) * len(image_ids)
+        return [{"Evaluation_run_id": ""} for _ in image_ids]
     hint = "'--evaluation_run_ids'"
     if len(evaluation_run_ids) != len(image_ids):
         raise click.BadParameter(
@@ -54,6 +71,7 @@ def check_evaluation_runs(image_ids, evaluation_run_ids) -> tuple[str, ...]:
             "give one evaluation run ID per image ID, in the same order",
             param_hint=hint,
         )
+    lineage = []
     for image_id, run_id in zip(image_ids, evaluation_run_ids):
         run = tracking.require_run(run_id, tracking.EVALUATION_EXPERIMENT, "evaluation_run_ids")
         if run.data.tags.get("Image_id") != str(image_id):
@@ -61,76 +79,204 @@ def check_evaluation_runs(image_ids, evaluation_run_ids) -> tuple[str, ...]:
                 f"run {run_id} evaluated image {run.data.tags.get('Image_id')}, not image {image_id}",
                 param_hint=hint,
             )
-    return tuple(evaluation_run_ids)
+        lineage.append({
+            "Evaluation_run_id": run_id,
+            tracking.EVALUATION_PARENT_TAG: run.data.tags.get(tracking.EVALUATION_PARENT_TAG, ""),
+        })
+    return lineage
 
 
-def log_pictures(image, maps, class_names, title, picture_mode) -> None:
+def require_map_run(run_id: str, param: str) -> Run:
+    """A FINISHED per-image run of the Saliency experiment (one that holds a map and config)."""
+    run = tracking.require_run(run_id, tracking.SALIENCY_EXPERIMENT, param)
+    if "Image_id" not in run.data.tags:
+        raise click.BadParameter(
+            f"run {run_id} is a saliency step run, not one image's map; give one of its image "
+            f"runs (filter: tags.Saliency_parent_run_id = '{run_id}')", param_hint=f"'--{param}'")
+    return run
+
+
+def stored_config(run: Run) -> dict:
+    return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{CONFIG_ARTIFACT}")
+
+
+def stored_map(run: Run) -> np.ndarray:
+    return np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                       artifact_path=MAP_ARTIFACT))
+
+
+def original_image_id(run: Run) -> int:
+    """The image of the run's own (root) map, even after updates added others."""
+    return int(run.data.tags.get(HISTORY_TAG, run.data.tags["Image_id"]).split(",")[0])
+
+
+def log_pictures(image, maps, class_names, title, picture_mode, prefix: str) -> None:
     if picture_mode in ("both", "combined"):
         fig = plots.all_classes_figure(image, maps, class_names, title)
-        mlflow.log_figure(fig, "pictures/all_classes.png")
+        mlflow.log_figure(fig, f"{prefix}pictures/all_classes.png")
         plots.plt.close(fig)
     if picture_mode in ("both", "per_class"):
         for name, saliency in zip(class_names, maps):
             fig = plots.class_overlay_figure(image, saliency, f"{title}\nclass {name}")
-            mlflow.log_figure(fig, f"pictures/class_{name}.png")
+            mlflow.log_figure(fig, f"{prefix}pictures/class_{name}.png")
             plots.plt.close(fig)
 
 
-def log_map(maps: np.ndarray) -> None:
+def log_map(maps: np.ndarray, prefix: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, MAP_ARTIFACT)
         np.save(path, maps)
-        mlflow.log_artifact(str(path))
+        mlflow.log_artifact(str(path), artifact_path=prefix.rstrip("/") or None)
 
 
-@click.command(help=__doc__)
-@options.with_options([
-    options.TRAIN_RUN_ID,
-    options.IMAGE_IDS,
-    options.EVALUATION_RUN_IDS,
-    *options.SALIENCY,
-])
-def saliency(train_run_id, image_ids, evaluation_run_ids, picture_mode, predict_batch_size,
-             **algorithm_args):
-    params = SaliencyParams(**algorithm_args)
-    train_run = tracking.require_run(train_run_id, tracking.TRAIN_EXPERIMENT, "train_run_id")
-    data = load_dataset(tracking.train_run_setup(train_run)["dataset"])
-    check_image_ids(image_ids, data)
-    evaluation_run_ids = check_evaluation_runs(image_ids, evaluation_run_ids)
-    model = tracking.load_train_model(train_run)
-    classifier = SklearnImageClassifier(model, batch_size=predict_batch_size)
+@dataclass
+class Explainer:
+    """Everything that makes one image's map: data, model, engine; and how to log it."""
+
+    train_run_id: str
+    data: ImageDataset
+    model: object
+    classifier: SklearnImageClassifier
+    engine: FastSaliency
+    picture_mode: str
+
+    @classmethod
+    def build(cls, train_run_id: str, config: dict, picture_mode: str, predict_batch_size: int,
+              image_ids=()) -> Explainer:
+        train_run = tracking.require_run(train_run_id, tracking.TRAIN_EXPERIMENT, "train_run_id")
+        data = load_dataset(tracking.train_run_setup(train_run)["dataset"])
+        check_image_ids(image_ids, data)
+        model = tracking.load_train_model(train_run)
+        return cls(train_run_id, data, model,
+                   SklearnImageClassifier(model, batch_size=predict_batch_size),
+                   FastSaliency.from_config(config), picture_mode)
+
+    def identity_tags(self, image_id: int) -> tuple[dict[str, str], float]:
+        """`Image_id`, `GT_class`, `Predicted_class` of an image, and the model's confidence."""
+        confidences = self.model.predict_proba(self.data.images[image_id].reshape(1, -1))[0]
+        return {
+            "Image_id": str(image_id),
+            "GT_class": str(int(self.data.labels[image_id])),
+            "Predicted_class": str(int(self.model.classes_[confidences.argmax()])),
+        }, float(confidences.max())
+
+    def explain(self, image_id: int, prefix: str = "") -> np.ndarray:
+        """Make the image's map and log it with its pictures (under `prefix`) in the active run."""
+        image = self.data.images[image_id]
+        maps = self.engine(image, self.classifier)
+        log_map(maps, prefix)
+        tags, _ = self.identity_tags(image_id)
+        title = f"image {image_id}: true {tags['GT_class']}, predicted {tags['Predicted_class']}"
+        log_pictures(image, maps, self.data.class_names, title, self.picture_mode, prefix)
+        return maps
+
+    def map_run(self, image_id: int, parent: Run, params: dict, config: dict,
+                extra_tags: dict[str, str]) -> tuple[Run, np.ndarray]:
+        """A nested per-image run with its tags, params, config, map and pictures."""
+        tags, confidence = self.identity_tags(image_id)
+        with mlflow.start_run(run_name=f"image-{image_id}", nested=True,
+                              experiment_id=parent.info.experiment_id) as run:
+            mlflow.set_tags({**tags, "Train_run_id": self.train_run_id,
+                             "Saliency_parent_run_id": parent.info.run_id, **extra_tags})
+            mlflow.log_params(params)
+            mlflow.log_metric("Predicted_class_conf", confidence)
+            mlflow.log_dict(config, CONFIG_ARTIFACT)
+            return run, self.explain(image_id)
+
+
+def progress(items, label: str):
+    return click.progressbar(items, label=label, file=sys.stderr, show_pos=True)
+
+
+def generate(train_run_id, image_ids, evaluation_run_ids, params: SaliencyParams,
+             picture_mode, predict_batch_size) -> None:
+    """The normal mode: one new map run per image."""
     config = generator_config(build_generator(params))
-    engine = FastSaliency.from_config(config)
-
+    explainer = Explainer.build(train_run_id, config, picture_mode, predict_batch_size, image_ids)
+    lineage = check_evaluation_runs(image_ids, evaluation_run_ids)
+    logged = {k: options.as_param(v) for k, v in params.used_params().items()}
     with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency") as parent:
         mlflow.set_tags({"Train_run_id": train_run_id, "Algorithm": params.algorithm,
                          "Image_ids": ",".join(map(str, image_ids))})
-        pairs = list(zip(image_ids, evaluation_run_ids))
-        with click.progressbar(pairs, label=f"Saliency maps ({params.algorithm})",
-                               file=sys.stderr, show_pos=True) as bar:
-            for image_id, evaluation_run_id in bar:
-                image = data.images[image_id]
-                confidences = model.predict_proba(image.reshape(1, -1))[0]
-                predicted = int(model.classes_[confidences.argmax()])
-                truth = int(data.labels[image_id])
-                with mlflow.start_run(run_name=f"image-{image_id}", nested=True,
-                                      experiment_id=parent.info.experiment_id):
-                    mlflow.set_tags({
-                        "Image_id": str(image_id),
-                        "GT_class": str(truth),
-                        "Predicted_class": str(predicted),
-                        "Train_run_id": train_run_id,
-                        "Evaluation_run_id": evaluation_run_id,
-                        "Saliency_parent_run_id": parent.info.run_id,
-                    })
-                    mlflow.log_params({k: options.as_param(v) for k, v in params.used_params().items()})
-                    mlflow.log_metric("Predicted_class_conf", float(confidences.max()))
-                    mlflow.log_dict(config, CONFIG_ARTIFACT)
-                    maps = engine(image, classifier)
-                    log_map(maps)
-                    title = f"image {image_id}: true {truth}, predicted {predicted}"
-                    log_pictures(image, maps, data.class_names, title, picture_mode)
+        with progress(list(zip(image_ids, lineage)), f"Saliency maps ({params.algorithm})") as bar:
+            for image_id, tags in bar:
+                explainer.map_run(image_id, parent, logged, config, tags)
         click.echo(f"Saliency run {parent.info.run_id}: {len(image_ids)} maps")
+
+
+def reproduce(source_id: str, picture_mode: str, predict_batch_size: int) -> None:
+    """Regenerate a stored map from its stored configuration and compare with it."""
+    source = require_map_run(source_id, "reproduce_run_id")
+    config = stored_config(source)
+    tags = source.data.tags
+    image_id = original_image_id(source)
+    explainer = Explainer.build(tags["Train_run_id"], config, picture_mode, predict_batch_size,
+                                (image_id,))
+    expected = stored_map(source)
+    lineage = {k: tags[k] for k in ("Evaluation_run_id", tracking.EVALUATION_PARENT_TAG) if k in tags}
+    with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
+        mlflow.set_tags({REPRODUCED_TAG: source_id, "Train_run_id": tags["Train_run_id"]})
+        run, maps = explainer.map_run(image_id, parent, source.data.params, config,
+                                      {**lineage, REPRODUCED_TAG: source_id})
+        difference = (float(np.max(np.abs(maps - expected))) if maps.shape == expected.shape
+                      else float("inf"))
+        client = MlflowClient()
+        client.log_metric(run.info.run_id, "Max_abs_difference", difference)
+        mlflow.log_metric("Max_abs_difference", difference)
+        if difference != 0:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise MapsDiffer(f"the regenerated map of image {image_id} differs from the map "
+                             f"stored in run {source_id}: largest absolute difference "
+                             f"{difference:.3g} (new run {run.info.run_id})")
+        click.echo(f"Reproduced run {source_id} as run {run.info.run_id}: identical map "
+                   f"(largest absolute difference 0)")
+
+
+def update(target_id: str, image_ids, picture_mode: str, predict_batch_size: int) -> None:
+    """Add maps of more images to a stored map run, under new artifact paths, deleting nothing."""
+    target = require_map_run(target_id, "update_run_id")
+    if not image_ids:
+        raise click.BadParameter("give the images to add to the run", param_hint="'--image_ids'")
+    config = stored_config(target)
+    tags = target.data.tags
+    explainer = Explainer.build(tags["Train_run_id"], config, picture_mode, predict_batch_size,
+                                image_ids)
+    history = tags.get(HISTORY_TAG, tags["Image_id"]).split(",")
+    count = int(tags.get(UPDATES_TAG, "0"))
+    with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency-update") as parent:
+        mlflow.set_tags({"Updated_run_id": target_id, "Image_ids": ",".join(map(str, image_ids))})
+        with mlflow.start_run(run_id=target_id, nested=True):
+            with progress(image_ids, f"Adding maps to run {target_id}") as bar:
+                for image_id in bar:
+                    count += 1
+                    explainer.explain(image_id, prefix=f"updates/{count}_image_{image_id}/")
+                    history.append(str(image_id))
+                    identity, _ = explainer.identity_tags(image_id)
+                    mlflow.set_tags({**identity, HISTORY_TAG: ",".join(history),
+                                     UPDATES_TAG: str(count), "Modified_run": "true",
+                                     "Modified_by_run_id": parent.info.run_id})
+        click.echo(f"Added {len(image_ids)} maps to run {target_id} (images it has held: "
+                   f"{','.join(history)})")
+
+
+@click.command(help=__doc__)
+@options.with_options(options.SALIENCY_INPUTS + options.SALIENCY)
+def saliency(train_run_id, image_ids, evaluation_run_ids, reproduce_run_id, update_run_id,
+             picture_mode, predict_batch_size, **algorithm_args):
+    if reproduce_run_id:
+        if image_ids or update_run_id or train_run_id:
+            raise click.BadParameter("reproduce_run_id takes everything from the stored run; "
+                                     "give it alone", param_hint="'--reproduce_run_id'")
+        reproduce(reproduce_run_id, picture_mode, predict_batch_size)
+    elif update_run_id:
+        update(update_run_id, image_ids, picture_mode, predict_batch_size)
+    else:
+        if not train_run_id:
+            raise click.BadParameter("give the train run whose model to explain (or "
+                                     "reproduce_run_id, or update_run_id)",
+                                     param_hint="'--train_run_id'")
+        generate(train_run_id, image_ids, evaluation_run_ids, SaliencyParams(**algorithm_args),
+                 picture_mode, predict_batch_size)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,8 @@ from xaitk_saliency.interfaces.gen_image_classifier_blackbox_sal import (
     GenerateImageClassifierBlackboxSaliency,
 )
 
+from steps.catalog import ALGORITHMS
 from steps.data import flatten
-
-ALGORITHMS = ("rise", "sliding_window")
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,9 @@ def project_env(tracking_uri: str | None) -> dict[str, str]:
 
 
 def mlflow_run(params: dict[str, str], *, entry_point: str = "main", tracking_uri: str | None,
-               cwd: Path, extra_args: tuple[str, ...] = (), timeout: int = 600) -> Completed:
-    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "-e", entry_point,
+               cwd: Path, extra_args: tuple[str, ...] = (), timeout: int = 600,
+               project: Path = PROJECT_DIR) -> Completed:
+    args = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point,
             "--env-manager", "local", *extra_args]
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]

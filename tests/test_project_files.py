@@ -15,8 +15,7 @@ ENTRY_POINT_OPTIONS = {
     "main": options.DRIVER + options.TRAIN + options.EVALUATE + options.QUERY + options.SALIENCY,
     "train": options.TRAIN,
     "evaluate": [options.TRAIN_RUN_ID, *options.EVALUATE],
-    "saliency": [options.TRAIN_RUN_ID, options.IMAGE_IDS, options.EVALUATION_RUN_IDS,
-                 *options.SALIENCY],
+    "saliency": options.SALIENCY_INPUTS + options.SALIENCY,
 }
 
 

@@ -1,0 +1,177 @@
+"""Step reuse in the driver: what is reused, what invalidates it, forced reruns, resuming.
+
+The pipeline runs from a copy of the project outside git, so a test can edit the code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import PROJECT_DIR, Store, mlflow_run
+
+STEP_EXPERIMENTS = ("Train", "Evaluation", "Saliency Map Generation")
+SMALL = {"epochs": "10", "num_samples": "30", "n": "50", "max_images": "2",
+         "query": "metrics.Predicted_class_conf < 0.999", "picture_mode": "combined"}
+
+
+class ProjectCopy(Store):
+    """A store plus a private copy of the project to run (and edit)."""
+
+    def run(self, params, entry_point="main", **kwargs):
+        return mlflow_run(params, entry_point=entry_point, tracking_uri=self.uri, cwd=self.dir,
+                          project=self.dir / "project", **kwargs)
+
+    def step_run_ids(self) -> set[str]:
+        return {r.info.run_id for name in STEP_EXPERIMENTS for r in self.runs(name)}
+
+    def last_main(self):
+        mains = [r for r in self.runs("Default")
+                 if r.data.tags.get("mlflow.project.entryPoint") == "main"]
+        return mains[0]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("reuse")
+    shutil.copytree(PROJECT_DIR, directory / "project",
+                    ignore=shutil.ignore_patterns(".git", ".venv", "mlruns", "mlflow.db",
+                                                  "__pycache__", ".pytest_cache"))
+    return ProjectCopy(f"sqlite:///{directory / 'mlflow.db'}", directory)
+
+
+@pytest.fixture(scope="module")
+def first(project):
+    """The default pipeline, run once: what a new user's first `mlflow run .` does."""
+    started = time.monotonic()
+    result = project.run({})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.output
+    return project.last_main(), elapsed
+
+
+def test_unchanged_rerun_reuses_every_step_and_is_fast(project, first):
+    first_main, first_seconds = first
+    before = project.step_run_ids()
+    started = time.monotonic()
+    result = project.run({})
+    second_seconds = time.monotonic() - started
+    assert result.returncode == 0, result.output
+    assert project.step_run_ids() == before, "no new train, evaluate or saliency run"
+    main = project.last_main()
+    tags = main.data.tags
+    for step, tag in (("train", "Train_run_id"), ("evaluate", "Evaluation_run_id"),
+                      ("saliency", "Saliency_run_id")):
+        assert tags[f"Reused_{step}"] == tags[tag] == first_main.data.tags[tag]
+        assert f"{step}: reusing FINISHED run {tags[tag]}" in result.stdout
+    print(f"first run {first_seconds:.1f} s, unchanged rerun {second_seconds:.1f} s")
+    assert second_seconds <= first_seconds / 4, (first_seconds, second_seconds)
+
+
+def test_parameter_change_invalidates_that_step_and_its_downstream(project, first):
+    before = project.step_run_ids()
+    result = project.run({**SMALL})
+    assert result.returncode == 0, result.output
+    new = project.step_run_ids() - before
+    tags = project.last_main().data.tags
+    assert {tags["Train_run_id"], tags["Evaluation_run_id"], tags["Saliency_run_id"]} <= new
+    assert not any(key.startswith("Reused_") for key in tags)
+
+    # Only a saliency parameter changes: train and evaluation are reused.
+    before = project.step_run_ids()
+    result = project.run({**SMALL, "n": "60"})
+    assert result.returncode == 0, result.output
+    tags = project.last_main().data.tags
+    assert "Reused_train" in tags and "Reused_evaluate" in tags
+    assert project.step_run_ids() - before == {tags["Saliency_run_id"]} | {
+        r.info.run_id for r in project.runs(
+            "Saliency Map Generation", f"tags.mlflow.parentRunId = '{tags['Saliency_run_id']}'")}
+
+
+def test_forced_rerun_runs_every_step(project, first):
+    project.run({**SMALL})  # make sure a matching set exists
+    before = project.step_run_ids()
+    result = project.run({**SMALL, "use_cache": "false"})
+    assert result.returncode == 0, result.output
+    tags = project.last_main().data.tags
+    new = project.step_run_ids() - before
+    assert {tags["Train_run_id"], tags["Evaluation_run_id"], tags["Saliency_run_id"]} <= new
+    assert not any(key.startswith("Reused_") for key in tags)
+
+
+def test_new_upstream_run_invalidates_downstream(project, first):
+    project.run({**SMALL})
+    # A new train run with the same parameters, made outside the driver.
+    result = project.run({"epochs": SMALL["epochs"]}, entry_point="train",
+                         extra_args=("--experiment-name", "Train"))
+    assert result.returncode == 0, result.output
+    new_train = project.runs("Train")[0].info.run_id
+    before = project.step_run_ids()
+    result = project.run({**SMALL})
+    assert result.returncode == 0, result.output
+    tags = project.last_main().data.tags
+    assert tags["Reused_train"] == tags["Train_run_id"] == new_train
+    assert "Reused_evaluate" not in tags and "Reused_saliency" not in tags
+    evaluation = project.client.get_run(tags["Evaluation_run_id"])
+    assert evaluation.info.run_id in project.step_run_ids() - before
+    assert evaluation.data.params["train_run_id"] == new_train
+
+
+def test_resume_from_train_run(project, first):
+    old_train = first[0].data.tags["Train_run_id"]
+    before_train = {r.info.run_id for r in project.runs("Train")}
+    result = project.run({**SMALL, "train_run_id": old_train})
+    assert result.returncode == 0, result.output
+    tags = project.last_main().data.tags
+    assert {r.info.run_id for r in project.runs("Train")} == before_train
+    assert tags["Train_run_id"] == tags["Resumed_train"] == old_train
+    evaluation = project.client.get_run(tags["Evaluation_run_id"])
+    assert evaluation.data.params["train_run_id"] == old_train
+
+
+def test_resume_from_evaluation_run(project, first):
+    first_tags = first[0].data.tags
+    before = project.step_run_ids()
+    result = project.run({**SMALL, "evaluation_run_id": first_tags["Evaluation_run_id"]})
+    assert result.returncode == 0, result.output
+    tags = project.last_main().data.tags
+    assert tags["Train_run_id"] == first_tags["Train_run_id"]
+    assert tags["Evaluation_run_id"] == tags["Resumed_evaluate"] == first_tags["Evaluation_run_id"]
+    new = project.step_run_ids() - before
+    assert tags["Train_run_id"] not in new and tags["Evaluation_run_id"] not in new
+
+
+def test_code_edit_invalidates_reuse(project, first):
+    project.run({**SMALL})
+    before = project.step_run_ids()
+    model_py = project.dir / "project" / "steps" / "model.py"
+    original = model_py.read_text()
+    try:
+        model_py.write_text(original + "\n# an uncommitted edit\n")
+        result = project.run({**SMALL})
+    finally:
+        model_py.write_text(original)
+    assert result.returncode == 0, result.output
+    tags = project.last_main().data.tags
+    assert not any(key.startswith("Reused_") for key in tags)
+    assert tags["Train_run_id"] in project.step_run_ids() - before
+    train = project.client.get_run(tags["Train_run_id"])
+    assert train.data.tags["Code_version"].startswith("nogit:")
+
+
+@pytest.mark.parametrize("params,param,words", [
+    ({"train_run_id": "0123456789abcdef0123456789abcdef"}, "train_run_id", "no run"),
+    ({"evaluation_run_id": "{train}"}, "evaluation_run_id", "belongs to experiment 'Train'"),
+    ({"evaluation_run_id": "{sample}"}, "evaluation_run_id", "one image's sample run"),
+])
+def test_bad_resume_run_ids_are_clear_errors(project, first, params, param, words):
+    tags = first[0].data.tags
+    sample = project.runs("Evaluation", f"tags.Evaluation_parent_run_id = "
+                                        f"'{tags['Evaluation_run_id']}'")[0].info.run_id
+    params = {k: v.format(train=tags["Train_run_id"], sample=sample) for k, v in params.items()}
+    result = project.run(params)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"'--{param}'" in errors[0] and words in errors[0], result.output
