@@ -42,24 +42,58 @@ class Driver:
     use_cache: bool
     version: str
 
+    def _stored(self, entry_point: str, experiment_id: str, parameters: dict[str, str]):
+        """The ID of a stored run that can stand in for this one, if reuse is on and one exists."""
+        if not self.use_cache:
+            return None
+        stored = find_reusable_run(experiment_id, entry_point, parameters, self.version)
+        if stored is None:
+            return None
+        click.echo(f"=== {entry_point}: reusing FINISHED run {stored.info.run_id} "
+                   "(same parameters, code version and upstream runs) ===")
+        return stored.info.run_id
+
+    def _launch(self, entry_point: str, experiment_id: str, parameters: dict[str, str],
+                synchronous: bool):
+        click.echo(f"=== {entry_point} ===")
+        return mlflow.run(str(PROJECT_DIR), entry_point, parameters=parameters,
+                          experiment_id=experiment_id, env_manager=self.env_manager,
+                          synchronous=synchronous)
+
     def step(self, entry_point: str, experiment: str, parameters: dict[str, str]) -> str:
         """The run ID of the step: a matching stored run, or a new nested `mlflow.run`."""
+        return self.steps(entry_point, experiment, [parameters])[0]
+
+    def steps(self, entry_point: str, experiment: str, parameter_sets: list[dict[str, str]]
+              ) -> list[str]:
+        """Runs of one entry point, all started at once (e.g. evaluation shards); waits for all.
+
+        Each is reused when a matching stored run exists. A failed run fails the step, after
+        every other run has finished.
+        """
         experiment_id = tracking.experiment_id(experiment)
-        if self.use_cache:
-            stored = find_reusable_run(experiment_id, entry_point, parameters, self.version)
+        run_ids, reused, submitted = [], [], []
+        for parameters in parameter_sets:
+            stored = self._stored(entry_point, experiment_id, parameters)
             if stored is not None:
-                run_id = stored.info.run_id
-                click.echo(f"=== {entry_point}: reusing FINISHED run {run_id} "
-                           "(same parameters, code version and upstream runs) ===")
-                mlflow.set_tag(f"Reused_{entry_point}", run_id)
-                return run_id
-        click.echo(f"=== {entry_point} ===")
-        try:
-            submitted = mlflow.run(str(PROJECT_DIR), entry_point, parameters=parameters,
-                                   experiment_id=experiment_id, env_manager=self.env_manager)
-        except ExecutionException as error:
-            raise StepFailed(f"the {entry_point} step failed ({error}); its message is above") from None
-        return submitted.run_id
+                reused.append(stored)
+                run_ids.append(stored)
+                continue
+            try:
+                run = self._launch(entry_point, experiment_id, parameters,
+                                   synchronous=len(parameter_sets) == 1)
+            except ExecutionException as error:
+                raise StepFailed(f"the {entry_point} step failed ({error}); "
+                                 "its message is above") from None
+            submitted.append(run)
+            run_ids.append(run.run_id)
+        failed = [run.run_id for run in submitted if not run.wait()]
+        if failed:
+            raise StepFailed(f"{len(failed)} of {len(parameter_sets)} {entry_point} runs failed "
+                             f"(run {', '.join(failed)}); their messages are above")
+        if reused:
+            mlflow.set_tag(f"Reused_{entry_point}", ",".join(reused))
+        return run_ids
 
     def resume(self, entry_point: str, run_id: str) -> str:
         click.echo(f"=== {entry_point}: starting from stored run {run_id} ===")
@@ -97,7 +131,7 @@ def ui_hint(tracking_uri: str) -> str:
 @click.command(help=__doc__)
 @options.with_options(options.DRIVER + options.TRAIN + options.EVALUATE + options.QUERY
                       + options.SALIENCY)
-def main(use_cache, train_run_id, evaluation_run_id, **values):
+def main(use_cache, train_run_id, evaluation_run_id, shards, **values):
     # Fail on a bad filter string or resume run now, not after training and evaluating.
     query_samples(NO_RUN_ID, values["query"], values["order_by"], 1)
     train_run_id, evaluation_run_id = resume_points(train_run_id, evaluation_run_id)
@@ -117,14 +151,17 @@ def main(use_cache, train_run_id, evaluation_run_id, **values):
         summary["Train run"] = train_id
 
         if evaluation_run_id:
-            evaluation_id = driver.resume("evaluate", evaluation_run_id)
+            evaluation_ids = [driver.resume("evaluate", evaluation_run_id)]
         else:
-            evaluation_id = driver.step("evaluate", tracking.EVALUATION_EXPERIMENT, {
-                "train_run_id": train_id, **step_params(options.EVALUATE, values)})
+            shared = {"train_run_id": train_id, **step_params(options.EVALUATE, values),
+                      "num_shards": str(shards)}
+            evaluation_ids = driver.steps("evaluate", tracking.EVALUATION_EXPERIMENT, [
+                {**shared, "shard_index": str(index)} for index in range(shards)])
+        evaluation_id = ",".join(evaluation_ids)
         mlflow.set_tag("Evaluation_run_id", evaluation_id)
-        summary["Evaluation run"] = evaluation_id
+        summary["Evaluation run" if shards == 1 else "Evaluation runs"] = evaluation_id
 
-        samples = query_samples(evaluation_id, values["query"], values["order_by"],
+        samples = query_samples(evaluation_ids, values["query"], values["order_by"],
                                 values["max_images"])
         mlflow.log_text(samples.to_csv(index=False), "query/query_result.csv")
         mlflow.set_tag("Query_matches", len(samples))
@@ -147,9 +184,9 @@ def main(use_cache, train_run_id, evaluation_run_id, **values):
     uri = mlflow.get_tracking_uri()
     click.echo("\nPipeline finished.")
     for label, run_id in summary.items():
-        click.echo(f"  {label + ':':16}{run_id}")
-    click.echo(f"  {'Tracking URI:':16}{uri}")
-    click.echo(f"  {'Open the UI:':16}{ui_hint(uri)}")
+        click.echo(f"  {label + ':':18}{run_id}")
+    click.echo(f"  {'Tracking URI:':18}{uri}")
+    click.echo(f"  {'Open the UI:':18}{ui_hint(uri)}")
 
 
 if __name__ == "__main__":

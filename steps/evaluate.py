@@ -50,21 +50,25 @@ def aggregate_metrics(true_labels, predicted, class_labels) -> dict[str, float]:
 
 
 @click.command(help=__doc__)
-@options.with_options([options.TRAIN_RUN_ID, *options.EVALUATE])
-def evaluate(train_run_id, num_samples):
+@options.with_options([options.TRAIN_RUN_ID, *options.EVALUATE, *options.SHARD])
+def evaluate(train_run_id, num_samples, shard_index, num_shards):
+    if shard_index >= num_shards:
+        raise click.BadParameter(f"shard {shard_index} does not exist among {num_shards} shards "
+                                 f"(0 to {num_shards - 1})", param_hint="'--shard_index'")
     train_run = tracking.require_run(train_run_id, tracking.TRAIN_EXPERIMENT, "train_run_id")
     setup = tracking.train_run_setup(train_run)
     data = load_dataset(setup["dataset"])
     test_ids = split_dataset(data, float(setup["test_fraction"]), int(setup["split_seed"])).test_ids
     if num_samples:
         test_ids = test_ids[:num_samples]
+    test_ids = test_ids[shard_index::num_shards]
     model = tracking.load_train_model(train_run)
     class_labels = [int(c) for c in model.classes_]
 
     with tracking.step_run(tracking.EVALUATION_EXPERIMENT, "evaluate") as parent:
         parent_id = parent.info.run_id
         mlflow.set_tags({"Train_run_id": train_run_id, "Dataset": setup["dataset"],
-                         "Num_samples": len(test_ids)})
+                         "Num_samples": len(test_ids), "Shard": f"{shard_index}/{num_shards}"})
         confidences = predict_confidences(model, data.images[test_ids])
         truth = data.labels[test_ids]
         predicted = predicted_labels(model, confidences)

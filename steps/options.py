@@ -114,6 +114,11 @@ EVALUATE = [
             "How many test images to evaluate, one run each (0 = the whole test split)."),
 ]
 
+SHARD = [
+    option("shard_index", 0, click.IntRange(min=0), "Which slice of the samples this run evaluates."),
+    option("num_shards", 1, click.IntRange(min=1), "How many slices the samples are cut into."),
+]
+
 QUERY = [
     option("query", "tags.Correct = 'false'", str,
             "mlflow.search_runs filter string selecting evaluation samples to explain."),
@@ -146,6 +151,8 @@ DRIVER = [
            "Start from this stored Train run instead of training (empty: train or reuse)."),
     option("evaluation_run_id", "", RunId(optional=True),
            "Start from this stored evaluation (its parent run) instead of evaluating."),
+    option("shards", 1, click.IntRange(min=1),
+           "Evaluate in this many concurrent evaluate runs, each over its own slice."),
 ]
 
 TRAIN_RUN_ID = option("train_run_id", None, RunId(), "ID of a run of the Train experiment.", True)

@@ -14,7 +14,7 @@ from tests.conftest import PROJECT_DIR
 ENTRY_POINT_OPTIONS = {
     "main": options.DRIVER + options.TRAIN + options.EVALUATE + options.QUERY + options.SALIENCY,
     "train": options.TRAIN,
-    "evaluate": [options.TRAIN_RUN_ID, *options.EVALUATE],
+    "evaluate": [options.TRAIN_RUN_ID, *options.EVALUATE, *options.SHARD],
     "saliency": options.SALIENCY_INPUTS + options.SALIENCY,
 }
 
