@@ -190,6 +190,8 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         tags, run_id = run.data.tags, run.info.run_id
         sample = samples[tags["Image_id"]]
         assert tags["Evaluation_run_id"] == sample.info.run_id
+        assert tags["Evaluation_parent_run_id"] == runs["evaluation"].info.run_id
+        assert tags["Code_version"] == runs["train"].data.tags["Code_version"]
         assert tags["Train_run_id"] == runs["train"].info.run_id
         assert tags["GT_class"] == sample.data.tags["GT_class"]
         assert tags["Predicted_class"] == sample.data.tags["Predicted_class"]

@@ -74,3 +74,14 @@ def test_mlproject_parameters_match_the_cli_options(entry_point):
         else:
             assert param["type"] == "string"
         assert options.as_param(param["default"]) == options.as_param(option.default)
+
+
+def test_readme_has_a_parameter_table_row_for_every_parameter():
+    readme = (PROJECT_DIR / "README.md").read_text()
+    own = {**ENTRY_POINT_OPTIONS, "main": options.DRIVER + options.QUERY}
+    for entry_point, declared in own.items():
+        heading = f"### `{entry_point}`"
+        assert heading in readme, heading
+        table = readme.split(heading, 1)[1].split("\n#", 1)[0]
+        for declaration in declared:
+            assert f"| `{declaration.name}` |" in table, (entry_point, declaration.name)
