@@ -1,21 +1,42 @@
-"""Writing many small runs (one per image sample) with the fewest tracking calls.
+"""Writing many small runs (one per image sample) quickly, with the fewest tracking calls.
 
-Each run is one `create_run` (with all its tags), one `log_batch` (all its metrics and params)
-and one `set_terminated`, instead of a call per value. A run whose writing fails is marked
-FAILED, never left RUNNING.
+Each run is one `create_run` (with its name and all its tags), one `log_batch` (all its metrics
+and params) and one `set_terminated`. The naive `with mlflow.start_run(): log_metrics(...);
+set_tags(...)` makes more calls per run, and against a tracking server also fetches every run
+back to print a link to it. Against a server the runs are written from a bounded pool of
+threads, as each call mostly waits on the network and the server's workers; a store this
+process opens itself (SQLite) takes one writer at a time, so there they are written one after
+the other, retrying while another process holds the database lock.
+
+A run whose writing fails is marked FAILED, never left RUNNING; the first failure stops the
+writing (runs already being written are finished) and is raised to the caller.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Callable, TextIO, TypeVar
 
-import click
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.tracking import RUN_NAME_TAG
+_logger = logging.getLogger(__name__)
+
+SERVER_SCHEMES = ("http", "https")
+# Enough requests in flight to keep a server's workers busy, few enough not to swamp it.
+SERVER_WORKERS = 8
+# Pauses before trying a call again while a SQLite store is locked (past its own 20 s wait).
+LOCKED_PAUSES_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,42 +47,170 @@ class SampleRun:
     params: dict[str, str] = field(default_factory=dict)
 
 
+def writer_threads(tracking_uri: str, workers: int | None = None) -> int:
+    """Threads to write with: a bounded pool against a server (`workers`, 8 by default); one
+    into a store this process opens, as SQLite takes a single writer at a time."""
+    if urllib.parse.urlparse(tracking_uri).scheme not in SERVER_SCHEMES:
+        return 1
+    return max(1, workers or SERVER_WORKERS)
+
+
 class SampleRunWriter:
-    def __init__(self, experiment_id: str, client: MlflowClient | None = None) -> None:
+    """Writes sample runs into one experiment, through `client` (the current tracking URI's)."""
+
+    def __init__(self, experiment_id: str, client: MlflowClient | None = None,
+                 workers: int | None = None) -> None:
         self.experiment_id = experiment_id
         self.client = client or MlflowClient()
+        self.workers = writer_threads(self.client.tracking_uri, workers)
 
     def write(self, sample: SampleRun) -> str:
         """Write one run; returns its ID."""
-        now = int(time.time() * 1000)
-        run = self.client.create_run(
-            self.experiment_id, start_time=now, tags={**sample.tags, RUN_NAME_TAG: sample.name}
-        )
-        run_id = run.info.run_id
-        try:
-            self.client.log_batch(
-                run_id,
-                metrics=[Metric(k, v, now, 0) for k, v in sample.metrics.items()],
-                params=[Param(k, str(v)) for k, v in sample.params.items()],
-            )
-        except BaseException:
-            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-            raise
-        self.client.set_terminated(run_id)
-        return run_id
+        with quiet_run_links():
+            return self._write(sample)
 
     def write_all(self, samples: list[SampleRun], label: str) -> list[str]:
-        """Write every run in order, with a progress bar (rate and ETA) on stderr."""
-        run_ids = []
-        started = time.monotonic()
-        with click.progressbar(samples, label=label, file=sys.stderr,
-                               show_eta=True, show_pos=True,
-                               item_show_func=lambda _: _rate(len(run_ids), started)) as bar:
-            for sample in bar:
-                run_ids.append(self.write(sample))
-        return run_ids
+        """Write every run; returns their IDs in the order of `samples`. Progress goes to stderr."""
+        with quiet_run_links(), Progress(len(samples), label) as progress:
+            if self.workers == 1:
+                return [progress.advanced(self._write(sample)) for sample in samples]
+            return self._write_pooled(samples, progress)
+
+    def _write_pooled(self, samples: list[SampleRun], progress: Progress) -> list[str]:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sample-runs")
+        try:
+            futures = [pool.submit(self._write, sample) for sample in samples]
+            for future in as_completed(futures):
+                progress.advanced(future.result())
+        finally:
+            # On the first failure: drop the runs not started, let the others end, then raise.
+            pool.shutdown(wait=True, cancel_futures=True)
+        return [future.result() for future in futures]
+
+    def _write(self, sample: SampleRun) -> str:
+        now = int(time.time() * 1000)
+        run = retry_locked(self.client.create_run, self.experiment_id, start_time=now,
+                           tags=sample.tags, run_name=sample.name)
+        run_id = run.info.run_id
+        try:
+            retry_locked(self.client.log_batch, run_id,
+                         metrics=[Metric(k, v, now, 0) for k, v in sample.metrics.items()],
+                         params=[Param(k, str(v)) for k, v in sample.params.items()])
+            retry_locked(self.client.set_terminated, run_id)
+        except BaseException:
+            self._mark_failed(run_id)
+            raise
+        return run_id
+
+    def _mark_failed(self, run_id: str) -> None:
+        """End the run FAILED; a failure to do so is logged, the write's own error raised."""
+        try:
+            retry_locked(self.client.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
+        except Exception:
+            _logger.exception("Could not mark run %s FAILED", run_id)
 
 
-def _rate(done: int, started: float) -> str:
-    elapsed = time.monotonic() - started
-    return f"{done / elapsed:.1f} runs/s" if elapsed > 0 and done else ""
+def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:
+    """`call`, tried again after a growing pause while another writer locks a SQLite store.
+
+    A locked store rolls the call's transaction back, so trying again writes nothing twice.
+    """
+    for pause in LOCKED_PAUSES_SECONDS:
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as error:
+            if "database is locked" not in str(error):
+                raise
+            _logger.warning("Tracking store locked; trying again in %.2f s", pause)
+            time.sleep(pause)
+    return call(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_run_links():
+    """No "🏃 View run ... at: ..." and "🧪 View experiment at: ..." lines for each run ended.
+
+    MLflow writes them straight to stdout, not through a logger, when `set_terminated` ends a
+    run in a tracking server, after fetching the run back; its public switch is this environment
+    variable, which also saves that request. It is set only while the sample runs are written.
+    """
+    previous = MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get_raw()
+    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set("true")
+    try:
+        yield
+    finally:
+        if previous is None:
+            MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.unset()
+        else:
+            MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(previous)
+
+
+class Progress:
+    """Count, rate and ETA: a bar redrawn in place on a terminal, a few plain lines elsewhere.
+
+    Elsewhere (a log file, CI, a pipe) a line is written at each quarter of the way, and at
+    least every `log_seconds`, rather than one per run.
+    """
+
+    BAR_WIDTH = 30
+    REDRAW_SECONDS = 0.1
+
+    def __init__(self, total: int, label: str, file: TextIO | None = None,
+                 log_seconds: float = 30.0) -> None:
+        self.total, self.label = total, label
+        self.file = file or sys.stderr
+        self.tty = self.file.isatty()
+        self.log_seconds = log_seconds
+        self.done = 0
+        self.started = self.shown_at = time.monotonic()
+        self.shown_quarter = 0
+
+    def __enter__(self) -> Progress:
+        if self.tty and self.total:
+            self._show()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tty and self.total:
+            self.file.write("\n")
+            self.file.flush()
+
+    def advanced(self, item: T) -> T:
+        """Count one more item done (returned as is), showing progress when due."""
+        self.done += 1
+        now = time.monotonic()
+        quarter = 4 * self.done // self.total
+        if self.done == self.total or self._due(now, quarter):
+            self.shown_at, self.shown_quarter = now, quarter
+            self._show()
+        return item
+
+    def _due(self, now: float, quarter: int) -> bool:
+        if self.tty:
+            return now - self.shown_at >= self.REDRAW_SECONDS
+        return quarter > self.shown_quarter or now - self.shown_at >= self.log_seconds
+
+    def status(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        remaining = (self.total - self.done) / rate if rate else None
+        eta = "done" if self.done == self.total else f"ETA {_duration(remaining)}"
+        return (f"{self.done}/{self.total} runs  {rate:.1f} runs/s  {eta}  "
+                f"elapsed {_duration(elapsed)}")
+
+    def _show(self) -> None:
+        if self.tty:
+            filled = self.BAR_WIDTH * self.done // self.total
+            bar = "#" * filled + "-" * (self.BAR_WIDTH - filled)
+            self.file.write(f"\r{self.label}  [{bar}]  {self.status()}\x1b[K")
+        else:
+            self.file.write(f"{self.label}: {self.status()}\n")
+        self.file.flush()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
