@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
 from steps import options, plots, tracking
+from steps.code_version import CODE_VERSION_TAG
 from steps.data import load_dataset, split_dataset
 from steps.model import predict_confidences, predicted_labels
 from steps.sample_runs import SampleRun, SampleRunWriter
@@ -76,6 +77,7 @@ def evaluate(train_run_id, num_samples, shard_index, num_shards):
             "Train_run_id": train_run_id,
             tracking.EVALUATION_PARENT_TAG: parent_id,
             tracking.PARENT_RUN_TAG: parent_id,
+            CODE_VERSION_TAG: parent.data.tags[CODE_VERSION_TAG],
         })
         writer = SampleRunWriter(parent.info.experiment_id)
         writer.write_all(runs, label=f"Logging {len(runs)} evaluation runs")

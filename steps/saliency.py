@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from steps import options, plots, tracking
+from steps.code_version import CODE_VERSION_TAG
 from steps.data import ImageDataset, load_dataset
 from steps.fast_saliency import FastSaliency
 from steps.saliency_maps import (
@@ -177,7 +178,8 @@ class Explainer:
         with mlflow.start_run(run_name=f"image-{image_id}", nested=True,
                               experiment_id=parent.info.experiment_id) as run:
             mlflow.set_tags({**tags, "Train_run_id": self.train_run_id,
-                             "Saliency_parent_run_id": parent.info.run_id, **extra_tags})
+                             "Saliency_parent_run_id": parent.info.run_id,
+                             CODE_VERSION_TAG: parent.data.tags[CODE_VERSION_TAG], **extra_tags})
             mlflow.log_params(params)
             mlflow.log_metric("Predicted_class_conf", confidence)
             mlflow.log_dict(config, CONFIG_ARTIFACT)

@@ -142,6 +142,7 @@ def test_evaluation_per_sample_runs(pipeline, runs):
         assert run.info.status == "FINISHED"
         assert tags["mlflow.parentRunId"] == parent_id
         assert tags["Train_run_id"] == runs["train"].info.run_id
+        assert tags["Code_version"] == runs["evaluation"].data.tags["Code_version"]
         assert int(tags["GT_class"]) == data.labels[int(tags["Image_id"])]
         confs = [metrics[f"Class_{k}_conf"] for k in range(10)]
         assert sum(confs) == pytest.approx(1, abs=1e-6)
