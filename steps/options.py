@@ -15,6 +15,7 @@ from typing import Callable
 import click
 
 from steps.catalog import ALGORITHMS, DATASETS, PICTURE_MODES, SOLVERS
+from steps.store_check import check_tracking_store
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -197,9 +198,12 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     """Run a click command so that any bad input ends in one `Error: ...` line and exit code 2.
 
     Click's standalone mode prints a usage block before the error; users of `mlflow run` never
-    typed those flags, so the usage only hides the line that matters.
+    typed those flags, so the usage only hides the line that matters. A tracking store the
+    process cannot use ends it the same way, up front (exit code 1, steps/store_check.py).
     """
     try:
+        if "--help" not in (sys.argv[1:] if args is None else args):
+            check_tracking_store()
         command.main(args=args, standalone_mode=False)
     except click.ClickException as error:
         click.echo(f"Error: {error.format_message()}", err=True)

@@ -1,0 +1,295 @@
+"""Check the tracking store up front: one clear `Error: ...` line, in seconds, when it is unusable.
+
+The driver and every step call `check_tracking_store()` (through `steps.options.run_cli`) before
+anything else, so a store they cannot use ends them at once instead of after MLflow's own
+retries (about four minutes against a server that does not answer) and a traceback:
+
+- a tracking server (http/https) gets one request, with no retries and a short timeout; no
+  answer, wrong or missing credentials (HTTP 401), a permission refused (403) or a run that is
+  not there each give one line that says which;
+- a database (postgresql, mysql, mssql) gets one connection with a short connect timeout;
+- a local store given as a relative path (`sqlite:///mlflow.db`, `mlruns`) is made absolute.
+  Under `mlflow run` the entry point runs in the project's directory, which for a Git URL is a
+  temporary checkout; MLflow passes a relative MLFLOW_TRACKING_URI on unchanged, so the path
+  would name a second, new store there. It is resolved against the directory `mlflow run` was
+  started in (found through /proc on Linux), and set absolute for every later step. Where that
+  directory cannot be found, the check stops with the fix rather than creating a store.
+
+Under `mlflow run` the check also confirms that the run MLflow started (MLFLOW_RUN_ID) is in
+the store. `python -m steps.store_check` runs the same check on its own and, for a local store,
+creates its tables (do that once before starting several pipelines at once on a new SQLite
+file: MLflow's `mlflow run` creates a new store's tables without a lock).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import click
+
+CHECK_TIMEOUT_SECONDS = 10
+SERVER_SCHEMES = ("http", "https")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+RUN_ID_ENV = "MLFLOW_RUN_ID"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+class TrackingStoreError(click.ClickException):
+    """The tracking store cannot be used; the message says why and what to do."""
+
+    exit_code = 1
+
+
+def check_tracking_store() -> str:
+    """Check the current tracking store; returns its URI (made absolute if it was relative)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    run_id = os.environ.get(RUN_ID_ENV) or None
+    absolute = absolute_local_uri(uri, run_id)
+    if absolute != uri:
+        mlflow.set_tracking_uri(absolute)  # also exported, for the steps this process starts
+        uri = absolute
+    scheme = scheme_of(uri)
+    if scheme in SERVER_SCHEMES:
+        check_server(uri, run_id)
+    elif scheme.split("+")[0] in DATABASE_SCHEMES:
+        check_database(uri)
+    if run_id and scheme not in SERVER_SCHEMES:
+        check_run_exists(uri, run_id)
+    return uri
+
+
+def scheme_of(uri: str) -> str:
+    return urllib.parse.urlparse(uri).scheme.lower()
+
+
+# --- local stores given as relative paths -----------------------------------------------------
+
+def local_path(uri: str) -> tuple[str, str] | None:
+    """(path, query) of a local store URI (`sqlite:///path`, `file:path`, a plain path)."""
+    scheme = scheme_of(uri)
+    if scheme == "sqlite":
+        rest = uri[len("sqlite:"):]
+        if not rest.startswith("///"):
+            return None  # in-memory (`sqlite://`) or a host form: nothing on disk to place
+        path, _, query = rest[3:].partition("?")
+        return (urllib.parse.unquote(path), query) if path and path != ":memory:" else None
+    if scheme == "file":
+        parsed = urllib.parse.urlparse(uri)
+        return urllib.parse.unquote(parsed.netloc + parsed.path), ""
+    if scheme == "":
+        return uri, ""
+    return None
+
+
+def absolute_local_uri(uri: str, run_id: str | None) -> str:
+    """`uri` with a relative local path made absolute, as `mlflow run` meant it."""
+    local = local_path(uri)
+    if local is None or os.path.isabs(local[0]):
+        return uri
+    path, query = local
+    base = launcher_dir(run_id) if run_id else Path.cwd()
+    if base is None:
+        raise TrackingStoreError(
+            f"{TRACKING_URI_ENV}={uri} is a relative path. Under `mlflow run` this process runs "
+            f"in the project's directory ({Path.cwd()}), not where `mlflow run` was started, "
+            "and that directory cannot be found here, so the path would name a second, empty "
+            "store. Give an absolute path, e.g. "
+            f"{TRACKING_URI_ENV}={rebuild(uri, str(Path(path).resolve()), query)}")
+    return rebuild(uri, str((base / path).resolve()), query)
+
+
+def rebuild(uri: str, path: str, query: str) -> str:
+    if scheme_of(uri) == "sqlite":
+        return f"sqlite:///{path}" + (f"?{query}" if query else "")
+    return Path(path).as_uri() if scheme_of(uri) == "file" else path
+
+
+def launcher_dir(run_id: str) -> Path | None:
+    """The working directory of the process that started this run (`mlflow run`), or None.
+
+    It is the nearest ancestor process whose environment does not carry this run's ID: the
+    processes between it and this one (a shell, an environment's activation) inherit it.
+    Linux only (/proc); elsewhere None.
+    """
+    marker = f"{RUN_ID_ENV}={run_id}".encode()
+    pid = os.getppid()
+    for _ in range(16):
+        if pid <= 1:
+            return None
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if marker not in environ:
+                return Path(os.readlink(f"/proc/{pid}/cwd"))
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+# --- tracking servers -------------------------------------------------------------------------
+
+def check_server(uri: str, run_id: str | None) -> None:
+    """One request to the server, no retries, a short timeout; raises TrackingStoreError."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    if run_id:
+        endpoint, method, kwargs = "/api/2.0/mlflow/runs/get", "GET", {"params": {"run_id": run_id}}
+    else:
+        endpoint, method, kwargs = ("/api/2.0/mlflow/experiments/search", "POST",
+                                    {"json": {"max_results": 1}})
+    timeout = check_timeout()
+    started = time.monotonic()
+    try:
+        response = http_request(creds, endpoint, method, max_retries=0, backoff_factor=0,
+                                backoff_jitter=0, timeout=timeout,
+                                raise_on_status=False, **kwargs)
+    except MlflowException as error:
+        cause = error.__cause__ or error.__context__
+        raise TrackingStoreError(
+            f"cannot reach the tracking server {uri}: "
+            f"{describe_network_error(cause or error, timeout)} "
+            f"(one try, {time.monotonic() - started:.1f} s). Is the server running, and is "
+            f"{TRACKING_URI_ENV} right?") from None
+    status = response.status_code
+    if status == 200:
+        return
+    if status == 401:
+        if creds.username:
+            raise TrackingStoreError(
+                f"the tracking server {uri} did not accept the user name "
+                f"{creds.username!r} and its password (HTTP 401). Check MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD.")
+        raise TrackingStoreError(
+            f"the tracking server {uri} asks for a user name and password (HTTP 401). Set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.")
+    if status == 403:
+        who = f"user {creds.username!r}" if creds.username else "an anonymous user"
+        what = f"run {run_id}" if run_id else "its experiments"
+        raise TrackingStoreError(
+            f"the tracking server {uri} refused {who} access to {what} (HTTP 403). Ask its "
+            "administrator for permission.")
+    if status == 404 and run_id and "RESOURCE_DOES_NOT_EXIST" in response.text:
+        raise TrackingStoreError(run_not_in_store(uri, run_id))
+    raise TrackingStoreError(
+        f"the tracking server {uri} answered HTTP {status} to {endpoint}: "
+        f"{first_line(response.text)[:300]}")
+
+
+def check_timeout() -> int:
+    """Seconds to wait for the store: CHECK_TIMEOUT_SECONDS, or MLflow's own request timeout
+    (MLFLOW_HTTP_REQUEST_TIMEOUT) when that is shorter."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    return max(1, min(CHECK_TIMEOUT_SECONDS, MLFLOW_HTTP_REQUEST_TIMEOUT.get()))
+
+
+def describe_network_error(error: BaseException, timeout: int) -> str:
+    import requests
+
+    text = str(error)
+    if isinstance(error, requests.exceptions.Timeout) or "timed out" in text.lower():
+        return f"no answer within {timeout} s"
+    for marker, meaning in (("Connection refused", "connection refused"),
+                            ("Name or service not known", "unknown host name"),
+                            ("nodename nor servname", "unknown host name"),
+                            ("Temporary failure in name resolution", "unknown host name"),
+                            ("Network is unreachable", "network unreachable"),
+                            ("No route to host", "no route to host"),
+                            ("SSLError", "TLS handshake failed"),
+                            ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted")):
+        if marker in text:
+            return meaning
+    return first_line(text)[:300]
+
+
+def first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+# --- databases --------------------------------------------------------------------------------
+
+def check_database(uri: str) -> None:
+    """One connection with a short connect timeout; raises TrackingStoreError."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    url = sqlalchemy.engine.make_url(uri)
+    shown = url.render_as_string(hide_password=True)
+    connect_args = ({"connect_timeout": check_timeout()}
+                    if url.get_backend_name() in ("postgresql", "mysql") else {})
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    except Exception as error:  # a missing driver, a malformed URI
+        raise TrackingStoreError(f"cannot use the tracking database {shown}: {error}") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = first_line(getattr(error, "orig", None) or error)
+        raise TrackingStoreError(
+            f"cannot connect to the tracking database {shown}: {reason}") from None
+    finally:
+        engine.dispose()
+
+
+# --- the run `mlflow run` started ---------------------------------------------------------------
+
+def check_run_exists(uri: str, run_id: str) -> None:
+    """The run `mlflow run` made for this process is in the store (else it looks elsewhere)."""
+    local = local_path(uri)
+    if local is not None and not Path(local[0]).exists():
+        raise TrackingStoreError(
+            f"the tracking store {uri} does not exist, yet `mlflow run` started run {run_id} "
+            "in a store; this process would create a second, empty one. Set "
+            f"{TRACKING_URI_ENV} to the store `mlflow run` used, as an absolute path.")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingStoreError(run_not_in_store(uri, run_id)) from None
+        raise
+
+
+def run_not_in_store(uri: str, run_id: str) -> str:
+    return (f"run {run_id}, which `mlflow run` started for this process, is not in the tracking "
+            f"store {uri}: this process is looking at a different store than `mlflow run` did. "
+            f"Set {TRACKING_URI_ENV} to one absolute path or URL for both.")
+
+
+def prepare_store() -> str:
+    """Check the store and, for a local one, create its tables and Default experiment now."""
+    uri = check_tracking_store()
+    if scheme_of(uri) not in SERVER_SCHEMES:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    return uri
+
+
+@click.command(help="Check the tracking store (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+                    "here) and create a new local store's tables.")
+def main() -> None:
+    uri = prepare_store()
+    click.echo(f"Tracking store ready: {uri}")
+
+
+if __name__ == "__main__":
+    try:
+        main.main(standalone_mode=False)
+    except click.ClickException as error:
+        click.echo(f"Error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)

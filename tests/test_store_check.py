@@ -1,0 +1,98 @@
+"""The up-front tracking-store check (steps/store_check.py), piece by piece, without servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steps import store_check
+from steps.store_check import TrackingStoreError, absolute_local_uri, local_path
+from tests.conftest import PROJECT_DIR
+from tests import servers
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("sqlite:///mlflow.db", ("mlflow.db", "")),
+    ("sqlite:////abs/mlflow.db", ("/abs/mlflow.db", "")),
+    ("sqlite:///sub/my%20store.db?timeout=30", ("sub/my store.db", "timeout=30")),
+    ("sqlite://", None),
+    ("sqlite:///:memory:", None),
+    ("file:///abs/mlruns", ("/abs/mlruns", "")),
+    ("mlruns", ("mlruns", "")),
+    ("http://127.0.0.1:5000", None),
+    ("postgresql+psycopg2://u@h/db", None),
+])
+def test_local_path(uri, expected):
+    assert local_path(uri) == expected
+
+
+def test_relative_paths_resolve_against_the_launcher(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_check, "launcher_dir", lambda run_id: tmp_path)
+    assert absolute_local_uri("sqlite:///mlflow.db", "r" * 32) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert (absolute_local_uri("sqlite:///a/b.db?timeout=30", "r" * 32)
+            == f"sqlite:///{tmp_path}/a/b.db?timeout=30")
+    assert absolute_local_uri("mlruns", "r" * 32) == str(tmp_path / "mlruns")
+    assert absolute_local_uri("sqlite:////abs/x.db", "r" * 32) == "sqlite:////abs/x.db"
+    assert absolute_local_uri("http://h:5000", "r" * 32) == "http://h:5000"
+
+
+def test_without_mlflow_run_relative_paths_mean_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_local_uri("sqlite:///mlflow.db", None) == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_an_unknown_launcher_is_an_error_not_a_second_store(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_check, "launcher_dir", lambda run_id: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrackingStoreError, match="relative path.*absolute path"):
+        absolute_local_uri("sqlite:///mlflow.db", "r" * 32)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_launcher_dir_is_the_nearest_ancestor_without_the_run_id(tmp_path):
+    """A child given MLFLOW_RUN_ID (as `mlflow run` gives its entry point) in another directory
+    finds this process's directory."""
+    code = ("from steps.store_check import launcher_dir; import os; "
+            "print(launcher_dir(os.environ['MLFLOW_RUN_ID']))")
+    env = {**os.environ, "MLFLOW_RUN_ID": "f" * 32, "PYTHONPATH": str(PROJECT_DIR)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == str(Path.cwd())
+
+
+def test_a_missing_store_under_mlflow_run_is_an_error_and_not_created(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'missing.db'}"
+    with pytest.raises(TrackingStoreError, match="does not exist"):
+        store_check.check_run_exists(uri, "f" * 32)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_run_missing_from_the_store_is_named(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from mlflow.tracking import MlflowClient
+    MlflowClient(uri).search_experiments()
+    with pytest.raises(TrackingStoreError, match=f"run {'f' * 32}, which `mlflow run` started"):
+        store_check.check_run_exists(uri, "f" * 32)
+
+
+def test_unreachable_database_is_one_line():
+    port = servers.free_port()
+    expected = ("cannot connect to the tracking database "
+                rf"postgresql\+psycopg2://u:\*\*\*@127.0.0.1:{port}/db: ")
+    with pytest.raises(TrackingStoreError, match=expected):
+        store_check.check_database(f"postgresql+psycopg2://u:secret@127.0.0.1:{port}/db")
+
+
+def test_postgres_skip_becomes_a_failure_when_required(monkeypatch):
+    monkeypatch.setattr(servers, "POSTGRES_PORT", servers.free_port())
+    monkeypatch.delenv(servers.REQUIRE_POSTGRES_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no PostgreSQL server reachable"):
+        servers.postgres_or_skip()
+    monkeypatch.setenv(servers.REQUIRE_POSTGRES_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="SALIENCY_FLOW_REQUIRE_POSTGRES=1 requires"):
+        servers.postgres_or_skip()
