@@ -16,6 +16,7 @@ import click
 
 from steps.catalog import ALGORITHMS, DATASETS, PICTURE_MODES, SOLVERS
 from steps.store_check import check_tracking_store
+
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -93,18 +93,24 @@ def generator_config(generator: PerturbationOcclusion) -> dict[str, Any]:
     return {"generator": to_config_dict(generator), "fill": generator.fill}
 
 
+SMQTK_PACKAGES = ("smqtk_classifier", "smqtk_descriptors", "smqtk_detection",
+                  "smqtk_dataprovider", "smqtk_image_io")
+
+
 @contextlib.contextmanager
 def quiet_plugin_discovery():
     """smqtk's plugin discovery warns about optional back-ends (caffe, libsvm) we never use."""
-    logger = logging.getLogger("smqtk_classifier")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in SMQTK_PACKAGES]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def generator_from_config(config: dict[str, Any]) -> GenerateImageClassifierBlackboxSaliency:
