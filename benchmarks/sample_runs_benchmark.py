@@ -33,9 +33,9 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from steps.console import quiet_run_links  # noqa: E402
 from steps.evaluate import sample_runs  # noqa: E402
-from steps.sample_runs import (  # noqa: E402
-    SERVER_WORKERS, SampleRun, SampleRunWriter, quiet_run_links)
+from steps.sample_runs import SERVER_WORKERS, SampleRun, SampleRunWriter  # noqa: E402
 
 # The parent tags the evaluate step puts on its sample runs.
 PARENT_TAGS = ("Evaluation_parent_run_id", "mlflow.parentRunId")

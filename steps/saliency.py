@@ -4,8 +4,8 @@ Each per-image run is nested under the step's run and holds the algorithm's para
 xaitk/smqtk configuration that rebuilds the same generator (`generator_config.json`), the map
 (`saliency_map.npy`, `[classes, H, W]` in [-1, 1]) and pictures of it over the image. The maps
 come from one `FastSaliency` engine for all the images, built from that stored configuration:
-the same maps as xaitk's generator, about 50 times faster per map
-(benchmarks/saliency_benchmark.py).
+the same maps as xaitk's generator, many times faster per map (benchmarks/saliency_benchmark.py).
+The console shows a progress bar with rate and ETA, not MLflow's "View run" line per image.
 
 Two more modes work on stored runs: `reproduce_run_id` regenerates a stored map from its stored
 configuration and fails when the new map differs; `update_run_id` adds maps of more images to a
@@ -14,7 +14,6 @@ stored run under new artifact paths, deleting nothing.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from steps import options, plots, tracking
 from steps.code_version import CODE_VERSION_TAG
+from steps.console import Progress, quiet_run_links
 from steps.data import ImageDataset, load_dataset
 from steps.fast_saliency import FastSaliency
 from steps.saliency_maps import (
@@ -161,13 +161,14 @@ class Explainer:
             "Predicted_class": str(int(self.model.classes_[confidences.argmax()])),
         }, float(confidences.max())
 
-    def explain(self, image_id: int, prefix: str = "") -> np.ndarray:
-        """Make the image's map and log it with its pictures (under `prefix`) in the active run."""
+    def explain(self, image_id: int, identity: dict[str, str], prefix: str = "") -> np.ndarray:
+        """Make the image's map and log it with its pictures (under `prefix`) in the active run;
+        `identity` is the image's `identity_tags`, for the pictures' titles."""
         image = self.data.images[image_id]
         maps = self.engine(image, self.classifier)
         log_map(maps, prefix)
-        tags, _ = self.identity_tags(image_id)
-        title = f"image {image_id}: true {tags['GT_class']}, predicted {tags['Predicted_class']}"
+        title = (f"image {image_id}: true {identity['GT_class']}, "
+                 f"predicted {identity['Predicted_class']}")
         log_pictures(image, maps, self.data.class_names, title, self.picture_mode, prefix)
         return maps
 
@@ -183,11 +184,12 @@ class Explainer:
             mlflow.log_params(params)
             mlflow.log_metric("Predicted_class_conf", confidence)
             mlflow.log_dict(config, CONFIG_ARTIFACT)
-            return run, self.explain(image_id)
+            return run, self.explain(image_id, tags)
 
 
-def progress(items, label: str):
-    return click.progressbar(items, label=label, file=sys.stderr, show_pos=True)
+def map_progress(total: int, label: str) -> Progress:
+    """Maps made so far, their rate and ETA, on stderr."""
+    return Progress(total, label, unit="maps")
 
 
 def generate(train_run_id, image_ids, evaluation_run_ids, params: SaliencyParams,
@@ -200,9 +202,10 @@ def generate(train_run_id, image_ids, evaluation_run_ids, params: SaliencyParams
     with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency") as parent:
         mlflow.set_tags({"Train_run_id": train_run_id, "Algorithm": params.algorithm,
                          "Image_ids": ",".join(map(str, image_ids))})
-        with progress(list(zip(image_ids, lineage)), f"Saliency maps ({params.algorithm})") as bar:
-            for image_id, tags in bar:
-                explainer.map_run(image_id, parent, logged, config, tags)
+        with quiet_run_links(), map_progress(len(image_ids),
+                                             f"Saliency maps ({params.algorithm})") as bar:
+            for image_id, tags in zip(image_ids, lineage):
+                bar.advanced(explainer.map_run(image_id, parent, logged, config, tags))
         click.echo(f"Saliency run {parent.info.run_id}: {len(image_ids)} maps")
 
 
@@ -248,15 +251,17 @@ def update(target_id: str, image_ids, picture_mode: str, predict_batch_size: int
     with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency-update") as parent:
         mlflow.set_tags({"Updated_run_id": target_id, "Image_ids": ",".join(map(str, image_ids))})
         with mlflow.start_run(run_id=target_id, nested=True):
-            with progress(image_ids, f"Adding maps to run {target_id}") as bar:
-                for image_id in bar:
+            with map_progress(len(image_ids), f"Adding maps to run {target_id}") as bar:
+                for image_id in image_ids:
                     count += 1
-                    explainer.explain(image_id, prefix=f"updates/{count}_image_{image_id}/")
-                    history.append(str(image_id))
                     identity, _ = explainer.identity_tags(image_id)
+                    explainer.explain(image_id, identity,
+                                      prefix=f"updates/{count}_image_{image_id}/")
+                    history.append(str(image_id))
                     mlflow.set_tags({**identity, HISTORY_TAG: ",".join(history),
                                      UPDATES_TAG: str(count), "Modified_run": "true",
                                      "Modified_by_run_id": parent.info.run_id})
+                    bar.advanced(image_id)
         click.echo(f"Added {len(image_ids)} maps to run {target_id} (images it has held: "
                    f"{','.join(history)})")
 

@@ -14,19 +14,18 @@ writing (runs already being written are finished) and is raised to the caller.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Callable, TextIO, TypeVar
+from typing import Callable, TypeVar
 
 from mlflow.entities import Metric, Param, RunStatus
-from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from steps.console import Progress, quiet_run_links
 
 _logger = logging.getLogger(__name__)
 
@@ -124,93 +123,3 @@ def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:
             _logger.warning("Tracking store locked; trying again in %.2f s", pause)
             time.sleep(pause)
     return call(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def quiet_run_links():
-    """No "🏃 View run ... at: ..." and "🧪 View experiment at: ..." lines for each run ended.
-
-    MLflow writes them straight to stdout, not through a logger, when `set_terminated` ends a
-    run in a tracking server, after fetching the run back; its public switch is this environment
-    variable, which also saves that request. It is set only while the sample runs are written.
-    """
-    previous = MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get_raw()
-    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set("true")
-    try:
-        yield
-    finally:
-        if previous is None:
-            MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.unset()
-        else:
-            MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(previous)
-
-
-class Progress:
-    """Count, rate and ETA: a bar redrawn in place on a terminal, a few plain lines elsewhere.
-
-    Elsewhere (a log file, CI, a pipe) a line is written at each quarter of the way, and at
-    least every `log_seconds`, rather than one per run.
-    """
-
-    BAR_WIDTH = 30
-    REDRAW_SECONDS = 0.1
-
-    def __init__(self, total: int, label: str, file: TextIO | None = None,
-                 log_seconds: float = 30.0) -> None:
-        self.total, self.label = total, label
-        self.file = file or sys.stderr
-        self.tty = self.file.isatty()
-        self.log_seconds = log_seconds
-        self.done = 0
-        self.started = self.shown_at = time.monotonic()
-        self.shown_quarter = 0
-
-    def __enter__(self) -> Progress:
-        if self.tty and self.total:
-            self._show()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.tty and self.total:
-            self.file.write("\n")
-            self.file.flush()
-
-    def advanced(self, item: T) -> T:
-        """Count one more item done (returned as is), showing progress when due."""
-        self.done += 1
-        now = time.monotonic()
-        quarter = 4 * self.done // self.total
-        if self.done == self.total or self._due(now, quarter):
-            self.shown_at, self.shown_quarter = now, quarter
-            self._show()
-        return item
-
-    def _due(self, now: float, quarter: int) -> bool:
-        if self.tty:
-            return now - self.shown_at >= self.REDRAW_SECONDS
-        return quarter > self.shown_quarter or now - self.shown_at >= self.log_seconds
-
-    def status(self) -> str:
-        elapsed = time.monotonic() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        remaining = (self.total - self.done) / rate if rate else None
-        eta = "done" if self.done == self.total else f"ETA {_duration(remaining)}"
-        return (f"{self.done}/{self.total} runs  {rate:.1f} runs/s  {eta}  "
-                f"elapsed {_duration(elapsed)}")
-
-    def _show(self) -> None:
-        if self.tty:
-            filled = self.BAR_WIDTH * self.done // self.total
-            bar = "#" * filled + "-" * (self.BAR_WIDTH - filled)
-            self.file.write(f"\r{self.label}  [{bar}]  {self.status()}\x1b[K")
-        else:
-            self.file.write(f"{self.label}: {self.status()}\n")
-        self.file.flush()
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"

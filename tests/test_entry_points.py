@@ -68,6 +68,11 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
         paths = artifact_paths(store.client, run.info.run_id)
         assert {f"pictures/class_{k}.png" for k in range(10)} <= paths
         assert "pictures/all_classes.png" not in paths
+    # A progress line with rate and ETA (plain lines off a terminal), not a line per map run.
+    progress = [line for line in result.stderr.splitlines() if "maps/s" in line]
+    assert 1 <= len(progress) <= 3, result.stderr
+    assert progress[-1].startswith("Saliency maps (sliding_window): 2/2 maps"), progress
+    assert "done" in progress[-1] and "elapsed" in progress[-1]
 
 
 def test_query_that_matches_nothing_is_a_message_not_a_crash(store):
