@@ -8,6 +8,7 @@ retries (about four minutes against a server that does not answer) and a traceba
   answer, wrong or missing credentials (HTTP 401), a permission refused (403) or a run that is
   not there each give one line that says which;
 - a database (postgresql, mysql, mssql) gets one connection with a short connect timeout;
+- a SQLite store's file is put in WAL mode, for faster writes (steps/sqlite_journal.py);
 - a local store given as a relative path (`sqlite:///mlflow.db`, `mlruns`) is made absolute.
   Under `mlflow run` the entry point runs in the project's directory, which for a Git URL is a
   temporary checkout; MLflow passes a relative MLFLOW_TRACKING_URI on unchanged, so the path
@@ -30,6 +31,8 @@ import urllib.parse
 from pathlib import Path
 
 import click
+
+from steps.sqlite_journal import use_wal
 
 CHECK_TIMEOUT_SECONDS = 10
 SERVER_SCHEMES = ("http", "https")
@@ -61,7 +64,15 @@ def check_tracking_store() -> str:
         check_database(uri)
     if run_id and scheme not in SERVER_SCHEMES:
         check_run_exists(uri, run_id)
+    use_wal_if_sqlite(uri)
     return uri
+
+
+def use_wal_if_sqlite(uri: str) -> None:
+    """A SQLite store's file in WAL mode, for faster writes (steps/sqlite_journal.py)."""
+    local = local_path(uri) if scheme_of(uri) == "sqlite" else None
+    if local is not None:
+        use_wal(local[0])
 
 
 def scheme_of(uri: str) -> str:
@@ -277,6 +288,7 @@ def prepare_store() -> str:
         from mlflow.tracking import MlflowClient
 
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        use_wal_if_sqlite(uri)
     return uri
 
 

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.data import load_dataset, split_dataset
 from steps.saliency_maps import SklearnImageClassifier, compute_saliency, generator_from_config
+from steps.sqlite_journal import journal_mode
 from tests.conftest import FAST_SALIENCY, FAST_TRAIN, Store
 
 NUM_SAMPLES = 40
@@ -72,6 +73,11 @@ def test_driver_prints_run_ids_tracking_uri_and_ui_command(pipeline, runs):
         assert runs[key].info.run_id in result.stdout
     assert store.uri in result.stdout
     assert f"mlflow ui --backend-store-uri {store.uri}" in result.stdout
+
+
+def test_the_sqlite_store_is_left_in_wal_mode(pipeline):
+    store, _ = pipeline
+    assert journal_mode(store.dir / "mlflow.db") == "wal"
 
 
 def test_every_run_finished_and_steps_are_nested_under_main(pipeline, runs):

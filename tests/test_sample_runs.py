@@ -170,9 +170,14 @@ def test_benchmark_script_at_tiny_sizes_prints_ratios_then_stops_server_and_drop
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    rows = re.findall(r"^(sqlite file|server \(postgresql backend\)) +[\d.]+ +[\d.]+ +[\d.]+x$",
+    rows = re.findall(r"^(sqlite file, .+?|server \(postgresql backend\)) +[\d.]+ +[\d.]+ +[\d.]+x$",
                       out, re.MULTILINE)
-    assert rows == ["sqlite file", "server (postgresql backend)"], out
+    assert rows == ["sqlite file, WAL (as the steps leave it)",
+                    "sqlite file, rollback journal (SQLite's default)",
+                    "server (postgresql backend)"], out
+    assert re.search(r"^naive loop on a SQLite file in its default mode -> the writer on the "
+                     r"file as the steps leave it: [\d.]+ -> [\d.]+ runs/s, [\d.]+x", out,
+                     re.MULTILINE), out
     (url,) = re.findall(r"^server \(postgresql backend\): (http://\S+)$", out, re.MULTILINE)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=5)

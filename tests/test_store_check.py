@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from steps import store_check
+from steps import sqlite_journal, store_check
+from steps.sqlite_journal import WAL_ENV, journal_mode
 from steps.store_check import TrackingStoreError, absolute_local_uri, local_path
 from tests.conftest import PROJECT_DIR
 from tests import servers
@@ -96,3 +98,48 @@ def test_postgres_skip_becomes_a_failure_when_required(monkeypatch):
     monkeypatch.setenv(servers.REQUIRE_POSTGRES_ENV, "1")
     with pytest.raises(pytest.fail.Exception, match="SALIENCY_FLOW_REQUIRE_POSTGRES=1 requires"):
         servers.postgres_or_skip()
+
+
+# --- SQLite stores in WAL mode (steps/sqlite_journal.py) ---------------------------------------
+
+def prepare_store(uri: str, cwd: Path, **env) -> subprocess.CompletedProcess:
+    """`python -m steps.store_check`, as the README has users prepare a new SQLite store."""
+    full_env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(PROJECT_DIR), **env}
+    full_env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", "steps.store_check"], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "wal"), ("1", "wal"), ("0", "delete"),
+                                                ("false", "delete")])
+def test_a_new_sqlite_store_is_put_in_wal_mode_unless_turned_off(tmp_path, setting, expected):
+    env = {} if setting is None else {WAL_ENV: setting}
+    proc = prepare_store("sqlite:///mlflow.db", tmp_path, **env)
+    assert proc.returncode == 0, proc.stderr
+    assert journal_mode(tmp_path / "mlflow.db") == expected
+    # MLflow reads and writes the file as before.
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("after"))
+    client.set_terminated(run.info.run_id)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_locked_sqlite_file_is_left_as_it_is_with_a_warning(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "mlflow.db"
+    assert prepare_store(f"sqlite:///{path}", tmp_path, **{WAL_ENV: "0"}).returncode == 0
+    monkeypatch.setattr(sqlite_journal, "LOCK_WAIT_SECONDS", 0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        assert sqlite_journal.use_wal(path) is None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "left in its journal mode (database is locked)" in caplog.text
+    assert journal_mode(path) == "delete"
+
+
+def test_no_sqlite_file_is_created_by_the_switch(tmp_path):
+    assert sqlite_journal.use_wal(tmp_path / "missing.db") is None
+    assert not (tmp_path / "missing.db").exists()
