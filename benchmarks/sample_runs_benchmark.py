@@ -235,9 +235,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300,
                         help="sample runs each way writes into each store (default: 300)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=20,
                         help="rounds the runs are split into, the two ways taking turns "
-                             "(default: 3)")
+                             "(default: 20)")
     parser.add_argument("--stores", choices=("both", "sqlite", "server"), default="both",
                         help="which stores to measure (default: both)")
     parser.add_argument("--sqlite-journal", choices=("both", *SQLITE_JOURNALS), default="both",
