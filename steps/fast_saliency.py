@@ -8,8 +8,8 @@ that needs about 1 ms. `FastSaliency` runs the same perturber and scorer, rebuil
 configuration the saliency step stores, but
 - makes the masks once per (perturber configuration, image shape) and reuses them (`MaskCache`);
 - builds the perturbed images a chunk at a time with xaitk's own per-image expression, vectorised,
-  so memory holds at most `chunk_size` of them;
-- classifies each chunk with one array call;
+  so memory holds at most `chunk_size` of them (or one classifier batch, if that is larger);
+- classifies each chunk with one array call, in the same batches as xaitk's stream would be;
 - does the scorers' loop as one matrix product per chunk.
 Its maps equal xaitk's (tests/test_fast_saliency.py). Nothing here knows about MLflow.
 """
@@ -113,6 +113,21 @@ def classify_array(classifier: ClassifyImage, images: np.ndarray) -> np.ndarray:
     labels = classifier.get_labels()
     return np.asarray([[confidences[label] for label in labels]
                        for confidences in classifier.classify_images(images)], dtype=np.float64)
+
+
+def aligned_chunk_size(chunk_size: int, classifier: ClassifyImage) -> int:
+    """`chunk_size` in whole batches of the classifier (`batch_size`, if it has one), at least one.
+
+    xaitk streams the perturbed images through `classify_images`, which classifies them in
+    batches of `batch_size` from the first. Chunks of whole batches give every `predict_proba`
+    call the same images in the same places, so the same confidences to the last bit: float32
+    products round differently in batches of other shapes, and where an occlusion changes
+    nothing (a blank image) that rounding is all a class's map is made of.
+    """
+    batch = getattr(classifier, "batch_size", None)
+    if not batch:
+        return chunk_size
+    return max(1, chunk_size // batch) * batch
 
 
 def scale_by_max_abs(rows: np.ndarray) -> np.ndarray:
@@ -220,8 +235,9 @@ class FastSaliency:
         if weighting.from_reference:
             reference = classify_array(classifier, image[np.newaxis])[0]
         total = coverage = 0.0
-        for start in range(0, len(masks), self.chunk_size):
-            chunk = masks[start:start + self.chunk_size]
+        step = aligned_chunk_size(self.chunk_size, classifier)
+        for start in range(0, len(masks), step):
+            chunk = masks[start:start + step]
             confidences = classify_array(classifier, occlude(image, chunk, self.fill))
             scalars = reference - confidences if weighting.from_reference else confidences
             chunk_total, chunk_coverage = weighting.weigh(scalars, chunk)

@@ -133,6 +133,11 @@ class SklearnImageClassifier(ClassifyImage):
         self._model = model
         self._batch_size = int(batch_size)
 
+    @property
+    def batch_size(self) -> int:
+        """Images per `predict_proba` call."""
+        return self._batch_size
+
     def get_labels(self) -> Sequence[Hashable]:
         return [int(c) for c in self._model.classes_]
 

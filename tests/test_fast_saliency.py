@@ -35,7 +35,8 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def images(digits):
-    """Three digits and a blank image (whose sliding-window maps are all zero)."""
+    """Three digits and a blank image, where occluding to 0 changes nothing: a class's map there
+    is only the classifier's rounding (not zero on every CPU), which ours must round alike."""
     return [*digits.images[[0, 11, 42]], np.zeros_like(digits.images[0])]
 
 
@@ -90,11 +91,47 @@ def test_float32_confidences_are_scored_in_float64_like_xaitk(model, images):
                                xaitk_stack(params)(images[0], classifier), atol=1e-12)
 
 
-def test_perturbed_images_are_classified_in_chunks_of_at_most_chunk_size(model, images):
+class ChunkRecordingClassifier(SklearnImageClassifier):
+    """Records how many perturbed images each array call gets: the engine's chunks."""
+
+    def __init__(self, model, batch_size):
+        super().__init__(model, batch_size=batch_size)
+        self.chunks = []
+
+    def classify_array(self, images):
+        self.chunks.append(len(images))
+        return super().classify_array(images)
+
+
+@pytest.mark.parametrize("chunk_size, batch_size, chunks", [
+    (64, 64, [64, 64, 64, 8]),
+    (100, 32, [96, 96, 8]),     # whole batches: 100 rounds down to 3 x 32
+    (10, 32, [32] * 6 + [8]),   # at least one batch
+])
+def test_perturbed_images_are_made_and_classified_in_chunks_of_whole_batches(
+        model, images, chunk_size, batch_size, chunks):
     counting = CountingModel(model.classifier)
-    engine = FastSaliency.from_config(stored_config(SaliencyParams(n=200)), chunk_size=64)
-    engine(images[0], SklearnImageClassifier(counting, batch_size=1000))
-    assert counting.batches == [64, 64, 64, 8]
+    classifier = ChunkRecordingClassifier(counting, batch_size)
+    engine = FastSaliency.from_config(stored_config(SaliencyParams(n=200)), chunk_size=chunk_size)
+    engine(images[0], classifier)
+    assert classifier.chunks == chunks
+    assert max(counting.batches) <= batch_size
+
+
+@pytest.mark.parametrize("params", [
+    SaliencyParams(algorithm="rise", n=300, s=4, p1=0.5, seed=2),
+    SaliencyParams(algorithm="sliding_window", window_size=(2, 2), stride=(1, 1)),
+])
+def test_chunk_size_never_changes_a_map(model, images, params):
+    """Memory, not results: any chunk size gives the same maps. The classifier sees the same
+    batches whatever the chunks, so only the float64 sums over chunks round apart (1e-16 here)."""
+    classifier = SklearnImageClassifier(model.classifier, batch_size=16)
+    config = stored_config(params)
+    for image in images:
+        maps = [FastSaliency.from_config(config, chunk_size=size)(image, classifier)
+                for size in (1, 16, 50, 4096)]
+        for other in maps[1:]:
+            np.testing.assert_allclose(other, maps[0], rtol=0, atol=1e-12)
 
 
 def test_a_classifier_without_an_array_call_gives_the_same_maps(model, images):
