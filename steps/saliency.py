@@ -8,8 +8,8 @@ the same maps as xaitk's generator, many times faster per map (benchmarks/salien
 The console shows a progress bar with rate and ETA, not MLflow's "View run" line per image.
 
 Two more modes work on stored runs: `reproduce_run_id` regenerates a stored map from its stored
-configuration and fails when the new map differs; `update_run_id` adds maps of more images to a
-stored run under new artifact paths, deleting nothing.
+configuration and batch size and fails when the new map differs; `update_run_id` adds maps of
+more images to a stored run under new artifact paths, deleting nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ MAP_ARTIFACT = "saliency_map.npy"
 REPRODUCED_TAG = "Reproduced_from"
 HISTORY_TAG = "Image_id_history"
 UPDATES_TAG = "Update_count"
+# Stored with each map: the model's float32 confidences round by batch shape, so regenerating
+# the very same map takes the same batches.
+BATCH_PARAM = "predict_batch_size"
 
 
 class MapsDiffer(click.ClickException):
@@ -104,6 +107,11 @@ def stored_config(run: Run) -> dict:
 def stored_map(run: Run) -> np.ndarray:
     return np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                        artifact_path=MAP_ARTIFACT))
+
+
+def stored_batch_size(run: Run, given: int) -> int:
+    """The batch size the run's maps were made with (`given` for runs stored without it)."""
+    return int(run.data.params.get(BATCH_PARAM, given))
 
 
 def original_image_id(run: Run) -> int:
@@ -198,7 +206,8 @@ def generate(train_run_id, image_ids, evaluation_run_ids, params: SaliencyParams
     config = generator_config(build_generator(params))
     explainer = Explainer.build(train_run_id, config, picture_mode, predict_batch_size, image_ids)
     lineage = check_evaluation_runs(image_ids, evaluation_run_ids)
-    logged = {k: options.as_param(v) for k, v in params.used_params().items()}
+    logged = {**{k: options.as_param(v) for k, v in params.used_params().items()},
+              BATCH_PARAM: str(predict_batch_size)}
     with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency") as parent:
         mlflow.set_tags({"Train_run_id": train_run_id, "Algorithm": params.algorithm,
                          "Image_ids": ",".join(map(str, image_ids))})
@@ -215,8 +224,8 @@ def reproduce(source_id: str, picture_mode: str, predict_batch_size: int) -> Non
     config = stored_config(source)
     tags = source.data.tags
     image_id = original_image_id(source)
-    explainer = Explainer.build(tags["Train_run_id"], config, picture_mode, predict_batch_size,
-                                (image_id,))
+    explainer = Explainer.build(tags["Train_run_id"], config, picture_mode,
+                                stored_batch_size(source, predict_batch_size), (image_id,))
     expected = stored_map(source)
     lineage = {k: tags[k] for k in ("Evaluation_run_id", tracking.EVALUATION_PARENT_TAG) if k in tags}
     with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
@@ -244,8 +253,8 @@ def update(target_id: str, image_ids, picture_mode: str, predict_batch_size: int
         raise click.BadParameter("give the images to add to the run", param_hint="'--image_ids'")
     config = stored_config(target)
     tags = target.data.tags
-    explainer = Explainer.build(tags["Train_run_id"], config, picture_mode, predict_batch_size,
-                                image_ids)
+    explainer = Explainer.build(tags["Train_run_id"], config, picture_mode,
+                                stored_batch_size(target, predict_batch_size), image_ids)
     history = tags.get(HISTORY_TAG, tags["Image_id"]).split(",")
     count = int(tags.get(UPDATES_TAG, "0"))
     with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency-update") as parent:

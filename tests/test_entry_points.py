@@ -63,7 +63,7 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
     assert sorted(r.data.tags["Image_id"] for r in maps) == ["1000", "3"]
     for run in maps:
         assert run.data.params == {"algorithm": "sliding_window", "window_size": "3,3",
-                                   "stride": "2,2", "fill": "0.5"}
+                                   "stride": "2,2", "fill": "0.5", "predict_batch_size": "256"}
         assert run.data.tags["Evaluation_run_id"] == ""
         paths = artifact_paths(store.client, run.info.run_id)
         assert {f"pictures/class_{k}.png" for k in range(10)} <= paths

@@ -203,7 +203,8 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         assert tags["GT_class"] == sample.data.tags["GT_class"]
         assert tags["Predicted_class"] == sample.data.tags["Predicted_class"]
         assert run.data.params == {"algorithm": "rise", "n": FAST_SALIENCY["n"], "s": "4",
-                                   "p1": "0.5", "seed": "0", "debiased": "true", "fill": "0.0"}
+                                   "p1": "0.5", "seed": "0", "debiased": "true", "fill": "0.0",
+                                   "predict_batch_size": "256"}
         paths = artifact_paths(store.client, run_id)
         assert {"saliency_map.npy", "generator_config.json", "pictures/all_classes.png"} <= paths
         assert {f"pictures/class_{k}.png" for k in range(10)} <= paths

@@ -14,7 +14,7 @@ from tests.test_pipeline import artifact_paths, read_artifact
 
 # Deliberately not the defaults: reproduction must use what was stored.
 STORED = {"n": "80", "s": "3", "p1": "0.3", "seed": "5", "fill": "0.2",
-          "picture_mode": "combined"}
+          "predict_batch_size": "7", "picture_mode": "combined"}
 UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
 
 
@@ -48,6 +48,7 @@ def test_reproduce_rebuilds_from_stored_config_and_gives_the_identical_map(store
     assert new.data.metrics["Max_abs_difference"] == 0
     assert new.data.params == source.data.params
     assert new.data.params["n"] == "80" and new.data.params["fill"] == "0.2"
+    assert new.data.params["predict_batch_size"] == "7"
     for tag in ("Image_id", "GT_class", "Predicted_class", "Train_run_id"):
         assert new.data.tags[tag] == source.data.tags[tag]
     original = np.load(store.client.download_artifacts(source.info.run_id, "saliency_map.npy"))
