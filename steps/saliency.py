@@ -125,10 +125,10 @@ def log_pictures(image, maps, class_names, title, picture_mode, prefix: str) -> 
         mlflow.log_figure(fig, f"{prefix}pictures/all_classes.png")
         plots.plt.close(fig)
     if picture_mode in ("both", "per_class"):
-        for name, saliency in zip(class_names, maps):
-            fig = plots.class_overlay_figure(image, saliency, f"{title}\nclass {name}")
+        titles = [f"{title}\nclass {name}" for name in class_names]
+        for name, fig in zip(class_names, plots.class_overlay_figures(image, maps, titles),
+                             strict=True):
             mlflow.log_figure(fig, f"{prefix}pictures/class_{name}.png")
-            plots.plt.close(fig)
 
 
 def log_map(maps: np.ndarray, prefix: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 
+from steps import plots
 from steps.data import flatten, load_dataset, split_dataset
 from steps.model import ModelParams, accuracy, predict_confidences, train_classifier
 from steps.saliency_maps import (
@@ -18,6 +20,8 @@ from steps.saliency_maps import (
     generator_from_config,
     xaitk_stack,
 )
+
+plt = plots.plt
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +147,24 @@ def test_catalog_names_every_dataset_loader():
     from steps.data import LOADERS
 
     assert tuple(LOADERS) == DATASETS
+
+
+def test_per_class_pictures_are_one_figure_redrawn_and_equal_new_figures(digits):
+    """Each class's picture from the redrawn figure is the picture a new figure gives."""
+    image = digits.images[5]
+    maps = np.random.default_rng(0).uniform(-1, 1, size=(3, *image.shape))
+    titles = [f"image 5\nclass {k}" for k in range(3)]
+
+    def png(fig) -> bytes:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        return buffer.getvalue()
+
+    open_before = plt.get_fignums()
+    redrawn = [png(fig) for fig in plots.class_overlay_figures(image, maps, titles)]
+    assert plt.get_fignums() == open_before  # closed once all are drawn
+    assert len(set(redrawn)) == 3
+    for saliency, title, picture in zip(maps, titles, redrawn):
+        fig = plots.class_overlay_figure(image, saliency, title)
+        assert png(fig) == picture
+        plt.close(fig)
