@@ -19,7 +19,8 @@ def quiet_run_links():
 
     MLflow writes them straight to stdout, not through a logger, when `set_terminated` ends a
     run in a tracking server, after fetching the run back; its public switch is this environment
-    variable, which also saves that request. It is set only inside this block, around the many small runs.
+    variable, which also saves that request. It is set only inside this block, around the many
+    small runs.
     """
     previous = MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get_raw()
     MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set("true")
