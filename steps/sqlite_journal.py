@@ -33,10 +33,12 @@ def wal_wanted() -> bool:
     return os.environ.get(WAL_ENV, "1").strip().lower() not in OFF_VALUES
 
 
-def journal_mode(path: str | Path) -> str:
-    """The journal mode of an existing SQLite file ('delete', 'wal', ...)."""
+def journal_mode(path: str | Path, set_to: str | None = None) -> str:
+    """The journal mode of an existing SQLite file ('delete', 'wal', ...), after setting it to
+    `set_to` if given (SQLite answers with the mode it is in, changed or not)."""
+    statement = f"PRAGMA journal_mode={set_to}" if set_to else "PRAGMA journal_mode"
     with contextlib.closing(sqlite3.connect(path, timeout=LOCK_WAIT_SECONDS)) as connection:
-        return connection.execute("PRAGMA journal_mode").fetchone()[0]
+        return connection.execute(statement).fetchone()[0]
 
 
 def use_wal(path: str | Path) -> str | None:
@@ -48,10 +50,7 @@ def use_wal(path: str | Path) -> str | None:
     if not Path(path).is_file():
         return None
     try:
-        if not wal_wanted():
-            return journal_mode(path)
-        with contextlib.closing(sqlite3.connect(path, timeout=LOCK_WAIT_SECONDS)) as connection:
-            return connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        return journal_mode(path, set_to="WAL" if wal_wanted() else None)
     except sqlite3.Error as error:
         _logger.warning("Tracking store %s left in its journal mode (%s); runs are written "
                         "as usual, more slowly", path, error)
