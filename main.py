@@ -1,9 +1,10 @@
 """The driver: train -> evaluate -> query -> saliency, each step an `mlflow.run` nested in this run.
 
-Run it as `mlflow run .` (entry point `main`). It passes each step's run ID on to the next,
-selects the images to explain with `mlflow.search_runs`, and logs that query's result here.
-A step whose stored run matches (same parameters, code version and upstream runs) is reused
-instead of run again, unless `-P use_cache=false`.
+Run it as `mlflow run .` (entry point `main`). Steps hand each other a model URI (the train
+step's logged or registered model, or the user's own `-P model_uri=...`, which skips training),
+the query selects the images to explain with `mlflow.search_runs`, and its result is logged
+here. A step whose stored run matches (same parameters, code version, data digest and upstream
+runs) is reused instead of run again, unless `-P use_cache=false`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from pathlib import Path
 import click
 import mlflow
 from mlflow.exceptions import ExecutionException
+from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 
-from steps import options, tracking
-from steps.code_version import code_version
-from steps.query import query_samples
-from steps.step_cache import find_reusable_run
+from steps import names, options
+from steps.core.code_version import code_version
+from steps.tracking import runs
+from steps.tracking.inputs import absolute_dataset, data_digest
+from steps.tracking.models import ResolvedModel, resolve_model_uri
+from steps.tracking.query import query_samples
+from steps.tracking.step_cache import find_reusable_run
 
 PROJECT_DIR = Path(__file__).resolve().parent
 NO_RUN_ID = "0" * 32
@@ -29,11 +34,6 @@ class StepFailed(click.ClickException):
     exit_code = 1
 
 
-def step_params(declarations, values: dict) -> dict[str, str]:
-    """The values of the given option declarations, as `-P` strings for `mlflow.run`."""
-    return {d.name: options.as_param(values[d.name]) for d in declarations}
-
-
 @dataclass
 class Driver:
     """Runs or reuses steps inside the main run and records what it did there."""
@@ -41,16 +41,19 @@ class Driver:
     env_manager: str
     use_cache: bool
     version: str
+    #: Tags a stored step run must carry to stand in for a new one (the data's digest).
+    required_tags: dict[str, str]
 
     def _stored(self, entry_point: str, experiment_id: str, parameters: dict[str, str]):
         """The ID of a stored run that can stand in for this one, if reuse is on and one exists."""
         if not self.use_cache:
             return None
-        stored = find_reusable_run(experiment_id, entry_point, parameters, self.version)
+        stored = find_reusable_run(experiment_id, entry_point, parameters, self.version,
+                                   self.required_tags)
         if stored is None:
             return None
         click.echo(f"=== {entry_point}: reusing FINISHED run {stored.info.run_id} "
-                   "(same parameters, code version and upstream runs) ===")
+                   "(same parameters, code version, data and upstream runs) ===")
         return stored.info.run_id
 
     def _launch(self, entry_point: str, experiment_id: str, parameters: dict[str, str],
@@ -71,7 +74,7 @@ class Driver:
         Each is reused when a matching stored run exists. A failed run fails the step, after
         every other run has finished.
         """
-        experiment_id = tracking.experiment_id(experiment)
+        experiment_id = runs.experiment_id(experiment)
         run_ids, reused, submitted = [], [], []
         for parameters in parameter_sets:
             stored = self._stored(entry_point, experiment_id, parameters)
@@ -92,34 +95,62 @@ class Driver:
             raise StepFailed(f"{len(failed)} of {len(parameter_sets)} {entry_point} runs failed "
                              f"(run {', '.join(failed)}); their messages are above")
         if reused:
-            mlflow.set_tag(f"Reused_{entry_point}", ",".join(reused))
+            mlflow.set_tag(f"{names.REUSED_TAG_PREFIX}{entry_point}", ",".join(reused))
         return run_ids
 
     def resume(self, entry_point: str, run_id: str) -> str:
         click.echo(f"=== {entry_point}: starting from stored run {run_id} ===")
-        mlflow.set_tag(f"Resumed_{entry_point}", run_id)
+        mlflow.set_tag(f"{names.RESUMED_TAG_PREFIX}{entry_point}", run_id)
         return run_id
 
 
-def resume_points(train_run_id: str | None, evaluation_run_id: str | None):
-    """Check the stored runs the user asked to start from; returns (train ID, evaluation ID)."""
+def trained_model(train_run_id: str) -> ResolvedModel:
+    """The model a Train run made: its registered version if it registered one, else its
+    logged model."""
+    tags = MlflowClient().get_run(train_run_id).data.tags
+    if names.REGISTERED_MODEL_TAG in tags:
+        return resolve_model_uri(f"models:/{tags[names.REGISTERED_MODEL_TAG]}")
+    if names.MODEL_URI_TAG not in tags:
+        raise click.BadParameter(f"train run {train_run_id} has no {names.MODEL_URI_TAG} tag",
+                                 param_hint="'--train_run_id'")
+    return resolve_model_uri(tags[names.MODEL_URI_TAG], "train_run_id")
+
+
+@dataclass
+class StartingPoint:
+    """What the user asked to start from: a model, a stored train run or a stored evaluation."""
+
+    model: ResolvedModel | None
+    train_run_id: str | None
+    evaluation_run_id: str | None
+
+
+def starting_point(model_uri, train_run_id, evaluation_run_id) -> StartingPoint:
+    """Check the model and stored runs the user gave, and that they agree with each other."""
+    if model_uri and train_run_id:
+        raise click.BadParameter("give model_uri or train_run_id, not both",
+                                 param_hint="'--model_uri'")
+    model = resolve_model_uri(model_uri) if model_uri else None
+    if train_run_id:
+        runs.require_run(train_run_id, names.TRAIN_EXPERIMENT, "train_run_id")
+        model = trained_model(train_run_id)
     if evaluation_run_id:
-        evaluation = tracking.require_run(evaluation_run_id, tracking.EVALUATION_EXPERIMENT,
-                                          "evaluation_run_id")
-        if tracking.EVALUATION_PARENT_TAG in evaluation.data.tags:
+        evaluation = runs.require_run(evaluation_run_id, names.EVALUATION_EXPERIMENT,
+                                      "evaluation_run_id")
+        tags = evaluation.data.tags
+        if names.EVALUATION_PARENT_TAG in tags:
             raise click.BadParameter(
                 f"run {evaluation_run_id} is one image's sample run; give its evaluation "
-                f"(parent) run {evaluation.data.tags[tracking.EVALUATION_PARENT_TAG]}",
+                f"(parent) run {tags[names.EVALUATION_PARENT_TAG]}",
                 param_hint="'--evaluation_run_id'")
-        evaluated = evaluation.data.tags.get("Train_run_id")
-        if train_run_id and train_run_id != evaluated:
+        evaluated = tags.get(names.MODEL_URI_TAG)
+        if model is not None and model.uri != evaluated:
             raise click.BadParameter(
-                f"evaluation run {evaluation_run_id} evaluated train run {evaluated}, "
-                f"not {train_run_id}", param_hint="'--train_run_id'")
-        train_run_id = evaluated
-    if train_run_id:
-        tracking.require_run(train_run_id, tracking.TRAIN_EXPERIMENT, "train_run_id")
-    return train_run_id, evaluation_run_id
+                f"evaluation run {evaluation_run_id} evaluated model {evaluated}, not "
+                f"{model.uri}", param_hint="'--evaluation_run_id'")
+        model = resolve_model_uri(evaluated, "evaluation_run_id")
+        train_run_id = tags.get(names.TRAIN_RUN_TAG)
+    return StartingPoint(model, train_run_id, evaluation_run_id)
 
 
 def ui_hint(tracking_uri: str) -> str:
@@ -129,56 +160,70 @@ def ui_hint(tracking_uri: str) -> str:
 
 
 @click.command(help=__doc__)
-@options.with_options(options.DRIVER + options.TRAIN + options.EVALUATE + options.QUERY
-                      + options.SALIENCY)
-def main(use_cache, train_run_id, evaluation_run_id, shards, **values):
-    # Fail on a bad filter string or resume run now, not after training and evaluating.
+@options.with_options(options.ENTRY_POINTS["main"])
+def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values):
+    # Fail on a bad filter string, data or starting point now, not after training.
     query_samples(NO_RUN_ID, values["query"], values["order_by"], 1)
-    train_run_id, evaluation_run_id = resume_points(train_run_id, evaluation_run_id)
+    values["dataset"] = absolute_dataset(values["dataset"])
+    digest = data_digest(values["dataset"], values["image_size"])
+    start = starting_point(model_uri, train_run_id, evaluation_run_id)
 
     with mlflow.start_run() as main_run:
         # MLflow does not pass its environment manager on to nested `mlflow.run` calls.
         driver = Driver(env_manager=main_run.data.tags.get(MLFLOW_PROJECT_ENV, "local"),
-                        use_cache=use_cache, version=code_version())
+                        use_cache=use_cache, version=code_version(),
+                        required_tags={names.DATASET_DIGEST_TAG: digest})
+        mlflow.set_tag(names.DATASET_DIGEST_TAG, digest)
         summary = {"Main run": main_run.info.run_id}
 
-        if train_run_id:
-            train_id = driver.resume("train", train_run_id)
+        model = start.model
+        if start.train_run_id:
+            train_id = (driver.resume("train", start.train_run_id) if train_run_id
+                        else start.train_run_id)
+        elif model is None:
+            train_id = driver.step("train", names.TRAIN_EXPERIMENT,
+                                   options.values_of(options.TRAIN, values))
+            model = trained_model(train_id)
         else:
-            train_id = driver.step("train", tracking.TRAIN_EXPERIMENT,
-                                   step_params(options.TRAIN, values))
-        mlflow.set_tag("Train_run_id", train_id)
-        summary["Train run"] = train_id
+            train_id = None
+        if train_id:
+            mlflow.set_tag(names.TRAIN_RUN_TAG, train_id)
+            summary["Train run"] = train_id
+        mlflow.set_tags(model.lineage_tags())
+        summary["Model"] = model.uri + (f" (version {model.version})" if model.version else "")
+        data_params = options.values_of(options.DATA, values)
 
-        if evaluation_run_id:
-            evaluation_ids = [driver.resume("evaluate", evaluation_run_id)]
+        if start.evaluation_run_id:
+            evaluation_ids = [driver.resume("evaluate", start.evaluation_run_id)]
         else:
-            shared = {"train_run_id": train_id, **step_params(options.EVALUATE, values),
+            shared = {"model_uri": model.uri, **data_params,
+                      **options.values_of(options.SPLIT + options.EVALUATE, values),
                       "num_shards": str(shards)}
-            evaluation_ids = driver.steps("evaluate", tracking.EVALUATION_EXPERIMENT, [
+            evaluation_ids = driver.steps("evaluate", names.EVALUATION_EXPERIMENT, [
                 {**shared, "shard_index": str(index)} for index in range(shards)])
         evaluation_id = ",".join(evaluation_ids)
-        mlflow.set_tag("Evaluation_run_id", evaluation_id)
+        mlflow.set_tag(names.EVALUATION_RUN_TAG, evaluation_id)
         summary["Evaluation run" if shards == 1 else "Evaluation runs"] = evaluation_id
 
         samples = query_samples(evaluation_ids, values["query"], values["order_by"],
                                 values["max_images"])
-        mlflow.log_text(samples.to_csv(index=False), "query/query_result.csv")
-        mlflow.set_tag("Query_matches", len(samples))
+        mlflow.log_text(samples.to_csv(index=False), names.QUERY_RESULT_ARTIFACT)
+        mlflow.set_tag(names.QUERY_MATCHES_TAG, len(samples))
         if samples.empty:
             click.echo(f"The query {values['query']!r} matched no evaluation sample of run "
                        f"{evaluation_id}; no saliency maps made. Try a broader -P query=...")
         else:
-            image_ids = ",".join(samples["tags.Image_id"])
+            image_ids = ",".join(samples[f"tags.{names.IMAGE_ID_TAG}"])
             click.echo(f"Query {values['query']!r} selected images {image_ids}")
-            mlflow.set_tag("Queried_image_ids", image_ids)
-            saliency_id = driver.step("saliency", tracking.SALIENCY_EXPERIMENT, {
-                "train_run_id": train_id,
+            mlflow.set_tag(names.QUERIED_IMAGES_TAG, image_ids)
+            saliency_id = driver.step("saliency", names.SALIENCY_EXPERIMENT, {
+                "model_uri": model.uri,
+                **data_params,
                 "image_ids": image_ids,
                 "evaluation_run_ids": ",".join(samples["run_id"]),
-                **step_params(options.SALIENCY, values),
+                **options.values_of(options.SALIENCY, values),
             })
-            mlflow.set_tag("Saliency_run_id", saliency_id)
+            mlflow.set_tag(names.SALIENCY_RUN_TAG, saliency_id)
             summary["Saliency run"] = saliency_id
 
     uri = mlflow.get_tracking_uri()

@@ -9,89 +9,104 @@ from __future__ import annotations
 import click
 import mlflow
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support
 
-from steps import options, plots, tracking
-from steps.code_version import CODE_VERSION_TAG
-from steps.data import load_dataset, split_dataset
-from steps.model import predict_confidences, predicted_labels
-from steps.sample_runs import SampleRun, SampleRunWriter
+from steps import names, options
+from steps.core import plots
+from steps.core.data import DatasetError, split_dataset
+from steps.tracking import runs
+from steps.tracking.datasets import log_dataset
+from steps.tracking.inputs import load_model_inputs
+from steps.tracking.sample_runs import SampleRun, SampleRunWriter
 
 
-def sample_runs(image_ids, true_labels, confidences, class_labels, tags) -> list[SampleRun]:
+def sample_runs(image_ids, true_names, predicted_names, confidences, column_names,
+                tags) -> list[SampleRun]:
     """The per-sample runs to write: confidences as metrics, identity and outcome as tags."""
-    predicted = np.asarray(class_labels)[confidences.argmax(axis=1)]
+    metric_names = [names.class_conf_metric(name) for name in column_names]
     runs = []
-    for image_id, truth, pred, conf in zip(image_ids, true_labels, predicted, confidences):
-        metrics = {f"Class_{label}_conf": float(c) for label, c in zip(class_labels, conf)}
-        metrics["Predicted_class_conf"] = float(conf.max())
+    for image_id, truth, pred, conf in zip(image_ids, true_names, predicted_names, confidences):
+        metrics = dict(zip(metric_names, map(float, conf)))
+        metrics[names.PREDICTED_CONF_METRIC] = float(conf.max())
         runs.append(SampleRun(
             name=f"image-{image_id}",
             metrics=metrics,
             tags={
                 **tags,
-                "Image_id": str(int(image_id)),
-                "GT_class": str(int(truth)),
-                "Predicted_class": str(int(pred)),
-                "Correct": str(bool(truth == pred)).lower(),
+                names.IMAGE_ID_TAG: str(image_id),
+                names.GT_CLASS_TAG: str(truth),
+                names.PREDICTED_CLASS_TAG: str(pred),
+                names.CORRECT_TAG: str(bool(truth == pred)).lower(),
             },
         ))
     return runs
 
 
-def aggregate_metrics(true_labels, predicted, class_labels) -> dict[str, float]:
+def aggregate_metrics(true_classes, predicted_classes, class_names) -> dict[str, float]:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    indices = list(range(len(class_names)))
     precision, recall, _, _ = precision_recall_fscore_support(
-        true_labels, predicted, labels=class_labels, zero_division=0
-    )
-    metrics = {"accuracy": float(np.mean(true_labels == predicted)), "num_samples": len(true_labels)}
-    for label, p, r in zip(class_labels, precision, recall):
-        metrics[f"Class_{label}_precision"] = float(p)
-        metrics[f"Class_{label}_recall"] = float(r)
+        true_classes, predicted_classes, labels=indices, zero_division=0)
+    metrics = {"accuracy": float(np.mean(true_classes == predicted_classes)),
+               "num_samples": len(true_classes)}
+    for name, p, r in zip(class_names, precision, recall):
+        metrics[f"Class_{names.metric_safe(name)}_precision"] = float(p)
+        metrics[f"Class_{names.metric_safe(name)}_recall"] = float(r)
     return metrics
 
 
 @click.command(help=__doc__)
-@options.with_options([options.TRAIN_RUN_ID, *options.EVALUATE, *options.SHARD])
-def evaluate(train_run_id, num_samples, shard_index, num_shards):
+@options.with_options(options.ENTRY_POINTS["evaluate"])
+def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples,
+             shard_index, num_shards):
     if shard_index >= num_shards:
         raise click.BadParameter(f"shard {shard_index} does not exist among {num_shards} shards "
                                  f"(0 to {num_shards - 1})", param_hint="'--shard_index'")
-    train_run = tracking.require_run(train_run_id, tracking.TRAIN_EXPERIMENT, "train_run_id")
-    setup = tracking.train_run_setup(train_run)
-    data = load_dataset(setup["dataset"])
-    test_ids = split_dataset(data, float(setup["test_fraction"]), int(setup["split_seed"])).test_ids
+    if not model_uri:
+        raise click.BadParameter("give the model to evaluate", param_hint="'--model_uri'")
+    inputs = load_model_inputs(model_uri, dataset, image_size)
+    data = inputs.dataset
+    try:
+        test_rows = split_dataset(data, test_fraction, split_seed).test_rows
+    except DatasetError as error:
+        raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
     if num_samples:
-        test_ids = test_ids[:num_samples]
-    model = tracking.load_train_model(train_run)
-    class_labels = [int(c) for c in model.classes_]
+        test_rows = test_rows[:num_samples]
     # Every shard predicts the whole sample set and keeps its own slice: float32 products round
-    # differently for batches of other shapes (up to 2e-7 seen here), and a sharded evaluation
-    # must give exactly the confidences of an unsharded one. Predicting takes milliseconds;
-    # writing the runs is what the shards share out.
+    # differently for batches of other shapes, and a sharded evaluation must give exactly the
+    # confidences of an unsharded one. Writing the runs is what the shards share out.
     shard = slice(shard_index, None, num_shards)
-    confidences = predict_confidences(model, data.images[test_ids])[shard]
-    test_ids = test_ids[shard]
+    confidences = inputs.model.predict_proba(data.images[test_rows])[shard]
+    test_rows = test_rows[shard]
 
-    with tracking.step_run(tracking.EVALUATION_EXPERIMENT, "evaluate") as parent:
+    with runs.step_run(names.EVALUATION_EXPERIMENT, "evaluate") as parent:
         parent_id = parent.info.run_id
-        mlflow.set_tags({"Train_run_id": train_run_id, "Dataset": setup["dataset"],
-                         "Num_samples": len(test_ids), "Shard": f"{shard_index}/{num_shards}"})
-        truth = data.labels[test_ids]
-        predicted = predicted_labels(model, confidences)
-        runs = sample_runs(test_ids, truth, confidences, class_labels, {
-            "Train_run_id": train_run_id,
-            tracking.EVALUATION_PARENT_TAG: parent_id,
-            tracking.PARENT_RUN_TAG: parent_id,
-            CODE_VERSION_TAG: parent.data.tags[CODE_VERSION_TAG],
-        })
+        lineage = inputs.resolved.lineage_tags()
+        mlflow.set_tags({**lineage, names.DATASET_TAG: data.name,
+                         names.DATASET_DIGEST_TAG: inputs.data.digest,
+                         "Num_samples": len(test_rows), "Shard": f"{shard_index}/{num_shards}"})
+        log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
+                    {"test_fraction": test_fraction, "split_seed": split_seed,
+                     "image_size": image_size})
+        truth = data.labels[test_rows]
+        predicted = inputs.classes.predicted(confidences)
+        class_names = np.asarray(data.class_names)
+        samples = sample_runs(
+            [data.image_ids[row] for row in test_rows], class_names[truth],
+            class_names[predicted], confidences, inputs.classes.names, {
+                **lineage,
+                names.EVALUATION_PARENT_TAG: parent_id,
+                names.PARENT_RUN_TAG: parent_id,
+                names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
+            })
         writer = SampleRunWriter(parent.info.experiment_id)
-        writer.write_all(runs, label=f"Logging {len(runs)} evaluation runs")
+        writer.write_all(samples, label=f"Logging {len(samples)} evaluation runs")
 
-        mlflow.log_metrics(aggregate_metrics(truth, predicted, class_labels))
+        mlflow.log_metrics(aggregate_metrics(truth, predicted, data.class_names))
         fig = plots.confusion_matrix_figure(truth, predicted, data.class_names)
-        mlflow.log_figure(fig, "confusion_matrix.png")
+        mlflow.log_figure(fig, names.CONFUSION_MATRIX_ARTIFACT)
         plots.plt.close(fig)
-        click.echo(f"Evaluation run {parent_id}: {len(runs)} samples, "
+        click.echo(f"Evaluation run {parent_id}: {len(samples)} samples, "
                    f"accuracy {np.mean(truth == predicted):.4f}")
 
 

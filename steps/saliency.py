@@ -8,8 +8,8 @@ the same maps as xaitk's generator, many times faster per map (benchmarks/salien
 The console shows a progress bar with rate and ETA, not MLflow's "View run" line per image.
 
 Two more modes work on stored runs: `reproduce_run_id` regenerates a stored map from its stored
-configuration and batch size and fails when the new map differs; `update_run_id` adds maps of
-more images to a stored run under new artifact paths, deleting nothing.
+configuration, data and batch size and fails when the new map differs; `update_run_id` adds
+maps of more images to a stored run under new artifact paths, deleting nothing.
 """
 
 from __future__ import annotations
@@ -24,23 +24,17 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps import options, plots, tracking
-from steps.code_version import CODE_VERSION_TAG
-from steps.console import Progress, quiet_run_links
-from steps.data import ImageDataset, load_dataset
-from steps.fast_saliency import FastSaliency
-from steps.saliency_maps import (
-    SaliencyParams,
-    SklearnImageClassifier,
-    build_generator,
-    generator_config,
-)
+from steps import names, options
+from steps.core import plots
+from steps.core.algorithm import make_algorithm
+from steps.core.data import DatasetError
+from steps.core.fast_saliency import FastSaliency
+from steps.core.saliency import ImageClassifier, generator_config
+from steps.tracking import runs
+from steps.tracking.console import Progress, quiet_run_links
+from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs
+from steps.tracking.models import ResolvedModel
 
-CONFIG_ARTIFACT = "generator_config.json"
-MAP_ARTIFACT = "saliency_map.npy"
-REPRODUCED_TAG = "Reproduced_from"
-HISTORY_TAG = "Image_id_history"
-UPDATES_TAG = "Update_count"
 # Stored with each map: the model's float32 confidences round by batch shape, so regenerating
 # the very same map takes the same batches.
 BATCH_PARAM = "predict_batch_size"
@@ -50,24 +44,13 @@ class MapsDiffer(click.ClickException):
     exit_code = 3
 
 
-def check_image_ids(image_ids: tuple[int, ...], data: ImageDataset) -> None:
-    if not image_ids:
-        raise click.BadParameter("give at least one image ID", param_hint="'--image_ids'")
-    too_large = [i for i in image_ids if i >= len(data)]
-    if too_large:
-        raise click.BadParameter(
-            f"image IDs {too_large} are outside the {data.name} dataset (IDs 0 to {len(data) - 1})",
-            param_hint="'--image_ids'",
-        )
-
-
 def check_evaluation_runs(image_ids, evaluation_run_ids) -> list[dict[str, str]]:
     """Each evaluation run must be an Evaluation sample run of the same image, in order.
 
     Returns, per image, the lineage tags naming the evaluation sample and its evaluation.
     """
     if not evaluation_run_ids:
-        return [{"Evaluation_run_id": ""} for _ in image_ids]
+        return [{names.EVALUATION_RUN_TAG: ""} for _ in image_ids]
     hint = "'--evaluation_run_ids'"
     if len(evaluation_run_ids) != len(image_ids):
         raise click.BadParameter(
@@ -77,63 +60,59 @@ def check_evaluation_runs(image_ids, evaluation_run_ids) -> list[dict[str, str]]
         )
     lineage = []
     for image_id, run_id in zip(image_ids, evaluation_run_ids):
-        run = tracking.require_run(run_id, tracking.EVALUATION_EXPERIMENT, "evaluation_run_ids")
-        if run.data.tags.get("Image_id") != str(image_id):
-            raise click.BadParameter(
-                f"run {run_id} evaluated image {run.data.tags.get('Image_id')}, not image {image_id}",
-                param_hint=hint,
-            )
+        run = runs.require_run(run_id, names.EVALUATION_EXPERIMENT, "evaluation_run_ids")
+        evaluated = run.data.tags.get(names.IMAGE_ID_TAG)
+        if evaluated != str(image_id):
+            raise click.BadParameter(f"run {run_id} evaluated image {evaluated}, not image "
+                                     f"{image_id}", param_hint=hint)
         lineage.append({
-            "Evaluation_run_id": run_id,
-            tracking.EVALUATION_PARENT_TAG: run.data.tags.get(tracking.EVALUATION_PARENT_TAG, ""),
+            names.EVALUATION_RUN_TAG: run_id,
+            names.EVALUATION_PARENT_TAG: run.data.tags.get(names.EVALUATION_PARENT_TAG, ""),
         })
     return lineage
 
 
 def require_map_run(run_id: str, param: str) -> Run:
     """A FINISHED per-image run of the Saliency experiment (one that holds a map and config)."""
-    run = tracking.require_run(run_id, tracking.SALIENCY_EXPERIMENT, param)
-    if "Image_id" not in run.data.tags:
+    run = runs.require_run(run_id, names.SALIENCY_EXPERIMENT, param)
+    if names.IMAGE_ID_TAG not in run.data.tags:
         raise click.BadParameter(
             f"run {run_id} is a saliency step run, not one image's map; give one of its image "
-            f"runs (filter: tags.Saliency_parent_run_id = '{run_id}')", param_hint=f"'--{param}'")
+            f"runs (filter: tags.{names.SALIENCY_PARENT_TAG} = '{run_id}')",
+            param_hint=f"'--{param}'")
     return run
 
 
 def stored_config(run: Run) -> dict:
-    return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{CONFIG_ARTIFACT}")
+    return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{names.CONFIG_ARTIFACT}")
 
 
 def stored_map(run: Run) -> np.ndarray:
     return np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                       artifact_path=MAP_ARTIFACT))
+                                                       artifact_path=names.MAP_ARTIFACT))
 
 
-def stored_batch_size(run: Run, given: int) -> int:
-    """The batch size the run's maps were made with (`given` for runs stored without it)."""
-    return int(run.data.params.get(BATCH_PARAM, given))
-
-
-def original_image_id(run: Run) -> int:
+def original_image_id(run: Run) -> str:
     """The image of the run's own (root) map, even after updates added others."""
-    return int(run.data.tags.get(HISTORY_TAG, run.data.tags["Image_id"]).split(",")[0])
+    tags = run.data.tags
+    return tags.get(names.HISTORY_TAG, tags[names.IMAGE_ID_TAG]).split(",")[0]
 
 
 def log_pictures(image, maps, class_names, title, picture_mode, prefix: str) -> None:
     if picture_mode in ("both", "combined"):
         fig = plots.all_classes_figure(image, maps, class_names, title)
-        mlflow.log_figure(fig, f"{prefix}pictures/all_classes.png")
+        mlflow.log_figure(fig, f"{prefix}{names.PICTURES_DIR}/all_classes.png")
         plots.plt.close(fig)
     if picture_mode in ("both", "per_class"):
         titles = [f"{title}\nclass {name}" for name in class_names]
         for name, fig in zip(class_names, plots.class_overlay_figures(image, maps, titles),
                              strict=True):
-            mlflow.log_figure(fig, f"{prefix}pictures/class_{name}.png")
+            mlflow.log_figure(fig, f"{prefix}{names.PICTURES_DIR}/class_{names.metric_safe(name)}.png")
 
 
 def log_map(maps: np.ndarray, prefix: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, MAP_ARTIFACT)
+        path = Path(tmp, names.MAP_ARTIFACT)
         np.save(path, maps)
         mlflow.log_artifact(str(path), artifact_path=prefix.rstrip("/") or None)
 
@@ -142,56 +121,74 @@ def log_map(maps: np.ndarray, prefix: str) -> None:
 class Explainer:
     """Everything that makes one image's map: data, model, engine; and how to log it."""
 
-    train_run_id: str
-    data: ImageDataset
-    model: object
-    classifier: SklearnImageClassifier
+    inputs: ModelInputs
+    classifier: ImageClassifier
     engine: FastSaliency
     picture_mode: str
+    data_params: dict[str, str]
 
     @classmethod
-    def build(cls, train_run_id: str, config: dict, picture_mode: str, predict_batch_size: int,
-              image_ids=()) -> Explainer:
-        train_run = tracking.require_run(train_run_id, tracking.TRAIN_EXPERIMENT, "train_run_id")
-        data = load_dataset(tracking.train_run_setup(train_run)["dataset"])
-        check_image_ids(image_ids, data)
-        model = tracking.load_train_model(train_run)
-        return cls(train_run_id, data, model,
-                   SklearnImageClassifier(model, batch_size=predict_batch_size),
-                   FastSaliency.from_config(config), picture_mode)
+    def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
+              picture_mode: str, predict_batch_size: int, image_ids=(),
+              resolved: ResolvedModel | None = None) -> Explainer:
+        dataset = absolute_dataset(dataset)
+        inputs = load_model_inputs(model_uri, dataset, image_size, resolved)
+        if not image_ids:
+            raise click.BadParameter("give at least one image ID", param_hint="'--image_ids'")
+        try:
+            inputs.dataset.rows(image_ids)
+        except DatasetError as error:
+            raise click.BadParameter(str(error), param_hint="'--image_ids'") from None
+        classifier = ImageClassifier(inputs.model, batch_size=predict_batch_size,
+                                     classes=len(inputs.classes.names))
+        return cls(inputs, classifier, FastSaliency.from_config(config), picture_mode,
+                   options.values_of(options.DATA, {"dataset": dataset, "image_size": image_size}))
 
-    def identity_tags(self, image_id: int) -> tuple[dict[str, str], float]:
+    def image(self, image_id: str) -> np.ndarray:
+        return self.inputs.dataset.images[self.inputs.dataset.rows([image_id])[0]]
+
+    def identity_tags(self, image_id: str) -> tuple[dict[str, str], float]:
         """`Image_id`, `GT_class`, `Predicted_class` of an image, and the model's confidence."""
-        confidences = self.model.predict_proba(self.data.images[image_id].reshape(1, -1))[0]
+        data = self.inputs.dataset
+        row = data.rows([image_id])[0]
+        confidences = self.inputs.model.predict_proba(data.images[row:row + 1])
+        predicted = self.inputs.classes.predicted(confidences)[0]
         return {
-            "Image_id": str(image_id),
-            "GT_class": str(int(self.data.labels[image_id])),
-            "Predicted_class": str(int(self.model.classes_[confidences.argmax()])),
-        }, float(confidences.max())
+            names.IMAGE_ID_TAG: image_id,
+            names.GT_CLASS_TAG: data.class_names[data.labels[row]],
+            names.PREDICTED_CLASS_TAG: data.class_names[predicted],
+        }, float(confidences[0].max())
 
-    def explain(self, image_id: int, identity: dict[str, str], prefix: str = "") -> np.ndarray:
+    def step_tags(self) -> dict[str, str]:
+        """What every run of this step records about its model and data."""
+        data = self.inputs.data
+        return {**self.inputs.resolved.lineage_tags(), names.DATASET_TAG: data.dataset.name,
+                names.DATASET_DIGEST_TAG: data.digest}
+
+    def explain(self, image_id: str, identity: dict[str, str], prefix: str = "") -> np.ndarray:
         """Make the image's map and log it with its pictures (under `prefix`) in the active run;
         `identity` is the image's `identity_tags`, for the pictures' titles."""
-        image = self.data.images[image_id]
+        image = self.image(image_id)
         maps = self.engine(image, self.classifier)
         log_map(maps, prefix)
-        title = (f"image {image_id}: true {identity['GT_class']}, "
-                 f"predicted {identity['Predicted_class']}")
-        log_pictures(image, maps, self.data.class_names, title, self.picture_mode, prefix)
+        title = (f"image {image_id}: true {identity[names.GT_CLASS_TAG]}, "
+                 f"predicted {identity[names.PREDICTED_CLASS_TAG]}")
+        log_pictures(image, maps, self.inputs.classes.names, title, self.picture_mode, prefix)
         return maps
 
-    def map_run(self, image_id: int, parent: Run, params: dict, config: dict,
+    def map_run(self, image_id: str, parent: Run, params: dict, config: dict,
                 extra_tags: dict[str, str]) -> tuple[Run, np.ndarray]:
         """A nested per-image run with its tags, params, config, map and pictures."""
         tags, confidence = self.identity_tags(image_id)
         with mlflow.start_run(run_name=f"image-{image_id}", nested=True,
                               experiment_id=parent.info.experiment_id) as run:
-            mlflow.set_tags({**tags, "Train_run_id": self.train_run_id,
-                             "Saliency_parent_run_id": parent.info.run_id,
-                             CODE_VERSION_TAG: parent.data.tags[CODE_VERSION_TAG], **extra_tags})
-            mlflow.log_params(params)
-            mlflow.log_metric("Predicted_class_conf", confidence)
-            mlflow.log_dict(config, CONFIG_ARTIFACT)
+            mlflow.set_tags({**tags, **self.step_tags(),
+                             names.SALIENCY_PARENT_TAG: parent.info.run_id,
+                             names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
+                             **extra_tags})
+            mlflow.log_params({**params, **self.data_params})
+            mlflow.log_metric(names.PREDICTED_CONF_METRIC, confidence)
+            mlflow.log_dict(config, names.CONFIG_ARTIFACT)
             return run, self.explain(image_id, tags)
 
 
@@ -200,43 +197,68 @@ def map_progress(total: int, label: str) -> Progress:
     return Progress(total, label, unit="maps")
 
 
-def generate(train_run_id, image_ids, evaluation_run_ids, params: SaliencyParams,
+def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algorithm,
              picture_mode, predict_batch_size) -> None:
     """The normal mode: one new map run per image."""
-    config = generator_config(build_generator(params))
-    explainer = Explainer.build(train_run_id, config, picture_mode, predict_batch_size, image_ids)
+    config = generator_config(algorithm.generator())
+    explainer = Explainer.build(model_uri, dataset, image_size, config, picture_mode,
+                                predict_batch_size, image_ids)
     lineage = check_evaluation_runs(image_ids, evaluation_run_ids)
-    logged = {**{k: options.as_param(v) for k, v in params.used_params().items()},
+    logged = {**{k: options.as_param(v) for k, v in algorithm.used_params().items()},
               BATCH_PARAM: str(predict_batch_size)}
-    with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency") as parent:
-        mlflow.set_tags({"Train_run_id": train_run_id, "Algorithm": params.algorithm,
-                         "Image_ids": ",".join(map(str, image_ids))})
+    with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency") as parent:
+        mlflow.set_tags({**explainer.step_tags(), names.ALGORITHM_TAG: algorithm.name,
+                         names.IMAGE_IDS_TAG: ",".join(image_ids)})
         with quiet_run_links(), map_progress(len(image_ids),
-                                             f"Saliency maps ({params.algorithm})") as bar:
+                                             f"Saliency maps ({algorithm.name})") as bar:
             for image_id, tags in zip(image_ids, lineage):
                 bar.advanced(explainer.map_run(image_id, parent, logged, config, tags))
         click.echo(f"Saliency run {parent.info.run_id}: {len(image_ids)} maps")
 
 
+def stored_explainer(run: Run, picture_mode: str, predict_batch_size: int, image_ids,
+                     param: str) -> Explainer:
+    """The explainer of a stored map run: its model, data, configuration and batch size."""
+    tags, params = run.data.tags, run.data.params
+    if names.MODEL_URI_TAG not in tags:
+        raise click.BadParameter(f"run {run.info.run_id} records no model URI; it was made by "
+                                 "an older version of this project", param_hint=f"'--{param}'")
+    explainer = Explainer.build(
+        tags[names.MODEL_URI_TAG], params.get("dataset", "digits"),
+        options.IntList(minimum=1, length=2, allow_empty=True).convert(
+            params.get("image_size", ""), None, None),
+        stored_config(run), picture_mode, int(params.get(BATCH_PARAM, predict_batch_size)),
+        image_ids)
+    stored_digest = tags.get(names.DATASET_DIGEST_TAG)
+    if stored_digest and stored_digest != explainer.inputs.data.digest:
+        raise click.BadParameter(
+            f"the data of run {run.info.run_id} has changed since its map was made (dataset "
+            f"digest {stored_digest}, now {explainer.inputs.data.digest})",
+            param_hint=f"'--{param}'")
+    return explainer
+
+
 def reproduce(source_id: str, picture_mode: str, predict_batch_size: int) -> None:
     """Regenerate a stored map from its stored configuration and compare with it."""
     source = require_map_run(source_id, "reproduce_run_id")
-    config = stored_config(source)
-    tags = source.data.tags
     image_id = original_image_id(source)
-    explainer = Explainer.build(tags["Train_run_id"], config, picture_mode,
-                                stored_batch_size(source, predict_batch_size), (image_id,))
+    explainer = stored_explainer(source, picture_mode, predict_batch_size, (image_id,),
+                                 "reproduce_run_id")
     expected = stored_map(source)
-    lineage = {k: tags[k] for k in ("Evaluation_run_id", tracking.EVALUATION_PARENT_TAG) if k in tags}
-    with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
-        mlflow.set_tags({REPRODUCED_TAG: source_id, "Train_run_id": tags["Train_run_id"]})
-        run, maps = explainer.map_run(image_id, parent, source.data.params, config,
-                                      {**lineage, REPRODUCED_TAG: source_id})
+    tags = source.data.tags
+    lineage = {k: tags[k] for k in (names.EVALUATION_RUN_TAG, names.EVALUATION_PARENT_TAG)
+               if k in tags}
+    algorithm_params = {k: v for k, v in source.data.params.items()
+                        if k not in explainer.data_params}
+    with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
+        mlflow.set_tags({names.REPRODUCED_TAG: source_id, **explainer.step_tags()})
+        run, maps = explainer.map_run(image_id, parent, algorithm_params, stored_config(source),
+                                      {**lineage, names.REPRODUCED_TAG: source_id})
         difference = (float(np.max(np.abs(maps - expected))) if maps.shape == expected.shape
                       else float("inf"))
         client = MlflowClient()
-        client.log_metric(run.info.run_id, "Max_abs_difference", difference)
-        mlflow.log_metric("Max_abs_difference", difference)
+        client.log_metric(run.info.run_id, names.MAX_DIFFERENCE_METRIC, difference)
+        mlflow.log_metric(names.MAX_DIFFERENCE_METRIC, difference)
         if difference != 0:
             client.set_terminated(run.info.run_id, "FAILED")
             raise MapsDiffer(f"the regenerated map of image {image_id} differs from the map "
@@ -251,48 +273,47 @@ def update(target_id: str, image_ids, picture_mode: str, predict_batch_size: int
     target = require_map_run(target_id, "update_run_id")
     if not image_ids:
         raise click.BadParameter("give the images to add to the run", param_hint="'--image_ids'")
-    config = stored_config(target)
+    explainer = stored_explainer(target, picture_mode, predict_batch_size, image_ids,
+                                 "update_run_id")
     tags = target.data.tags
-    explainer = Explainer.build(tags["Train_run_id"], config, picture_mode,
-                                stored_batch_size(target, predict_batch_size), image_ids)
-    history = tags.get(HISTORY_TAG, tags["Image_id"]).split(",")
-    count = int(tags.get(UPDATES_TAG, "0"))
-    with tracking.step_run(tracking.SALIENCY_EXPERIMENT, "saliency-update") as parent:
-        mlflow.set_tags({"Updated_run_id": target_id, "Image_ids": ",".join(map(str, image_ids))})
+    history = tags.get(names.HISTORY_TAG, tags[names.IMAGE_ID_TAG]).split(",")
+    count = int(tags.get(names.UPDATES_TAG, "0"))
+    with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-update") as parent:
+        mlflow.set_tags({names.UPDATED_RUN_TAG: target_id,
+                         names.IMAGE_IDS_TAG: ",".join(image_ids)})
         with mlflow.start_run(run_id=target_id, nested=True):
             with map_progress(len(image_ids), f"Adding maps to run {target_id}") as bar:
                 for image_id in image_ids:
                     count += 1
                     identity, _ = explainer.identity_tags(image_id)
                     explainer.explain(image_id, identity,
-                                      prefix=f"updates/{count}_image_{image_id}/")
-                    history.append(str(image_id))
-                    mlflow.set_tags({**identity, HISTORY_TAG: ",".join(history),
-                                     UPDATES_TAG: str(count), "Modified_run": "true",
-                                     "Modified_by_run_id": parent.info.run_id})
+                                      prefix=f"updates/{count}_image_{names.metric_safe(image_id)}/")
+                    history.append(image_id)
+                    mlflow.set_tags({**identity, names.HISTORY_TAG: ",".join(history),
+                                     names.UPDATES_TAG: str(count), names.MODIFIED_TAG: "true",
+                                     names.MODIFIED_BY_TAG: parent.info.run_id})
                     bar.advanced(image_id)
         click.echo(f"Added {len(image_ids)} maps to run {target_id} (images it has held: "
                    f"{','.join(history)})")
 
 
 @click.command(help=__doc__)
-@options.with_options(options.SALIENCY_INPUTS + options.SALIENCY)
-def saliency(train_run_id, image_ids, evaluation_run_ids, reproduce_run_id, update_run_id,
-             picture_mode, predict_batch_size, **algorithm_args):
+@options.with_options(options.ENTRY_POINTS["saliency"])
+def saliency(model_uri, dataset, image_size, image_ids, evaluation_run_ids, reproduce_run_id,
+             update_run_id, algorithm, picture_mode, predict_batch_size, **algorithm_values):
     if reproduce_run_id:
-        if image_ids or update_run_id or train_run_id:
+        if image_ids or update_run_id or model_uri:
             raise click.BadParameter("reproduce_run_id takes everything from the stored run; "
                                      "give it alone", param_hint="'--reproduce_run_id'")
         reproduce(reproduce_run_id, picture_mode, predict_batch_size)
     elif update_run_id:
         update(update_run_id, image_ids, picture_mode, predict_batch_size)
     else:
-        if not train_run_id:
-            raise click.BadParameter("give the train run whose model to explain (or "
-                                     "reproduce_run_id, or update_run_id)",
-                                     param_hint="'--train_run_id'")
-        generate(train_run_id, image_ids, evaluation_run_ids, SaliencyParams(**algorithm_args),
-                 picture_mode, predict_batch_size)
+        if not model_uri:
+            raise click.BadParameter("give the model to explain (or reproduce_run_id, or "
+                                     "update_run_id)", param_hint="'--model_uri'")
+        generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids,
+                 make_algorithm(algorithm, **algorithm_values), picture_mode, predict_batch_size)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""Train step: fit the classifier and log it, with its data and environment, to "Train"."""
+"""Train step: fit the classifier and log it, with its data and environment, to "Train".
+
+The model is logged with the sklearn flavour (skops, no pickle to load) and a pyfunc that gives
+probabilities; with `register_as` it also becomes a new version in the Model Registry, tagged
+with this run, the dataset digest and the test accuracy.
+"""
 
 from __future__ import annotations
 
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -13,12 +19,17 @@ from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from steps import options, tracking
-from steps.data import flatten, load_dataset, split_dataset
-from steps.model import ModelParams, accuracy, train_classifier
+from steps import names, options
+from steps.core.data import DatasetError, flatten, split_dataset
+from steps.core.models import ModelParams, accuracy, train_classifier
+from steps.tracking import runs
+from steps.tracking.datasets import log_dataset
+from steps.tracking.inputs import load_data
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ENVIRONMENT_FILES = ("conda.yaml", "requirements.txt")
+# What loading the model needs; pinned as in requirements.txt, so MLflow need not infer them.
+MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy")
 
 
 def log_new_params(run_id: str, params: dict) -> None:
@@ -35,41 +46,69 @@ def sklearn_trusted_types(model) -> list[str]:
     return [name for name in untrusted if name.startswith("sklearn.")]
 
 
+def model_requirements() -> list[str]:
+    pins = (PROJECT_DIR / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in pins if line.split("==")[0].strip() in MODEL_REQUIREMENTS]
+
+
 def loss_metrics(loss_curve: list[float], timestamp: int) -> list[Metric]:
     return [Metric("training_loss", loss, timestamp, epoch) for epoch, loss in enumerate(loss_curve)]
 
 
+def register(model_uri: str, name: str, run_id: str, digest: str, test_acc: float) -> str:
+    """A new version of registered model `name` from the logged model; returns `<name>/<version>`."""
+    version = mlflow.register_model(model_uri, name)
+    client = MlflowClient()
+    for key, value in {names.TRAIN_RUN_TAG: run_id, names.DATASET_DIGEST_TAG: digest,
+                       "test_accuracy": f"{test_acc:.6f}"}.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    client.update_model_version(name, version.version,
+                                description=f"Trained by saliency-flow run {run_id}; test "
+                                            f"accuracy {test_acc:.4f}")
+    return f"{name}/{version.version}"
+
+
 @click.command(help=__doc__)
 @options.with_options(options.TRAIN)
-def train(dataset, test_fraction, split_seed, **model_args):
+def train(dataset, image_size, test_fraction, split_seed, register_as, **model_args):
     model_params = ModelParams(**model_args)
-    data = load_dataset(dataset)
-    split = split_dataset(data, test_fraction, split_seed)
-    train_images, train_labels = data.images[split.train_ids], data.labels[split.train_ids]
-    test_images, test_labels = data.images[split.test_ids], data.labels[split.test_ids]
+    data = load_data(dataset, image_size)
+    images, labels = data.dataset.images, data.dataset.labels
+    try:
+        split = split_dataset(data.dataset, test_fraction, split_seed)
+    except DatasetError as error:
+        raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
+    train_images, train_labels = images[split.train_rows], labels[split.train_rows]
+    test_images, test_labels = images[split.test_rows], labels[split.test_rows]
 
-    with tracking.step_run(tracking.TRAIN_EXPERIMENT, "train") as run:
+    with runs.step_run(names.TRAIN_EXPERIMENT, "train") as run:
         run_id = run.info.run_id
         log_new_params(run_id, {
-            "dataset": dataset,
-            "test_fraction": test_fraction,
-            "split_seed": split_seed,
+            **options.values_of(options.DATA + options.SPLIT, {
+                "dataset": dataset, "image_size": image_size, "test_fraction": test_fraction,
+                "split_seed": split_seed}),
+            "register_as": register_as,
             **{k: options.as_param(v) for k, v in model_args.items()},
         })
+        log_dataset(data.source, data.dataset, data.digest, names.TRAINING_CONTEXT,
+                    {"test_fraction": test_fraction, "split_seed": split_seed,
+                     "image_size": image_size})
         click.echo(f"Training MLPClassifier{model_params.hidden_layer_sizes} on {len(train_labels)} "
-                   f"{dataset} images ({model_params.solver}, up to {model_params.epochs} epochs)...")
+                   f"{data.dataset.describe_shape()} images of {data.dataset.name} "
+                   f"({model_params.solver}, up to {model_params.epochs} epochs)...")
         trained = train_classifier(model_params, train_images, train_labels)
         classifier = trained.classifier
         train_acc = accuracy(classifier, train_images, train_labels)
         test_acc = accuracy(classifier, test_images, test_labels)
 
         mlflow.set_tags({
-            "Dataset": dataset,
+            names.DATASET_TAG: data.dataset.name,
+            names.DATASET_DIGEST_TAG: data.digest,
             "Model_type": "MLPClassifier",
             "Train_size": len(train_labels),
             "Test_size": len(test_labels),
-            "Num_classes": len(data.class_names),
-            "Image_shape": "x".join(map(str, data.image_shape)),
+            "Num_classes": len(data.dataset.class_names),
+            "Image_shape": "x".join(map(str, data.dataset.image_shape)),
             "Converged": str(trained.converged).lower(),
             "Epochs_run": len(trained.loss_curve),
         })
@@ -82,20 +121,27 @@ def train(dataset, test_fraction, split_seed, **model_args):
         features = flatten(test_images[:5])
         model_info = mlflow.sklearn.log_model(
             classifier,
-            name="model",
+            name=f"mlp-{re.sub(r'[^A-Za-z0-9_-]+', '-', data.dataset.name)}-{run_id[:8]}",
             serialization_format="skops",
             skops_trusted_types=sklearn_trusted_types(classifier),
-            signature=infer_signature(features, classifier.predict(features)),
+            # The pyfunc answers with probabilities, as the evaluate and saliency steps need.
+            pyfunc_predict_fn="predict_proba",
+            signature=infer_signature(features, classifier.predict_proba(features)),
             input_example=features,
+            pip_requirements=model_requirements(),
         )
         # MLflow 3 keeps the model as a LoggedModel linked to this run; the tag finds it.
-        mlflow.set_tag("Model_uri", model_info.model_uri)
+        mlflow.set_tag(names.MODEL_URI_TAG, model_info.model_uri)
+        if register_as:
+            version = register(model_info.model_uri, register_as, run_id, data.digest, test_acc)
+            mlflow.set_tag(names.REGISTERED_MODEL_TAG, version)
+            click.echo(f"Registered the model as {register_as} version {version.split('/')[1]}")
         with tempfile.TemporaryDirectory() as tmp:
             pickle_path = Path(tmp, "model.pkl")
             pickle_path.write_bytes(pickle.dumps(classifier))
             mlflow.log_artifact(str(pickle_path))
         for name in ENVIRONMENT_FILES:
-            mlflow.log_artifact(str(PROJECT_DIR / name), artifact_path="environment")
+            mlflow.log_artifact(str(PROJECT_DIR / name), artifact_path=names.ENVIRONMENT_ARTIFACT_DIR)
         click.echo(f"Train run {run_id}: train accuracy {train_acc:.4f}, test accuracy {test_acc:.4f}")
 
 

@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.console import Progress, quiet_run_links
+from steps.tracking.console import Progress, quiet_run_links
 
 _logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ retries (about four minutes against a server that does not answer) and a traceba
   directory cannot be found, the check stops with the fix rather than creating a store.
 
 Under `mlflow run` the check also confirms that the run MLflow started (MLFLOW_RUN_ID) is in
-the store. `python -m steps.store_check` runs the same check on its own and, for a local store,
+the store. `python -m steps.tracking.store_check` runs the same check on its own and, for a local store,
 creates its tables (do that once before starting several pipelines at once on a new SQLite
 file: MLflow's `mlflow run` creates a new store's tables without a lock).
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import click
 
-from steps.sqlite_journal import use_wal
+from steps.tracking.sqlite_journal import use_wal
 
 CHECK_TIMEOUT_SECONDS = 10
 SERVER_SCHEMES = ("http", "https")
@@ -113,6 +113,13 @@ def absolute_local_uri(uri: str, run_id: str | None) -> str:
             "store. Give an absolute path, e.g. "
             f"{TRACKING_URI_ENV}={rebuild(uri, str(Path(path).resolve()), query)}")
     return rebuild(uri, str((base / path).resolve()), query)
+
+
+def launch_directory() -> Path:
+    """The directory `mlflow run` was started in (this process's own outside `mlflow run`), for
+    relative paths the user gave, such as `-P dataset=images`."""
+    run_id = os.environ.get(RUN_ID_ENV)
+    return (launcher_dir(run_id) if run_id else None) or Path.cwd()
 
 
 def rebuild(uri: str, path: str, query: str) -> str:

@@ -35,7 +35,7 @@ from xaitk_saliency.interfaces.gen_classifier_conf_sal import GenerateClassifier
 from xaitk_saliency.interfaces.perturb_image import PerturbImage
 from xaitk_saliency.utils.masking import UINT8_ONE
 
-from steps.saliency_maps import quiet_plugin_discovery
+from steps.core.saliency import quiet_plugin_discovery
 
 DEFAULT_CHUNK_SIZE = 1024
 PERTURBATION_OCCLUSION = f"{PerturbationOcclusion.__module__}.{PerturbationOcclusion.__name__}"

@@ -15,15 +15,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from steps.code_version import CODE_VERSION_TAG, code_version
-
-TRAIN_EXPERIMENT = "Train"
-EVALUATION_EXPERIMENT = "Evaluation"
-SALIENCY_EXPERIMENT = "Saliency Map Generation"
-
-PARENT_RUN_TAG = "mlflow.parentRunId"
-EVALUATION_PARENT_TAG = "Evaluation_parent_run_id"
-RUN_NAME_TAG = "mlflow.runName"
+from steps.core.code_version import code_version
+from steps.names import CODE_VERSION_TAG, STEP_RUN_TAG
 
 
 def _artifact_location(client: MlflowClient, name: str) -> str | None:
@@ -84,12 +77,13 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
                 experiment_id=stage_experiment, run_name=run_name, nested=True,
                 tags={CODE_VERSION_TAG: version},
             ) as run:
-                MlflowClient().set_tag(launched_id, "Step_run_id", run.info.run_id)
+                MlflowClient().set_tag(launched_id, STEP_RUN_TAG, run.info.run_id)
                 yield run
 
 
 def require_run(run_id: str, experiment_name: str, param: str) -> Run:
-    """A FINISHED run of the named experiment, or a click error naming the parameter."""
+    """A FINISHED, not deleted run of the named experiment, or a click error naming the
+    parameter."""
     hint = f"'--{param}'"
     client = MlflowClient()
     try:
@@ -98,6 +92,10 @@ def require_run(run_id: str, experiment_name: str, param: str) -> Run:
         raise click.BadParameter(
             f"no run {run_id} in the tracking store {mlflow.get_tracking_uri()}", param_hint=hint
         ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise click.BadParameter(
+            f"run {run_id} is deleted; restore it first with `mlflow runs restore --run-id "
+            f"{run_id}` (or choose another run)", param_hint=hint)
     experiment = client.get_experiment(run.info.experiment_id)
     if experiment.name != experiment_name:
         raise click.BadParameter(
@@ -110,14 +108,3 @@ def require_run(run_id: str, experiment_name: str, param: str) -> Run:
             f"run {run_id} is {run.info.status}; expected a FINISHED run", param_hint=hint
         )
     return run
-
-
-def train_run_setup(train_run: Run) -> dict[str, str]:
-    """The data settings a train run used, so later steps see the same split."""
-    params = train_run.data.params
-    return {key: params[key] for key in ("dataset", "test_fraction", "split_seed")}
-
-
-def load_train_model(train_run: Run):
-    """The sklearn model logged by a train run."""
-    return mlflow.sklearn.load_model(f"runs:/{train_run.info.run_id}/model")

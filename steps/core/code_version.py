@@ -11,9 +11,8 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 HASHED = ("MLproject", "conda.yaml", "main.py", "steps")
-CODE_VERSION_TAG = "Code_version"
 
 
 def _project_files(project_dir: Path) -> list[Path]:

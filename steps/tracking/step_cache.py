@@ -1,7 +1,8 @@
 """Finding a stored step run that can stand in for running the step again.
 
 A run matches when it is a FINISHED run of the same entry point, with the same code version
-tag, and every parameter equal as MLflow stores it (a string). Upstream run IDs are parameters
+tag, the same dataset digest tag (the data it ran on), and every parameter equal as MLflow
+stores it (a string). Upstream run IDs are parameters
 of the downstream steps, so a new train run never matches an old evaluation. The search runs on
 the tracking store with the conditions as a filter string and pages through every result,
 however many runs the experiment holds.
@@ -12,9 +13,8 @@ from __future__ import annotations
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps.code_version import CODE_VERSION_TAG
+from steps.names import CODE_VERSION_TAG, ENTRY_POINT_TAG
 
-ENTRY_POINT_TAG = "mlflow.project.entryPoint"
 PAGE_SIZE = 1000
 
 
@@ -27,11 +27,13 @@ def _quoted(value: str) -> str | None:
     return None
 
 
-def reuse_filter(entry_point: str, params: dict[str, str], version: str) -> str:
+def reuse_filter(entry_point: str, params: dict[str, str], version: str,
+                 tags: dict[str, str] | None = None) -> str:
     clauses = [
         f"tags.`{ENTRY_POINT_TAG}` = {_quoted(entry_point)}",
         f"tags.`{CODE_VERSION_TAG}` = {_quoted(version)}",
         "attributes.status = 'FINISHED'",
+        *(f"tags.`{key}` = {_quoted(value)}" for key, value in (tags or {}).items()),
     ]
     for key, value in params.items():
         literal = _quoted(value)
@@ -41,10 +43,12 @@ def reuse_filter(entry_point: str, params: dict[str, str], version: str) -> str:
 
 
 def find_reusable_run(experiment_id: str, entry_point: str, params: dict[str, str],
-                      version: str, client: MlflowClient | None = None) -> Run | None:
-    """The newest FINISHED run that matches on entry point, code version and every param."""
+                      version: str, tags: dict[str, str] | None = None,
+                      client: MlflowClient | None = None) -> Run | None:
+    """The newest FINISHED run that matches on entry point, code version, every param and the
+    given tags (e.g. the digest of the data it ran on)."""
     client = client or MlflowClient()
-    filter_string = reuse_filter(entry_point, params, version)
+    filter_string = reuse_filter(entry_point, params, version, tags)
     token = None
     while True:
         page = client.search_runs([experiment_id], filter_string, max_results=PAGE_SIZE,
@@ -52,7 +56,8 @@ def find_reusable_run(experiment_id: str, entry_point: str, params: dict[str, st
         for run in page:
             # The filter already matched; this also checks what it could not express
             # (empty values, values with both kinds of quote).
-            if all(run.data.params.get(k) == v for k, v in params.items()):
+            if all(run.data.params.get(k) == v for k, v in params.items()) and all(
+                    run.data.tags.get(k) == v for k, v in (tags or {}).items()):
                 return run
         token = page.token
         if not token:

@@ -7,10 +7,13 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from steps.tracking import EVALUATION_EXPERIMENT, EVALUATION_PARENT_TAG, experiment_id
+from steps.names import (CORRECT_TAG, EVALUATION_EXPERIMENT, EVALUATION_PARENT_TAG, GT_CLASS_TAG,
+                         IMAGE_ID_TAG, PREDICTED_CLASS_TAG, PREDICTED_CONF_METRIC)
+from steps.tracking.runs import experiment_id
 
-RESULT_COLUMNS = ["run_id", "tags.Image_id", "tags.GT_class", "tags.Predicted_class",
-                  "tags.Correct", "metrics.Predicted_class_conf"]
+RESULT_COLUMNS = ["run_id", f"tags.{IMAGE_ID_TAG}", f"tags.{GT_CLASS_TAG}",
+                  f"tags.{PREDICTED_CLASS_TAG}", f"tags.{CORRECT_TAG}",
+                  f"metrics.{PREDICTED_CONF_METRIC}"]
 
 
 def sample_filter(evaluation_run_id: str, user_filter: str) -> str:

@@ -1,0 +1,90 @@
+"""Saliency algorithms: each a composition of an xaitk-saliency perturber and scorer.
+
+An algorithm is a small class registered in `ALGORITHMS` (one module per algorithm in
+`steps/core/algorithms/`), declaring the parameters it takes. From their values it builds
+xaitk's `PerturbationOcclusion(perturber, scorer)` with the occlusion `fill` set, and xaitk's
+own high-level stack for the same settings (the reference the fast engine is tested against).
+xaitk is imported only when a generator is built, so the CLIs can list the algorithms and check
+their parameters quickly. Nothing here knows about MLflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from steps.core.parameters import Float, Parameter
+from steps.core.registry import Registry
+
+FILL = Parameter("fill", 0.0, Float(0, 1),
+                 "Value occluded pixels take (images are in [0, 1]).")
+
+
+class SaliencyAlgorithm:
+    """One algorithm with its parameter values; `generator()` is the xaitk generator."""
+
+    name: ClassVar[str]
+    #: The algorithm's own parameters (every algorithm also takes `fill`).
+    parameters: ClassVar[tuple[Parameter, ...]] = ()
+
+    def __init__(self, **values: Any) -> None:
+        # Through each parameter's type, so a default such as "2,2" becomes (2, 2) and values
+        # given in code are checked as the CLI checks them.
+        self.values = {p.name: p.type.convert(values.get(p.name, p.default), None, None)
+                       for p in self.all_parameters()}
+
+    @classmethod
+    def all_parameters(cls) -> tuple[Parameter, ...]:
+        return (*cls.parameters, FILL)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def used_params(self) -> dict[str, Any]:
+        """Only the parameters this algorithm uses, with its name: what a map run logs."""
+        return {"algorithm": self.name, **self.values}
+
+    def get_config(self) -> dict[str, Any]:
+        return self.used_params()
+
+    def perturber(self):
+        raise NotImplementedError
+
+    def scorer(self):
+        raise NotImplementedError
+
+    def xaitk_stack(self):
+        """xaitk's own high-level generator for the same settings, fill included."""
+        raise NotImplementedError
+
+    def generator(self):
+        """xaitk's `PerturbationOcclusion` of this perturber and scorer, fill included."""
+        from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.occlusion_based import (
+            PerturbationOcclusion,
+        )
+
+        generator = PerturbationOcclusion(self.perturber(), self.scorer(), threads=0)
+        generator.fill = self.fill
+        return generator
+
+
+ALGORITHMS: Registry = Registry("saliency algorithm", "steps.core.algorithms")
+
+
+def make_algorithm(name: str, **values: Any) -> SaliencyAlgorithm:
+    """The named algorithm with the given values (the declared defaults for the others);
+    values of parameters it does not take are ignored."""
+    return ALGORITHMS.get(name)(**values)
+
+
+def algorithm_parameters() -> list[Parameter]:
+    """Every algorithm's parameters, each once, in registration order; `fill` last."""
+    seen: dict[str, Parameter] = {}
+    for algorithm in ALGORITHMS:
+        for parameter in algorithm.parameters:
+            if seen.setdefault(parameter.name, parameter) is not parameter:
+                raise ValueError(f"parameter {parameter.name!r} is declared twice; algorithms "
+                                 "that share it must share its declaration")
+    return [*seen.values(), FILL]

@@ -1,0 +1,39 @@
+"""RISE (Petsiuk et al., 2018): random grid masks (xaitk's `RISEGrid`) scored by `RISEScoring`."""
+
+from __future__ import annotations
+
+import click
+
+from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
+from steps.core.parameters import Float, Parameter
+
+N = Parameter("n", 1000, click.IntRange(min=1), "RISE: number of random masks.")
+S = Parameter("s", 4, click.IntRange(min=1), "RISE: grid resolution of the masks.")
+P1 = Parameter("p1", 0.5, Float(0, 1), "RISE: probability that a grid cell is kept.")
+SEED = Parameter("seed", 0, click.IntRange(min=0), "RISE: seed of the masks.")
+DEBIASED = Parameter("debiased", True, click.BOOL, "RISE: debias the scores by p1 (true/false).")
+
+
+@ALGORITHMS.register
+class Rise(SaliencyAlgorithm):
+    name = "rise"
+    parameters = (N, S, P1, SEED, DEBIASED)
+
+    def perturber(self):
+        from xaitk_saliency.impls.perturb_image.rise import RISEGrid
+
+        # threads=0: RISEGrid's threaded mask shifts share one RNG and are not reproducible.
+        return RISEGrid(n=self.n, s=self.s, p1=self.p1, seed=self.seed, threads=0)
+
+    def scorer(self):
+        from xaitk_saliency.impls.gen_classifier_conf_sal.rise_scoring import RISEScoring
+
+        return RISEScoring(p1=self.p1 if self.debiased else 0.0)
+
+    def xaitk_stack(self):
+        from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
+
+        stack = RISEStack(n=self.n, s=self.s, p1=self.p1, seed=self.seed, threads=0,
+                          debiased=self.debiased)
+        stack.fill = self.fill
+        return stack

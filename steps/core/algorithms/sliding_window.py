@@ -1,0 +1,38 @@
+"""Sliding-window occlusion: xaitk's `SlidingWindow` masks scored by `OcclusionScoring`."""
+
+from __future__ import annotations
+
+from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
+from steps.core.parameters import IntList, Parameter
+
+WINDOW_SIZE = Parameter("window_size", "2,2", IntList(minimum=1, length=2),
+                        "Sliding window: window height,width in pixels.")
+STRIDE = Parameter("stride", "1,1", IntList(minimum=1, length=2),
+                   "Sliding window: step height,width.")
+
+
+@ALGORITHMS.register
+class SlidingWindow(SaliencyAlgorithm):
+    name = "sliding_window"
+    parameters = (WINDOW_SIZE, STRIDE)
+
+    def perturber(self):
+        from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow as Windows
+
+        return Windows(window_size=tuple(self.window_size), stride=tuple(self.stride))
+
+    def scorer(self):
+        from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import (
+            OcclusionScoring,
+        )
+
+        return OcclusionScoring()
+
+    def xaitk_stack(self):
+        from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.slidingwindow import (
+            SlidingWindowStack,
+        )
+
+        stack = SlidingWindowStack(window_size=tuple(self.window_size), stride=tuple(self.stride))
+        stack.fill = self.fill
+        return stack

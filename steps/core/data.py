@@ -1,0 +1,185 @@
+"""Image datasets: what every source gives, how one is chosen, and the train/test split.
+
+A dataset source is a small class registered in `DATASET_SOURCES` (one module per source in
+`steps/core/datasets/`): it says whether it accepts a `-P dataset=` value, loads the images
+and computes a content digest. Every source gives an `ImageDataset`: float32 pixels in [0, 1],
+`[N, H, W]` (grey) or `[N, H, W, C]` (colour), integer labels indexing `class_names`, and a
+stable `image_ids` string per image. Nothing here knows about MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from steps.core.registry import Registry
+
+
+class DatasetError(ValueError):
+    """Data that cannot be used; the message names the file or the fix."""
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images in [0, 1], integer labels `[N]`, the class names and each image's stable ID."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    image_ids: tuple[str, ...]
+    _rows: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if len(self.labels) != n or len(self.image_ids) != n:
+            raise DatasetError(f"dataset {self.name}: {n} images but {len(self.labels)} labels "
+                               f"and {len(self.image_ids)} image IDs; give one label per image")
+        if n == 0:
+            raise DatasetError(f"dataset {self.name} holds no images")
+        if self.images.ndim not in (3, 4):
+            raise DatasetError(f"dataset {self.name}: images must be [N, H, W] or [N, H, W, C], "
+                               f"not shape {self.images.shape}")
+        present = np.unique(self.labels)
+        if len(present) < 2:
+            raise DatasetError(f"dataset {self.name} has one class only "
+                               f"({self.class_names[int(present[0])]!r}); a classifier needs two")
+        object.__setattr__(self, "_rows", {image_id: row for row, image_id
+                                           in enumerate(self.image_ids)})
+        if len(self._rows) != n:
+            raise DatasetError(f"dataset {self.name}: image IDs are not unique")
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """`(H, W)` or `(H, W, C)`."""
+        return tuple(self.images.shape[1:])
+
+    def describe_shape(self) -> str:
+        h, w = self.image_shape[:2]
+        kind = f"{self.image_shape[2]}-channel colour" if len(self.image_shape) == 3 else "grey"
+        return f"{h}×{w} {kind}"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def rows(self, image_ids: Sequence[str]) -> np.ndarray:
+        """The rows of the given image IDs; DatasetError naming those not in the dataset."""
+        missing = [i for i in image_ids if i not in self._rows]
+        if missing:
+            examples = ", ".join(self.image_ids[:3])
+            raise DatasetError(f"image IDs {', '.join(missing)} are not in the {self.name} "
+                               f"dataset ({len(self)} images, IDs such as {examples})")
+        return np.array([self._rows[i] for i in image_ids], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Rows of the train and test parts."""
+
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+
+
+def split_dataset(dataset: ImageDataset, test_fraction: float, seed: int) -> Split:
+    """Stratified split of the rows, the same for the same data, fraction and seed."""
+    from sklearn.model_selection import train_test_split  # sklearn takes a second to import
+
+    rows = np.arange(len(dataset))
+    classes = len(np.unique(dataset.labels))
+    test_size = int(np.ceil(test_fraction * len(rows)))
+    if len(rows) - test_size < classes or test_size < classes:
+        raise DatasetError(
+            f"test_fraction {test_fraction} splits the {len(rows)} images of {dataset.name} into "
+            f"{len(rows) - test_size} to train and {test_size} to test; each part needs at least "
+            f"one image per class ({classes})")
+    counts = np.bincount(dataset.labels)
+    stratify = dataset.labels if counts[counts > 0].min() >= 2 else None
+    train_rows, test_rows = train_test_split(rows, test_size=test_fraction, random_state=seed,
+                                             stratify=stratify)
+    return Split(train_rows=np.asarray(train_rows), test_rows=np.asarray(test_rows))
+
+
+def flatten(images: np.ndarray) -> np.ndarray:
+    """Images `[N, H, W(, C)]` as feature rows `[N, H*W*C]`, in `H, W, C` order: the input
+    convention of every model the pipeline explains."""
+    images = np.asarray(images, dtype=np.float32)
+    return images.reshape(images.shape[0], -1)
+
+
+def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Float images `[N, H, W(, C)]` resized to `size` (H, W) with Pillow's bilinear filter
+    (antialiased when shrinking), channel by channel in Pillow's 32-bit float mode."""
+    from PIL import Image
+
+    height, width = size
+    if images.shape[1:3] == (height, width):
+        return images
+    channels = images[..., np.newaxis] if images.ndim == 3 else images
+    out = np.empty((len(images), height, width, channels.shape[-1]), dtype=np.float32)
+    for i, image in enumerate(channels):
+        for c in range(channels.shape[-1]):
+            plane = Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32), mode="F")
+            out[i, ..., c] = np.asarray(plane.resize((width, height), Image.Resampling.BILINEAR))
+    out = np.clip(out, 0.0, 1.0)
+    return out[..., 0] if images.ndim == 3 else out
+
+
+class DatasetSource:
+    """Where images come from; a subclass is registered under its `name`.
+
+    `spec` is the user's `-P dataset=` value and `image_size` the `-P image_size=` one (empty:
+    keep the images' own size, which must then be the same for all).
+    """
+
+    name: ClassVar[str]
+    #: What a user writes to choose it, for messages and the README.
+    usage: ClassVar[str]
+
+    def __init__(self, spec: str, image_size: tuple[int, ...] = ()) -> None:
+        self.spec = spec
+        self.image_size = tuple(image_size)
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        raise NotImplementedError
+
+    def load(self) -> ImageDataset:
+        raise NotImplementedError
+
+    def content_digest(self, digest: Any) -> None:
+        """Feed everything the images are read from into `digest` (a hashlib object)."""
+        raise NotImplementedError
+
+    def digest(self) -> str:
+        """A short content digest: the same data and settings give the same digest, and any
+        changed, added or removed image a new one. Computed without decoding images."""
+        digest = hashlib.sha256()
+        digest.update(f"{self.name}\0{self.image_size}\0".encode())
+        self.content_digest(digest)
+        return digest.hexdigest()[:16]
+
+    def location(self) -> str:
+        """Where the data is, for MLflow's dataset source."""
+        return self.spec
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.name, "spec": self.spec, "image_size": list(self.image_size)}
+
+
+DATASET_SOURCES: Registry = Registry("dataset source", "steps.core.datasets")
+
+
+def dataset_source(spec: str, image_size: tuple[int, ...] = ()) -> DatasetSource:
+    """The registered source that accepts `spec`; DatasetError saying what is accepted."""
+    for source in DATASET_SOURCES:
+        if source.accepts(spec):
+            return source(spec, image_size)
+    accepted = "; ".join(source.usage for source in DATASET_SOURCES)
+    raise DatasetError(f"{spec!r} is not a dataset this pipeline reads. It takes: {accepted}")
+
+
+def load_dataset(spec: str, image_size: tuple[int, ...] = ()) -> ImageDataset:
+    return dataset_source(spec, image_size).load()

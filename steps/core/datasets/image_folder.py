@@ -1,0 +1,104 @@
+"""A folder of images laid out one sub-folder per class, `root/<class>/<file>` (the layout of
+torchvision's `ImageFolder`), PNG or JPEG, grey or colour, any size.
+
+Classes are the sub-folders' names, sorted; an image's ID is its path relative to the root
+(`cat/001.png`), so it stays the same when files are added. Images are decoded with Pillow: if
+any is in colour, all are read as RGB, otherwise as grey. With `image_size` every image is
+resized to it (bilinear, antialiased); without it all must have the same size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from steps.core.data import DATASET_SOURCES, DatasetError, DatasetSource, ImageDataset
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+@DATASET_SOURCES.register
+class ImageFolder(DatasetSource):
+    name = "image_folder"
+    usage = "a path to a folder of class sub-folders of PNG/JPEG images (root/<class>/<file>)"
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        # A missing folder given as a path (`data/images`) is accepted, to be named as missing.
+        path = Path(spec).expanduser()
+        return path.is_dir() or ("/" in spec and not path.suffix)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.spec).expanduser()
+
+    def files(self) -> list[tuple[str, Path]]:
+        """`(class name, file)` for every image file, sorted; DatasetError for a folder that
+        is missing, empty or has a class folder without images."""
+        root = self.root
+        if not root.is_dir():
+            raise DatasetError(f"no folder at {root}")
+        classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise DatasetError(f"{root} has no class sub-folders; lay it out as "
+                               "root/<class>/<image file>")
+        found = []
+        for folder in classes:
+            images = sorted(p for p in folder.rglob("*") if p.is_file()
+                            and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+            if not images:
+                raise DatasetError(f"class folder {folder} holds no PNG or JPEG image")
+            found += [(folder.name, path) for path in images]
+        return found
+
+    def load(self) -> ImageDataset:
+        from PIL import Image, UnidentifiedImageError
+
+        files = self.files()
+        decoded = []
+        for _, path in files:
+            try:
+                with Image.open(path) as image:
+                    image.load()
+                    decoded.append(image.copy())
+            except (OSError, UnidentifiedImageError, ValueError) as error:
+                raise DatasetError(f"cannot read image {path}: {error}") from None
+        colour = any(image.mode not in GREY_MODES for image in decoded)
+        mode = "RGB" if colour else "L"
+        if self.image_size:
+            height, width = self.image_size
+            decoded = [image.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
+                       for image in decoded]
+        else:
+            sizes = {}
+            for (_, path), image in zip(files, decoded):
+                sizes.setdefault(image.size, path)
+            if len(sizes) > 1:
+                (a, path_a), (b, path_b) = list(sizes.items())[:2]
+                raise DatasetError(
+                    f"images have different sizes ({path_a} is {a[1]}×{a[0]}, {path_b} is "
+                    f"{b[1]}×{b[0]}); set -P image_size=H,W to resize them all")
+            decoded = [image.convert(mode) for image in decoded]
+        images = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in decoded])
+        class_names = tuple(sorted({name for name, _ in files}))
+        index = {name: i for i, name in enumerate(class_names)}
+        return ImageDataset(
+            name=self.root.resolve().name,
+            images=images,
+            labels=np.array([index[name] for name, _ in files], dtype=np.int64),
+            class_names=class_names,
+            image_ids=tuple(path.relative_to(self.root).as_posix() for _, path in files),
+        )
+
+    def content_digest(self, digest) -> None:
+        for _, path in self.files():
+            digest.update(path.relative_to(self.root).as_posix().encode() + b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError as error:
+                raise DatasetError(f"cannot read image {path}: {error.strerror}") from None
+
+    def location(self) -> str:
+        return str(self.root.resolve())

@@ -1,0 +1,101 @@
+"""Parameter declarations: a name, a default, a type that checks the value, a help line.
+
+Each parameter is declared once, beside the piece that uses it (a saliency algorithm declares
+its own); `steps/options.py` gathers them into the step CLIs and MLproject must agree with them
+(tests/test_project_files.py). A `Parameter` is also a click option decorator. The types reject
+bad values with a message naming what they accept; floats must be finite.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    default: Any
+    type: Any
+    help: str
+    required: bool = False
+
+    def __call__(self, func):
+        """Apply as a click option `--name` whose value arrives as `name`."""
+        return click.option(f"--{self.name}", self.name, default=self.default, type=self.type,
+                            help=self.help, required=self.required,
+                            show_default=not self.required)(func)
+
+
+class Float(click.FloatRange):
+    """A finite float in a range: NaN and infinity pass every comparison, so are refused first."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class IntList(click.ParamType):
+    """Comma-separated integers such as `64,32`, each at least `minimum`, optionally of fixed
+    length; with `allow_empty`, an empty value is the empty tuple."""
+
+    name = "int_list"
+
+    def __init__(self, minimum: int = 0, length: int | None = None, allow_empty: bool = False):
+        self.minimum = minimum
+        self.length = length
+        self.allow_empty = allow_empty
+
+    def describe(self) -> str:
+        what = f"integers >= {self.minimum}"
+        count = f"{self.length} comma-separated" if self.length else "comma-separated"
+        example = ",".join(["2"] * (self.length or 2))
+        return f"{count} {what}, e.g. {example}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if not text and self.allow_empty:
+            return ()
+        try:
+            numbers = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not {self.describe()}", param, ctx)
+        if any(n < self.minimum for n in numbers) or (self.length and len(numbers) != self.length):
+            self.fail(f"{value!r} is not {self.describe()}", param, ctx)
+        return numbers
+
+
+class TextList(click.ParamType):
+    """Comma-separated non-empty strings (e.g. image IDs such as `cat/001.png,808`); empty
+    means none."""
+
+    name = "text_list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if not text:
+            return ()
+        parts = tuple(part.strip() for part in text.split(","))
+        if not all(parts):
+            self.fail(f"{value!r} has an empty item; give comma-separated values", param, ctx)
+        return parts
+
+
+def as_param(value) -> str:
+    """A converted value back in the string form MLproject parameters and MLflow params take."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)

@@ -1,0 +1,23 @@
+"""The dataset a step ran on, recorded with MLflow's dataset tracking (`mlflow.log_input`)."""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+from steps.core.data import DatasetSource, ImageDataset
+from steps.core.parameters import as_param
+
+
+def log_dataset(source: DatasetSource, data: ImageDataset, digest: str, context: str,
+                split: dict) -> None:
+    """Log the whole dataset as an input of the active run: its name, where it is, our content
+    digest (the one step reuse compares), and the split settings as the input's tags."""
+    location = source.location()
+    origin = (resolve_dataset_source(location) if location.startswith("/")
+              else CodeDatasetSource({"loader": location}))
+    dataset = mlflow.data.from_numpy(data.images, targets=data.labels, source=origin,
+                                     name=data.name, digest=digest)
+    mlflow.log_input(dataset, context=context,
+                     tags={key: as_param(value) for key, value in split.items()})
