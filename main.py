@@ -21,7 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 from steps import names, options
 from steps.core.code_version import code_version
 from steps.tracking import runs
-from steps.tracking.inputs import absolute_dataset, data_digest
+from steps.tracking.inputs import absolute_dataset, load_data, load_model_inputs
 from steps.tracking.models import ResolvedModel, resolve_model_uri
 from steps.tracking.query import query_samples
 from steps.tracking.step_cache import find_reusable_run
@@ -165,8 +165,14 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
     # Fail on a bad filter string, data or starting point now, not after training.
     query_samples(NO_RUN_ID, values["query"], values["order_by"], 1)
     values["dataset"] = absolute_dataset(values["dataset"])
-    digest = data_digest(values["dataset"], values["image_size"])
     start = starting_point(model_uri, train_run_id, evaluation_run_id)
+    # Every image decoded once here, so bad data, or a model that does not take it, is one
+    # line before any step run exists.
+    if start.model is None:
+        digest = load_data(values["dataset"], values["image_size"]).digest
+    else:
+        digest = load_model_inputs(None, values["dataset"], values["image_size"],
+                                   start.model).data.digest
 
     with mlflow.start_run() as main_run:
         # MLflow does not pass its environment manager on to nested `mlflow.run` calls.

@@ -1,0 +1,128 @@
+"""The core's shape: pure processing that never imports MLflow, and registries that take a new
+dataset source or saliency algorithm as one new file."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import PROJECT_DIR
+
+CORE = PROJECT_DIR / "steps" / "core"
+
+
+def imported_modules(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_no_core_module_imports_mlflow_even_lazily():
+    offenders = {str(path.relative_to(PROJECT_DIR)): sorted(m for m in imported_modules(path)
+                                                           if m.split(".")[0] == "mlflow")
+                 for path in CORE.rglob("*.py")}
+    assert not {k: v for k, v in offenders.items() if v}
+    # Nor through another project module: steps.core imports only steps.core.
+    inner = {str(path.relative_to(PROJECT_DIR)): sorted(
+        m for m in imported_modules(path) if m.startswith("steps.") and
+        not m.startswith("steps.core")) for path in CORE.rglob("*.py")}
+    assert not {k: v for k, v in inner.items() if v}
+
+
+def test_importing_and_using_the_core_loads_no_mlflow():
+    code = textwrap.dedent("""
+        import sys
+        from steps.core.algorithm import ALGORITHMS, make_algorithm
+        from steps.core.data import DATASET_SOURCES, load_dataset
+        from steps.core.models import MODEL_KINDS, ProbaModel, ModelParams, train_classifier
+        from steps.core.saliency import ImageClassifier, generator_config
+        from steps.core.fast_saliency import FastSaliency
+        from steps.core import plots
+        data = load_dataset("digits")
+        model = train_classifier(ModelParams(epochs=2, hidden_layer_sizes=(8,)), data.images[:200],
+                                 data.labels[:200]).classifier
+        algorithm = make_algorithm("rise", n=20)
+        engine = FastSaliency.from_config(generator_config(algorithm.generator()))
+        maps = engine(data.images[0], ImageClassifier(ProbaModel(model), classes=10))
+        assert maps.shape == (10, 8, 8)
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "mlflow")
+        assert not loaded, loaded
+        print("ok", ALGORITHMS.names(), DATASET_SOURCES.names(), MODEL_KINDS.names())
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ok ('rise', 'sliding_window') ('digits', 'image_folder', 'npz')" in result.stdout
+
+
+NEW_DATASET = '''
+import numpy as np
+from steps.core.data import DATASET_SOURCES, DatasetSource, ImageDataset
+
+@DATASET_SOURCES.register
+class Checkerboards(DatasetSource):
+    name = "checkerboards"
+    usage = "`checkerboards`"
+
+    @classmethod
+    def accepts(cls, spec):
+        return spec == cls.name
+
+    def load(self):
+        images = np.indices((8, 8)).sum(axis=0) % 2 * np.ones((6, 1, 1), np.float32)
+        return ImageDataset(self.name, images, np.array([0, 1] * 3), ("a", "b"),
+                            tuple(map(str, range(6))))
+
+    def content_digest(self, digest):
+        digest.update(b"checkerboards")
+'''
+
+NEW_ALGORITHM = '''
+import click
+from steps.core.algorithm import ALGORITHMS
+from steps.core.algorithms.sliding_window import SlidingWindow
+from steps.core.parameters import Parameter
+
+SPAN = Parameter("span", 3, click.IntRange(min=1), "Square window: side in pixels.")
+
+@ALGORITHMS.register
+class SquareWindow(SlidingWindow):
+    name = "square_window"
+    parameters = (SPAN,)
+
+    def perturber(self):
+        from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow as Windows
+        return Windows(window_size=(self.span, self.span), stride=(1, 1))
+'''
+
+
+def test_a_new_dataset_or_algorithm_is_one_new_file(tmp_path):
+    """Dropped into its package, a module is found by the registry, the CLI options and the
+    step's parameter check, with no other file edited."""
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT_DIR / "steps", project / "steps",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "steps/core/datasets/checkerboards.py").write_text(NEW_DATASET)
+    (project / "steps/core/algorithms/square_window.py").write_text(NEW_ALGORITHM)
+    code = textwrap.dedent("""
+        from steps import options
+        from steps.core.algorithm import make_algorithm
+        from steps.core.data import load_dataset
+        names = [d.name for d in options.ENTRY_POINTS["saliency"]]
+        assert "span" in names, names
+        algorithm = make_algorithm("square_window", span=2)
+        assert algorithm.used_params() == {"algorithm": "square_window", "span": 2, "fill": 0.0}
+        print(type(algorithm.generator()).__name__, load_dataset("checkerboards").images.shape)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["PerturbationOcclusion", "(6,", "8,", "8)"]
