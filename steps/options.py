@@ -106,7 +106,7 @@ MODEL = [
 TRAIN = DATA + SPLIT + MODEL
 
 MODEL_URI = option("model_uri", "", ModelUri(),
-                   "The model to explain: runs:/<run ID>/<path>, models:/<name>/<version> or "
+                   "The model to evaluate and explain: runs:/<run ID>/<path>, models:/<name>/<version> or "
                    "models:/<name>@<alias>.")
 
 EVALUATE = [
