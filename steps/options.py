@@ -25,18 +25,13 @@ PICTURE_MODES = ("both", "combined", "per_class")
 option = Parameter
 
 
-class RunIdList(click.ParamType):
+class RunIdList(TextList):
     """Comma-separated MLflow run IDs (32 hex characters each); empty means none."""
 
     name = "run_id_list"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        text = str(value).strip()
-        if not text:
-            return ()
-        ids = tuple(part.strip() for part in text.split(","))
+        ids = super().convert(value, param, ctx)
         for run_id in ids:
             if not RUN_ID_PATTERN.match(run_id):
                 self.fail(f"{run_id!r} is not an MLflow run ID (32 hexadecimal characters)", param, ctx)
