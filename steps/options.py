@@ -15,12 +15,12 @@ from typing import Callable
 
 import click
 
-from steps.core.algorithm import ALGORITHMS, algorithm_parameters
+from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_parameters
+from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
 from steps.tracking.store_check import check_tracking_store
 
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
-SOLVERS = ("adam", "sgd", "lbfgs")
 PICTURE_MODES = ("both", "combined", "per_class")
 option = Parameter
 
@@ -86,14 +86,7 @@ SPLIT = [
 ]
 
 MODEL = [
-    option("hidden_layer_sizes", "64", IntList(minimum=1), "Hidden layer sizes, e.g. 64,32."),
-    option("learning_rate", 0.001, Float(min=0, min_open=True),
-           "Initial learning rate (MLPClassifier learning_rate_init)."),
-    option("epochs", 200, click.IntRange(min=1), "Maximum epochs (MLPClassifier max_iter)."),
-    option("solver", "adam", click.Choice(SOLVERS), "Optimizer."),
-    option("alpha", 0.0001, Float(min=0), "L2 penalty."),
-    option("batch_size", 64, click.IntRange(min=1), "Minibatch size."),
-    option("random_state", 0, click.IntRange(min=0), "Seed of weight initialisation and shuffling."),
+    *MLP_PARAMETERS,
     option("register_as", "", str,
            "Register the trained model under this name in the Model Registry (empty: do not)."),
 ]
@@ -127,7 +120,7 @@ SALIENCY = [
     *algorithm_parameters(),
     option("picture_mode", "both", click.Choice(PICTURE_MODES),
            "Pictures: one file per class, one combined file, or both."),
-    option("predict_batch_size", 256, click.IntRange(min=1),
+    option("predict_batch_size", PREDICT_BATCH_SIZE, click.IntRange(min=1),
            "How many perturbed images the classifier scores per call."),
 ]
 

@@ -15,6 +15,9 @@ from typing import Any, ClassVar
 from steps.core.parameters import Float, Parameter
 from steps.core.registry import Registry
 
+#: Images per classifier call, unless the user sets `predict_batch_size`.
+PREDICT_BATCH_SIZE = 256
+
 FILL = Parameter("fill", 0.0, Float(0, 1),
                  "Value occluded pixels take (images are in [0, 1]).")
 

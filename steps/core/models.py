@@ -10,12 +10,14 @@ columns to the dataset's classes. Nothing here knows about MLflow.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
+import click
 import numpy as np
 
 from steps.core.data import flatten
+from steps.core.parameters import Float, IntList, Parameter
 from steps.core.registry import Registry
 
 
@@ -167,17 +169,38 @@ def check_model_fits(model: ImageModel, images: np.ndarray, class_names: Sequenc
 # --- the train step's own model --------------------------------------------------------------
 
 
+SOLVERS = ("adam", "sgd", "lbfgs")
+
+MLP_PARAMETERS = (
+    Parameter("hidden_layer_sizes", "64", IntList(minimum=1), "Hidden layer sizes, e.g. 64,32."),
+    Parameter("learning_rate", 0.001, Float(min=0, min_open=True),
+              "Initial learning rate (MLPClassifier learning_rate_init)."),
+    Parameter("epochs", 200, click.IntRange(min=1), "Maximum epochs (MLPClassifier max_iter)."),
+    Parameter("solver", "adam", click.Choice(SOLVERS), "Optimizer."),
+    Parameter("alpha", 0.0001, Float(min=0), "L2 penalty."),
+    Parameter("batch_size", 64, click.IntRange(min=1), "Minibatch size."),
+    Parameter("random_state", 0, click.IntRange(min=0),
+              "Seed of weight initialisation and shuffling."),
+)
+
+
+def _declared(name: str):
+    """The declared default of an MLP parameter, converted by its type."""
+    (parameter,) = [p for p in MLP_PARAMETERS if p.name == name]
+    return field(default=parameter.type.convert(parameter.default, None, None))
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    """The hyperparameters a user sets; names follow the MLproject parameters."""
+    """The hyperparameters a user sets; names and defaults are `MLP_PARAMETERS`'."""
 
-    hidden_layer_sizes: tuple[int, ...] = (64,)
-    learning_rate: float = 0.001
-    epochs: int = 200
-    solver: str = "adam"
-    alpha: float = 0.0001
-    batch_size: int = 64
-    random_state: int = 0
+    hidden_layer_sizes: tuple[int, ...] = _declared("hidden_layer_sizes")
+    learning_rate: float = _declared("learning_rate")
+    epochs: int = _declared("epochs")
+    solver: str = _declared("solver")
+    alpha: float = _declared("alpha")
+    batch_size: int = _declared("batch_size")
+    random_state: int = _declared("random_state")
 
     def as_sklearn(self) -> dict:
         """The same settings under `MLPClassifier`'s own argument names."""

@@ -21,6 +21,7 @@ from xaitk_saliency.interfaces.gen_image_classifier_blackbox_sal import (
     GenerateImageClassifierBlackboxSaliency,
 )
 
+from steps.core.algorithm import PREDICT_BATCH_SIZE
 from steps.core.models import ImageModel
 
 
@@ -66,7 +67,8 @@ class ImageClassifier(ClassifyImage):
     output columns, 0 to classes - 1.
     """
 
-    def __init__(self, model: ImageModel, batch_size: int = 256, classes: int | None = None):
+    def __init__(self, model: ImageModel, batch_size: int = PREDICT_BATCH_SIZE,
+                 classes: int | None = None):
         self._model = model
         self._batch_size = int(batch_size)
         self._classes = classes if classes is not None else len(model.labels)
