@@ -135,3 +135,27 @@ def test_outputs_that_are_not_probabilities_are_refused(digits):
 
     with pytest.raises(ModelError, match=r"pipeline gives \[2, 64\].*expects 784"):
         check_model_fits(ProbabilityFunction(wrong_width), images, ("a", "b"), "8×8 grey")
+
+
+class RowsModel(mlflow.pyfunc.PythonModel):
+    """Takes a DataFrame of one named column per pixel, as its column signature says."""
+
+    def predict(self, context, model_input, params=None):
+        mass = model_input.to_numpy().mean(axis=1)
+        return np.stack([mass, 1 - mass], axis=1)
+
+
+def test_a_column_signature_pyfunc_gets_named_pixel_columns(logged, digits):
+    from mlflow.models import infer_signature
+    import pandas as pd
+
+    frame = pd.DataFrame(digits.images[:4].reshape(4, -1),
+                         columns=[f"pixel_{i}" for i in range(64)])
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="rows", python_model=RowsModel(),
+                                       signature=infer_signature(frame))
+    model = load_image_model(resolve_model_uri(info.model_uri))
+    assert model.expected_input() == "[N, 64]"
+    check_model_fits(model, digits.images, ("bright", "dark"), "8×8 grey")
+    with pytest.raises(ModelError, match=r"expects \[N, 64\].*gives \[2, 256\]"):
+        check_model_fits(model, np.zeros((2, 16, 16)), ("bright", "dark"), "16×16 grey")

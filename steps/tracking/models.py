@@ -119,14 +119,22 @@ class PyfuncFlavour(FlavourSource):
 
     def load(self, uri: str, info) -> ImageModel | None:
         model = mlflow.pyfunc.load_model(uri)
-        shape = None
         inputs = info.signature.inputs if info.signature is not None else None
-        if inputs is not None and getattr(inputs, "is_tensor_spec", lambda: False)():
+        if inputs is not None and inputs.is_tensor_spec():
             shape = inputs.inputs[0].shape
-        # A tensor signature of more than two axes takes the image batch itself.
-        layout = "images" if shape is not None and len(shape) > 2 else "flat"
-        return ProbabilityFunction(lambda batch: np.asarray(model.predict(batch)), layout,
-                                   input_shape=shape)
+            # A tensor signature of more than two axes takes the image batch itself.
+            layout = "images" if len(shape) > 2 else "flat"
+            return ProbabilityFunction(lambda batch: np.asarray(model.predict(batch)), layout,
+                                       input_shape=shape)
+        if inputs is not None and inputs.has_input_names():
+            # A column signature: one named column per pixel value, in the flattened order.
+            import pandas as pd
+
+            columns = inputs.input_names()
+            return ProbabilityFunction(
+                lambda rows: np.asarray(model.predict(pd.DataFrame(rows, columns=columns))),
+                "flat", input_shape=(-1, len(columns)))
+        return ProbabilityFunction(lambda batch: np.asarray(model.predict(batch)), "flat")
 
 
 def load_image_model(model: ResolvedModel, param: str = "model_uri") -> ImageModel:
