@@ -24,22 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's `s
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from steps.data import flatten, load_dataset, split_dataset  # noqa: E402
-from steps.fast_saliency import (  # noqa: E402
+from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm, make_algorithm  # noqa: E402
+from steps.core.data import flatten, load_dataset, split_dataset  # noqa: E402
+from steps.core.fast_saliency import (  # noqa: E402
     DEFAULT_CHUNK_SIZE,
     FastSaliency,
     MaskCache,
     occlude,
 )
-from steps.model import ModelParams, train_classifier  # noqa: E402
-from steps.saliency_maps import (  # noqa: E402
-    ALGORITHMS,
-    SaliencyParams,
-    SklearnImageClassifier,
-    build_generator,
-    generator_config,
-    xaitk_stack,
-)
+from steps.core.models import ModelParams, ProbaModel, train_classifier  # noqa: E402
+from steps.core.saliency import ImageClassifier, generator_config  # noqa: E402
 
 ATOL = 1e-5
 
@@ -47,7 +41,7 @@ ATOL = 1e-5
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=30, help="test images to explain")
-    parser.add_argument("--algorithm", choices=ALGORITHMS, default="rise")
+    parser.add_argument("--algorithm", choices=ALGORITHMS.names(), default="rise")
     parser.add_argument("--n", type=int, default=1000, help="RISE: number of masks")
     parser.add_argument("--s", type=int, default=4, help="RISE: grid resolution")
     parser.add_argument("--p1", type=float, default=0.5, help="RISE: probability a cell is kept")
@@ -82,9 +76,9 @@ def fastest(passes: dict, repeats: int) -> dict:
     return best
 
 
-def naive_pass(params, classifier, images):
+def naive_pass(params: SaliencyAlgorithm, classifier, images):
     start = time.perf_counter()
-    stack = xaitk_stack(params)
+    stack = params.xaitk_stack()
     maps = [stack(image, classifier) for image in images]
     return time.perf_counter() - start, maps
 
@@ -119,23 +113,24 @@ def bound_pass(model, engine, images, batch_size):
     return seconds, None
 
 
-def describe(params: SaliencyParams) -> str:
+def describe(params: SaliencyAlgorithm) -> str:
     return " ".join(f"{key}={value}" for key, value in params.used_params().items())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    params = SaliencyParams(algorithm=args.algorithm, n=args.n, s=args.s, p1=args.p1,
-                            seed=args.seed, window_size=tuple(args.window_size),
-                            stride=tuple(args.stride), fill=args.fill)
+    # Values of parameters the chosen algorithm does not take are ignored.
+    params = make_algorithm(args.algorithm, n=args.n, s=args.s, p1=args.p1, seed=args.seed,
+                            window_size=tuple(args.window_size), stride=tuple(args.stride),
+                            fill=args.fill)
     data = load_dataset("digits")
     split = split_dataset(data, 0.25, 0)
     trained = train_classifier(ModelParams(hidden_layer_sizes=(args.hidden,), epochs=args.epochs),
-                               data.images[split.train_ids], data.labels[split.train_ids])
+                               data.images[split.train_rows], data.labels[split.train_rows])
     model = trained.classifier
-    images = data.images[split.test_ids[:args.images]]
-    classifier = SklearnImageClassifier(model, batch_size=args.batch_size)
-    config = generator_config(build_generator(params))
+    images = data.images[split.test_rows[:args.images]]
+    classifier = ImageClassifier(ProbaModel(model), batch_size=args.batch_size)
+    config = generator_config(params.generator())
 
     limits = threadpool_limits(limits=args.blas_threads) if args.blas_threads > 0 else None
     try:

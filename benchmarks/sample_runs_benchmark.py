@@ -2,11 +2,11 @@
 
 Both ways write the same realistic evaluation runs (ten `Class_k_conf` metrics and
 `Predicted_class_conf`; tags `Image_id`, `GT_class`, `Predicted_class`, `Correct`,
-`Train_run_id` and the parent run's ID) into (a) a fresh SQLite store in a temporary directory,
-once as the steps leave a SQLite store (WAL mode, steps/sqlite_journal.py) and once in SQLite's
-default rollback-journal mode, and (b) an `mlflow server` this script starts on a free
-127.0.0.1 port, backed by a fresh PostgreSQL database (or SQLite with `--backend sqlite`),
-dropped and stopped at the end.
+`Model_uri`, `Train_run_id` and the parent run's ID) into (a) a fresh SQLite store in a
+temporary directory, once as the steps leave a SQLite store (WAL mode,
+steps/tracking/sqlite_journal.py) and once in SQLite's default rollback-journal mode, and (b)
+an `mlflow server` this script starts on a free 127.0.0.1 port, backed by a fresh PostgreSQL
+database (or SQLite with `--backend sqlite`), dropped and stopped at the end.
 
     python benchmarks/sample_runs_benchmark.py --runs 400
 """
@@ -35,13 +35,14 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from steps.console import quiet_run_links  # noqa: E402
+from steps import names  # noqa: E402
 from steps.evaluate import sample_runs  # noqa: E402
-from steps.sample_runs import SERVER_WORKERS, SampleRun, SampleRunWriter  # noqa: E402
-from steps.sqlite_journal import journal_mode, use_wal  # noqa: E402
+from steps.tracking.console import quiet_run_links  # noqa: E402
+from steps.tracking.sample_runs import SERVER_WORKERS, SampleRun, SampleRunWriter  # noqa: E402
+from steps.tracking.sqlite_journal import journal_mode, use_wal  # noqa: E402
 
 # The parent tags the evaluate step puts on its sample runs.
-PARENT_TAGS = ("Evaluation_parent_run_id", "mlflow.parentRunId")
+PARENT_TAGS = (names.EVALUATION_PARENT_TAG, names.PARENT_RUN_TAG)
 SERVER_START_SECONDS = 180
 WARM_UP_RUNS = 2 * SERVER_WORKERS
 # SQLite journal modes measured: as the steps leave a store, and SQLite's default.
@@ -56,8 +57,12 @@ def realistic_samples(count: int, parent_id: str, seed: int = 0) -> list[SampleR
     logits = rng.normal(scale=4.0, size=(count, NUM_CLASSES))
     confidences = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     truth = rng.integers(0, NUM_CLASSES, size=count)
-    tags = {"Train_run_id": uuid.uuid4().hex, **dict.fromkeys(PARENT_TAGS, parent_id)}
-    return sample_runs(np.arange(count), truth, confidences, list(range(NUM_CLASSES)), tags)
+    class_names = np.array([str(k) for k in range(NUM_CLASSES)])
+    # The model's lineage tags, as a model logged by the train step gives them.
+    tags = {names.MODEL_URI_TAG: f"models:/m-{uuid.uuid4().hex}",
+            names.TRAIN_RUN_TAG: uuid.uuid4().hex, **dict.fromkeys(PARENT_TAGS, parent_id)}
+    return sample_runs([str(i) for i in range(count)], class_names[truth],
+                       class_names[confidences.argmax(axis=1)], confidences, class_names, tags)
 
 
 def write_naive(experiment_id: str, samples: list[SampleRun]) -> None:

@@ -225,6 +225,12 @@ def pipelines_in(client, num_samples: int = int(SMALL["num_samples"]),
         maps = runs("Saliency Map Generation",
                     f"tags.`mlflow.parentRunId` = '{saliency.info.run_id}'")
         assert len(maps) == max_images and {r.info.status for r in maps} == {"FINISHED"}
+        # Every run of the pipeline used the model its own train step logged.
+        model_uri = train.data.tags["Model_uri"]
+        assert tags["Model_uri"] == model_uri
+        for run in [evaluation, saliency, *samples, *maps]:
+            assert run.data.tags["Model_uri"] == model_uri, run.info.run_id
+            assert run.data.tags["Train_run_id"] == train.info.run_id, run.info.run_id
         found.append(Pipeline(main, train, evaluation, samples, saliency, maps))
     return found
 

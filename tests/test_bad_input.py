@@ -23,6 +23,22 @@ def train_id(store):
 
 
 @pytest.fixture(scope="module")
+def model_uri(store, train_id):
+    """The train run's model, as its `Model_uri` tag names it."""
+    return store.client.get_run(train_id).data.tags["Model_uri"]
+
+
+@pytest.fixture(scope="module")
+def deleted_id(store):
+    """A FINISHED run of the Train experiment, deleted."""
+    client = store.client
+    run = client.create_run(client.get_experiment_by_name("Train").experiment_id)
+    client.set_terminated(run.info.run_id)
+    client.delete_run(run.info.run_id)
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
 def outer_id(store):
     """A run of the Default experiment: the one `mlflow run -e train` made."""
     return store.runs("Default")[-1].info.run_id
@@ -42,20 +58,33 @@ CASES = [
     ("main", {"algorithm": "gradcam"}, "algorithm", "'rise', 'sliding_window'"),
     ("main", {"query": "metrics.Predicted_class_conf <<< 2"}, "query", "MLflow rejected query"),
     ("main", {"query": "tags.Correct = 'false' OR tags.GT_class = '1'"}, "query", "MLflow rejected"),
-    ("evaluate", {"train_run_id": "not-a-run"}, "train_run_id", "is not an MLflow run ID"),
-    ("evaluate", {"train_run_id": UNKNOWN_RUN}, "train_run_id", "no run 0123456789abcdef"),
-    ("evaluate", {"train_run_id": "{outer}"}, "train_run_id", "belongs to experiment 'Default'"),
-    ("evaluate", {"train_run_id": "{train}", "num_samples": "-1"}, "num_samples", "x>=0"),
-    ("saliency", {"train_run_id": "{train}", "image_ids": "5", "algorithm": "lime"},
+    ("main", {"p1": "nan"}, "p1", "'nan' is not a finite number"),
+    ("main", {"train_run_id": "{deleted}"}, "train_run_id", "is deleted; restore it first"),
+    ("main", {"model_uri": "{model}", "train_run_id": "{train}"}, "model_uri",
+     "give model_uri or train_run_id, not both"),
+    ("evaluate", {"model_uri": "not-a-model"}, "model_uri", "is not an MLflow model URI"),
+    ("evaluate", {}, "model_uri", "give the model to evaluate"),
+    ("evaluate", {"model_uri": f"runs:/{UNKNOWN_RUN}/model"}, "model_uri",
+     f"model runs:/{UNKNOWN_RUN}/model: not found in"),
+    ("evaluate", {"model_uri": "models:/m-0123456789abcdef"}, "model_uri",
+     "model models:/m-0123456789abcdef: not found in"),
+    ("evaluate", {"model_uri": "runs:/{outer}/model"}, "model_uri", "cannot be read"),
+    ("evaluate", {"model_uri": "runs:/{deleted}/model"}, "model_uri",
+     "is deleted; restore it with `mlflow runs restore"),
+    ("evaluate", {"model_uri": "{model}", "num_samples": "-1"}, "num_samples", "x>=0"),
+    ("evaluate", {"model_uri": "{model}", "test_fraction": "inf"}, "test_fraction",
+     "'inf' is not a finite number"),
+    ("saliency", {"model_uri": "{model}", "image_ids": "5", "algorithm": "lime"},
      "algorithm", "'rise', 'sliding_window'"),
-    ("saliency", {"train_run_id": "{train}", "image_ids": "5", "p1": "1.5"}, "p1", "0<=x<=1"),
-    ("saliency", {"train_run_id": "{train}", "image_ids": "5", "window_size": "2"},
+    ("saliency", {"model_uri": "{model}", "image_ids": "5", "p1": "1.5"}, "p1", "0<=x<=1"),
+    ("saliency", {"model_uri": "{model}", "image_ids": "5", "window_size": "2"},
      "window_size", "2 comma-separated integers >= 1"),
-    ("saliency", {"train_run_id": "{train}", "image_ids": "99999"}, "image_ids",
-     "outside the digits dataset (IDs 0 to 1796)"),
-    ("saliency", {"train_run_id": "{train}", "image_ids": "5",
+    ("saliency", {"image_ids": "5"}, "model_uri", "give the model to explain"),
+    ("saliency", {"model_uri": "{model}", "image_ids": "99999"}, "image_ids",
+     "image IDs 99999 are not in the digits dataset (1797 images"),
+    ("saliency", {"model_uri": "{model}", "image_ids": "5",
                   "evaluation_run_ids": UNKNOWN_RUN}, "evaluation_run_ids", "no run"),
-    ("saliency", {"train_run_id": "{train}", "image_ids": "5,6",
+    ("saliency", {"model_uri": "{model}", "image_ids": "5,6",
                   "evaluation_run_ids": UNKNOWN_RUN}, "evaluation_run_ids",
      "1 run IDs given for 2 image IDs"),
 ]
@@ -63,9 +92,11 @@ CASES = [
 
 @pytest.mark.parametrize("entry_point,params,param,words", CASES,
                          ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_is_one_clear_line_and_a_failed_run(store, train_id, outer_id, entry_point,
-                                                      params, param, words):
-    params = {k: v.format(train=train_id, outer=outer_id) for k, v in params.items()}
+def test_bad_input_is_one_clear_line_and_a_failed_run(store, train_id, model_uri, outer_id,
+                                                      deleted_id, entry_point, params, param,
+                                                      words):
+    params = {k: v.format(train=train_id, model=model_uri, outer=outer_id, deleted=deleted_id)
+              for k, v in params.items()}
     before = {r.info.run_id for r in store.all_runs()}
     result = store.run(params, entry_point=entry_point)
 

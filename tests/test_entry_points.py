@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.conftest import FAST_TRAIN, Store
-from tests.test_pipeline import artifact_paths
+from tests.test_pipeline import artifact_paths, model_uri_of
 
 
 @pytest.fixture(scope="module")
@@ -16,15 +16,24 @@ def store(tmp_path_factory):
     return Store(f"sqlite:///{directory / 'mlflow.db'}", directory)
 
 
+SPLIT_SEED = "3"
+
+
 @pytest.fixture(scope="module")
 def train_run(store):
     """`mlflow run . -e train` with overrides: the results land in the Train experiment."""
     result = store.run({**FAST_TRAIN, "hidden_layer_sizes": "16,8", "solver": "sgd",
-                        "learning_rate": "0.05", "epochs": "12", "split_seed": "3"},
+                        "learning_rate": "0.05", "epochs": "12", "split_seed": SPLIT_SEED},
                        entry_point="train")
     assert result.returncode == 0, result.output
     (run,) = store.runs("Train")
     return run
+
+
+@pytest.fixture(scope="module")
+def model_uri(store, train_run):
+    """The train run's model, as the later steps take it."""
+    return model_uri_of(store.client, train_run.info.run_id)
 
 
 def test_train_alone_logs_overrides_into_the_train_experiment(store, train_run):
@@ -33,7 +42,7 @@ def test_train_alone_logs_overrides_into_the_train_experiment(store, train_run):
     assert params["solver"] == "sgd"
     assert params["learning_rate"] == "0.05"
     assert params["epochs"] == "12"
-    assert params["split_seed"] == "3"
+    assert params["split_seed"] == SPLIT_SEED
     assert int(train_run.data.tags["Epochs_run"]) <= 12
     assert train_run.info.status == "FINISHED"
     # The run `mlflow run -e train` made in the default experiment points to it.
@@ -43,15 +52,23 @@ def test_train_alone_logs_overrides_into_the_train_experiment(store, train_run):
     assert outer.info.status == "FINISHED"
 
 
-def test_evaluate_alone(store, train_run):
+def test_evaluate_alone(store, train_run, model_uri):
     train_id = train_run.info.run_id
-    result = store.run({"train_run_id": train_id, "num_samples": "15"}, entry_point="evaluate")
+    # The model's own test split: the split settings it was trained with.
+    result = store.run({"model_uri": model_uri, "split_seed": SPLIT_SEED, "num_samples": "15"},
+                       entry_point="evaluate")
     assert result.returncode == 0, result.output
     runs = store.runs("Evaluation", f"tags.Train_run_id = '{train_id}'")
     parents = [r for r in runs if "Evaluation_parent_run_id" not in r.data.tags]
     samples = [r for r in runs if "Evaluation_parent_run_id" in r.data.tags]
     assert len(parents) == 1 and len(samples) == 15
     assert parents[0].data.metrics["num_samples"] == 15
+    # The run `mlflow run -e evaluate` made holds the -P values and points to the step's run.
+    (outer,) = [r for r in store.runs("Default")
+                if r.data.tags.get("Step_run_id") == parents[0].info.run_id]
+    assert outer.data.params["model_uri"] == model_uri
+    assert outer.data.params["split_seed"] == SPLIT_SEED
+    assert {r.data.tags["Model_uri"] for r in runs} == {model_uri}
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
@@ -60,12 +77,12 @@ def test_evaluate_alone(store, train_run):
 WHOLE_SPLIT_SECONDS = 120
 
 
-def test_evaluate_the_whole_test_split(store, train_run):
+def test_evaluate_the_whole_test_split(store, train_run, model_uri):
     """`-e evaluate` with the default `num_samples=0`: every test image, one FINISHED run each,
     logged in the time the README states (with room for a busy machine)."""
     train_id = train_run.info.run_id
     started = time.monotonic()
-    result = store.run({"train_run_id": train_id}, entry_point="evaluate")
+    result = store.run({"model_uri": model_uri, "split_seed": SPLIT_SEED}, entry_point="evaluate")
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.output
     (parent,) = [r for r in store.runs("Evaluation", f"tags.Train_run_id = '{train_id}'")
@@ -80,9 +97,9 @@ def test_evaluate_the_whole_test_split(store, train_run):
     assert seconds < WHOLE_SPLIT_SECONDS, seconds
 
 
-def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_run):
+def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_run, model_uri):
     train_id = train_run.info.run_id
-    result = store.run({"train_run_id": train_id, "image_ids": "3,1000",
+    result = store.run({"model_uri": model_uri, "image_ids": "3,1000",
                         "algorithm": "sliding_window", "window_size": "3,3", "stride": "2,2",
                         "fill": "0.5", "picture_mode": "per_class"}, entry_point="saliency")
     assert result.returncode == 0, result.output
@@ -90,8 +107,13 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
     assert sorted(r.data.tags["Image_id"] for r in maps) == ["1000", "3"]
     for run in maps:
         assert run.data.params == {"algorithm": "sliding_window", "window_size": "3,3",
-                                   "stride": "2,2", "fill": "0.5", "predict_batch_size": "256"}
+                                   "stride": "2,2", "fill": "0.5", "predict_batch_size": "256",
+                                   "dataset": "digits", "image_size": ""}
         assert run.data.tags["Evaluation_run_id"] == ""
+        assert run.data.tags["Model_uri"] == model_uri
+        assert run.data.tags["Train_run_id"] == train_id
+        assert run.data.tags["Dataset"] == "digits"
+        assert run.data.tags["Dataset_digest"] == train_run.data.tags["Dataset_digest"]
         paths = artifact_paths(store.client, run.info.run_id)
         assert {f"pictures/class_{k}.png" for k in range(10)} <= paths
         assert "pictures/all_classes.png" not in paths

@@ -13,20 +13,16 @@ from smqtk_classifier.interfaces.classify_image import ClassifyImage
 from xaitk_saliency.impls.perturb_image.rise import RISEGrid
 from xaitk_saliency.utils.masking import occlude_image_streaming
 
-from steps.fast_saliency import (
+from steps.core.algorithm import SaliencyAlgorithm, make_algorithm
+from steps.core.fast_saliency import (
     FastSaliency,
     MaskCache,
     depends_only_on_shape,
     occlude,
     scale_by_max_abs,
 )
-from steps.saliency_maps import (
-    SaliencyParams,
-    SklearnImageClassifier,
-    build_generator,
-    generator_config,
-    xaitk_stack,
-)
+from steps.core.models import ProbaModel
+from steps.core.saliency import ImageClassifier, generator_config
 from tests.conftest import PROJECT_DIR
 from tests.test_processing import CountingModel, digits, model  # noqa: F401 (fixtures)
 
@@ -40,9 +36,14 @@ def images(digits):
     return [*digits.images[[0, 11, 42]], np.zeros_like(digits.images[0])]
 
 
-def stored_config(params: SaliencyParams) -> dict:
+def stored_config(params: SaliencyAlgorithm) -> dict:
     """The configuration as the saliency step stores it and reads it back (through JSON)."""
-    return json.loads(json.dumps(generator_config(build_generator(params))))
+    return json.loads(json.dumps(generator_config(params.generator())))
+
+
+def image_classifier(model, batch_size: int = 256) -> ImageClassifier:
+    """A fitted scikit-learn model as the saliency step sees it."""
+    return ImageClassifier(ProbaModel(model), batch_size=batch_size)
 
 
 class DictOnlyClassifier(ClassifyImage):
@@ -62,18 +63,18 @@ class DictOnlyClassifier(ClassifyImage):
 
 
 @pytest.mark.parametrize("params, chunk_size", [
-    (SaliencyParams(algorithm="rise", n=200, s=4, p1=0.5, seed=3), 64),
-    (SaliencyParams(algorithm="rise", n=150, s=2, p1=0.3, seed=1, debiased=False), 1024),
-    (SaliencyParams(algorithm="rise", n=257, s=5, p1=0.7, seed=11, fill=0.25), 100),
-    (SaliencyParams(algorithm="rise", n=90, s=8, p1=0.1, seed=0, debiased=False, fill=1.0), 7),
-    (SaliencyParams(algorithm="sliding_window", window_size=(2, 2), stride=(1, 1)), 10),
-    (SaliencyParams(algorithm="sliding_window", window_size=(3, 2), stride=(2, 1), fill=0.5), 5),
-    (SaliencyParams(algorithm="sliding_window", window_size=(4, 4), stride=(2, 2), fill=1.0), 1024),
+    (make_algorithm("rise", n=200, s=4, p1=0.5, seed=3), 64),
+    (make_algorithm("rise", n=150, s=2, p1=0.3, seed=1, debiased=False), 1024),
+    (make_algorithm("rise", n=257, s=5, p1=0.7, seed=11, fill=0.25), 100),
+    (make_algorithm("rise", n=90, s=8, p1=0.1, seed=0, debiased=False, fill=1.0), 7),
+    (make_algorithm("sliding_window", window_size=(2, 2), stride=(1, 1)), 10),
+    (make_algorithm("sliding_window", window_size=(3, 2), stride=(2, 1), fill=0.5), 5),
+    (make_algorithm("sliding_window", window_size=(4, 4), stride=(2, 2), fill=1.0), 1024),
 ])
 def test_maps_equal_xaitk_high_level_stacks(model, images, params, chunk_size):
     engine = FastSaliency.from_config(stored_config(params), chunk_size=chunk_size)
-    stack = xaitk_stack(params)
-    classifier = SklearnImageClassifier(model.classifier)
+    stack = params.xaitk_stack()
+    classifier = image_classifier(model.classifier)
     for image in images:
         ours = engine(image, classifier)
         assert ours.shape == (10, 8, 8)
@@ -83,19 +84,19 @@ def test_maps_equal_xaitk_high_level_stacks(model, images, params, chunk_size):
 
 def test_float32_confidences_are_scored_in_float64_like_xaitk(model, images):
     """The model answers in float32; xaitk reads Python floats. Same batches: same maps."""
-    params = SaliencyParams(n=1000)
-    classifier = SklearnImageClassifier(model.classifier, batch_size=256)
+    params = make_algorithm("rise", n=1000)
+    classifier = image_classifier(model.classifier, batch_size=256)
     assert classifier.classify_array(images[:1]).dtype == np.float32
     engine = FastSaliency.from_config(stored_config(params), chunk_size=1024)
     np.testing.assert_allclose(engine(images[0], classifier),
-                               xaitk_stack(params)(images[0], classifier), atol=1e-12)
+                               params.xaitk_stack()(images[0], classifier), atol=1e-12)
 
 
-class ChunkRecordingClassifier(SklearnImageClassifier):
+class ChunkRecordingClassifier(ImageClassifier):
     """Records how many perturbed images each array call gets: the engine's chunks."""
 
     def __init__(self, model, batch_size):
-        super().__init__(model, batch_size=batch_size)
+        super().__init__(ProbaModel(model), batch_size=batch_size)
         self.chunks = []
 
     def classify_array(self, images):
@@ -112,20 +113,21 @@ def test_perturbed_images_are_made_and_classified_in_chunks_of_whole_batches(
         model, images, chunk_size, batch_size, chunks):
     counting = CountingModel(model.classifier)
     classifier = ChunkRecordingClassifier(counting, batch_size)
-    engine = FastSaliency.from_config(stored_config(SaliencyParams(n=200)), chunk_size=chunk_size)
+    engine = FastSaliency.from_config(stored_config(make_algorithm("rise", n=200)),
+                                      chunk_size=chunk_size)
     engine(images[0], classifier)
     assert classifier.chunks == chunks
     assert max(counting.batches) <= batch_size
 
 
 @pytest.mark.parametrize("params", [
-    SaliencyParams(algorithm="rise", n=300, s=4, p1=0.5, seed=2),
-    SaliencyParams(algorithm="sliding_window", window_size=(2, 2), stride=(1, 1)),
+    make_algorithm("rise", n=300, s=4, p1=0.5, seed=2),
+    make_algorithm("sliding_window", window_size=(2, 2), stride=(1, 1)),
 ])
 def test_chunk_size_never_changes_a_map(model, images, params):
     """Memory, not results: any chunk size gives the same maps. The classifier sees the same
     batches whatever the chunks, so only the float64 sums over chunks round apart (1e-16 here)."""
-    classifier = SklearnImageClassifier(model.classifier, batch_size=16)
+    classifier = image_classifier(model.classifier, batch_size=16)
     config = stored_config(params)
     for image in images:
         maps = [FastSaliency.from_config(config, chunk_size=size)(image, classifier)
@@ -135,15 +137,15 @@ def test_chunk_size_never_changes_a_map(model, images, params):
 
 
 def test_a_classifier_without_an_array_call_gives_the_same_maps(model, images):
-    params = SaliencyParams(algorithm="sliding_window", window_size=(3, 3), stride=(2, 2))
+    params = make_algorithm("sliding_window", window_size=(3, 3), stride=(2, 2))
     engine = FastSaliency.from_config(stored_config(params), chunk_size=8)
-    classifier = SklearnImageClassifier(model.classifier)
+    classifier = image_classifier(model.classifier)
     np.testing.assert_allclose(engine(images[1], DictOnlyClassifier(classifier)),
-                               xaitk_stack(params)(images[1], classifier), atol=ATOL)
+                               params.xaitk_stack()(images[1], classifier), atol=ATOL)
 
 
 def test_engine_uses_the_stored_configuration_not_defaults():
-    params = SaliencyParams(algorithm="rise", n=37, s=3, p1=0.2, seed=5, debiased=False, fill=0.75)
+    params = make_algorithm("rise", n=37, s=3, p1=0.2, seed=5, debiased=False, fill=0.75)
     engine = FastSaliency.from_config(stored_config(params), chunk_size=16)
     assert isinstance(engine.perturber, RISEGrid)
     assert (engine.perturber.n, engine.perturber.s, engine.perturber.p1, engine.perturber.seed) \
@@ -158,14 +160,14 @@ def test_configurations_it_cannot_rebuild_are_clear_errors():
     with pytest.raises(ValueError, match="built from a .*PerturbationOcclusion configuration"):
         FastSaliency.from_config(stack_config)
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
-        FastSaliency.from_config(stored_config(SaliencyParams()), chunk_size=0)
+        FastSaliency.from_config(stored_config(make_algorithm("rise")), chunk_size=0)
     with pytest.raises(ValueError, match="expected an image"):
-        FastSaliency.from_config(stored_config(SaliencyParams()))(np.zeros(64), None)
+        FastSaliency.from_config(stored_config(make_algorithm("rise")))(np.zeros(64), None)
 
 
 def test_mask_cache_reuses_masks_for_the_same_configuration_and_shape_only():
     cache = MaskCache()
-    config = stored_config(SaliencyParams(n=50, seed=2))
+    config = stored_config(make_algorithm("rise", n=50, seed=2))
     engine = FastSaliency.from_config(config, mask_cache=cache)
     first = engine.masks(np.zeros((8, 8)))
     assert engine.masks(np.ones((8, 8))) is first
@@ -177,7 +179,7 @@ def test_mask_cache_reuses_masks_for_the_same_configuration_and_shape_only():
     # A different image shape, or a different configuration, does not.
     other_shape = engine.masks(np.zeros((6, 10)))
     assert other_shape.shape == (50, 6, 10)
-    other_config = FastSaliency.from_config(stored_config(SaliencyParams(n=50, seed=3)),
+    other_config = FastSaliency.from_config(stored_config(make_algorithm("rise", n=50, seed=3)),
                                             mask_cache=cache).masks(np.zeros((8, 8)))
     assert not np.array_equal(other_config, first)
     assert (cache.misses, cache.hits, len(cache)) == (3, 2, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import mlflow
 import numpy as np
@@ -11,9 +12,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.data import load_dataset, split_dataset
-from steps.saliency_maps import SklearnImageClassifier, compute_saliency, generator_from_config
-from steps.sqlite_journal import journal_mode
+from steps.core.data import load_dataset, split_dataset
+from steps.core.models import ProbaModel
+from steps.core.saliency import ImageClassifier, compute_saliency, generator_from_config
+from steps.tracking.sqlite_journal import journal_mode
 from tests.conftest import FAST_SALIENCY, FAST_TRAIN, Store
 
 NUM_SAMPLES = 40
@@ -45,6 +47,11 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
     for item in client.list_artifacts(run_id, path):
         found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
     return found
+
+
+def model_uri_of(client: MlflowClient, train_run_id: str) -> str:
+    """The model a Train run logged, as its `Model_uri` tag names it (`models:/m-...`)."""
+    return client.get_run(train_run_id).data.tags["Model_uri"]
 
 
 def read_artifact(client, run_id, path) -> bytes:
@@ -90,6 +97,14 @@ def test_every_run_finished_and_steps_are_nested_under_main(pipeline, runs):
     assert tags["Train_run_id"] == runs["train"].info.run_id
     assert tags["Evaluation_run_id"] == runs["evaluation"].info.run_id
     assert tags["Saliency_run_id"] == runs["saliency"].info.run_id
+    # The model the steps handed on, and the data every step ran on.
+    train_tags = runs["train"].data.tags
+    assert tags["Model_uri"] == train_tags["Model_uri"]
+    for key in ("main", "evaluation", "saliency"):
+        assert runs[key].data.tags["Dataset_digest"] == train_tags["Dataset_digest"], key
+    for key in ("evaluation", "saliency"):
+        assert runs[key].data.tags["Model_uri"] == train_tags["Model_uri"], key
+        assert runs[key].data.tags["Dataset"] == "digits", key
 
 
 def test_train_run_params_tags_metrics(pipeline, runs):
@@ -100,10 +115,14 @@ def test_train_run_params_tags_metrics(pipeline, runs):
     assert params["epochs"] == FAST_TRAIN["epochs"]
     assert params["hidden_layer_sizes"] == FAST_TRAIN["hidden_layer_sizes"]
     for key in ("learning_rate", "solver", "alpha", "batch_size", "random_state", "dataset",
-                "test_fraction", "split_seed"):
+                "image_size", "test_fraction", "split_seed", "register_as"):
         assert key in params
+    assert params["dataset"] == "digits"
     tags = train.data.tags
     assert tags["Dataset"] == "digits"
+    assert re.fullmatch(r"[0-9a-f]{16}", tags["Dataset_digest"]), tags
+    assert tags["Image_shape"] == "8x8"
+    assert "Registered_model" not in tags
     assert int(tags["Train_size"]) + int(tags["Test_size"]) == 1797
     assert int(tags["Test_size"]) == 450
     assert tags["Num_classes"] == "10"
@@ -123,24 +142,33 @@ def test_train_run_artifacts_model_pickle_and_environment(pipeline, runs):
     (logged,) = mlflow.search_logged_models(
         experiment_ids=[runs["train"].info.experiment_id],
         filter_string=f"source_run_id = '{run_id}'", output_format="list")
-    assert logged.name == "model"
+    assert logged.name == f"mlp-digits-{run_id[:8]}"
     assert runs["train"].data.tags["Model_uri"] == f"models:/{logged.model_id}"
     info = mlflow.models.get_model_info(f"models:/{logged.model_id}")
     assert info.flavors["sklearn"]["serialization_format"] == "skops"
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 64)
+    # The pyfunc answers with probabilities, one per class.
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 10)
     assert info.saved_input_example_info is not None
-    model = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
+    model = mlflow.sklearn.load_model(runs["train"].data.tags["Model_uri"])
     data = load_dataset("digits")
-    predictions = model.predict(data.images[:50].reshape(50, -1))
+    rows = data.images[:50].reshape(50, -1)
+    predictions = model.predict(rows)
     assert np.mean(predictions == data.labels[:50]) > 0.8
+    # The same model through its run and name, and through the pyfunc flavour.
+    same = mlflow.sklearn.load_model(f"runs:/{run_id}/{logged.name}")
+    np.testing.assert_array_equal(same.predict_proba(rows), model.predict_proba(rows))
+    probabilities = mlflow.pyfunc.load_model(f"models:/{logged.model_id}").predict(rows)
+    assert np.asarray(probabilities).shape == (50, 10)
+    np.testing.assert_allclose(probabilities, model.predict_proba(rows), atol=1e-6)
 
 
 def test_evaluation_per_sample_runs(pipeline, runs):
     samples = runs["samples"]
     assert len(samples) == NUM_SAMPLES
     data = load_dataset("digits")
-    test_ids = set(split_dataset(data, 0.25, 0).test_ids.tolist())
-    image_ids = [int(r.data.tags["Image_id"]) for r in samples]
+    test_ids = {data.image_ids[row] for row in split_dataset(data, 0.25, 0).test_rows}
+    image_ids = [r.data.tags["Image_id"] for r in samples]
     assert len(set(image_ids)) == NUM_SAMPLES and set(image_ids) <= test_ids
     parent_id = runs["evaluation"].info.run_id
     for run in samples:
@@ -148,8 +176,10 @@ def test_evaluation_per_sample_runs(pipeline, runs):
         assert run.info.status == "FINISHED"
         assert tags["mlflow.parentRunId"] == parent_id
         assert tags["Train_run_id"] == runs["train"].info.run_id
+        assert tags["Model_uri"] == runs["train"].data.tags["Model_uri"]
         assert tags["Code_version"] == runs["evaluation"].data.tags["Code_version"]
-        assert int(tags["GT_class"]) == data.labels[int(tags["Image_id"])]
+        (row,) = data.rows([tags["Image_id"]])
+        assert int(tags["GT_class"]) == data.labels[row]
         confs = [metrics[f"Class_{k}_conf"] for k in range(10)]
         assert sum(confs) == pytest.approx(1, abs=1e-6)
         assert int(tags["Predicted_class"]) == int(np.argmax(confs))
@@ -167,6 +197,8 @@ def test_evaluation_parent_aggregates_and_confusion_matrix(pipeline, runs):
         assert 0 <= metrics[f"Class_{k}_precision"] <= 1
         assert 0 <= metrics[f"Class_{k}_recall"] <= 1
     assert parent.data.tags["Train_run_id"] == runs["train"].info.run_id
+    assert parent.data.tags["Model_uri"] == runs["train"].data.tags["Model_uri"]
+    assert parent.data.params["model_uri"] == runs["train"].data.tags["Model_uri"]
     png = read_artifact(store.client, parent.info.run_id, "confusion_matrix.png")
     assert png.startswith(PNG_MAGIC)
 
@@ -190,8 +222,9 @@ def test_query_selects_saliency_images_and_is_logged(pipeline, runs):
 def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
     store, _ = pipeline
     samples = {r.data.tags["Image_id"]: r for r in runs["samples"]}
-    model = mlflow.sklearn.load_model(f"runs:/{runs['train'].info.run_id}/model")
+    model = mlflow.sklearn.load_model(runs["train"].data.tags["Model_uri"])
     data = load_dataset("digits")
+    train_tags = runs["train"].data.tags
     assert len(runs["maps"]) == MAX_IMAGES
     for run in runs["maps"]:
         tags, run_id = run.data.tags, run.info.run_id
@@ -200,11 +233,15 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         assert tags["Evaluation_parent_run_id"] == runs["evaluation"].info.run_id
         assert tags["Code_version"] == runs["train"].data.tags["Code_version"]
         assert tags["Train_run_id"] == runs["train"].info.run_id
+        assert tags["Model_uri"] == train_tags["Model_uri"]
+        assert tags["Dataset"] == "digits"
+        assert tags["Dataset_digest"] == train_tags["Dataset_digest"]
         assert tags["GT_class"] == sample.data.tags["GT_class"]
         assert tags["Predicted_class"] == sample.data.tags["Predicted_class"]
         assert run.data.params == {"algorithm": "rise", "n": FAST_SALIENCY["n"], "s": "4",
                                    "p1": "0.5", "seed": "0", "debiased": "true", "fill": "0.0",
-                                   "predict_batch_size": "256"}
+                                   "predict_batch_size": "256", "dataset": "digits",
+                                   "image_size": ""}
         paths = artifact_paths(store.client, run_id)
         assert {"saliency_map.npy", "generator_config.json", "pictures/all_classes.png"} <= paths
         assert {f"pictures/class_{k}.png" for k in range(10)} <= paths
@@ -214,6 +251,6 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         assert np.isfinite(stored).all() and stored.min() >= -1 and stored.max() <= 1
         config = json.loads(read_artifact(store.client, run_id, "generator_config.json"))
         generator = generator_from_config(config)
-        again = compute_saliency(generator, data.images[int(tags["Image_id"])],
-                                 SklearnImageClassifier(model))
+        (row,) = data.rows([tags["Image_id"]])
+        again = compute_saliency(generator, data.images[row], ImageClassifier(ProbaModel(model)))
         np.testing.assert_allclose(again, stored, atol=1e-6)

@@ -8,17 +8,21 @@ import json
 import numpy as np
 import pytest
 
-from steps import plots
-from steps.data import flatten, load_dataset, split_dataset
-from steps.model import ModelParams, accuracy, predict_confidences, train_classifier
-from steps.saliency_maps import (
-    SaliencyParams,
-    SklearnImageClassifier,
-    build_generator,
+from steps.core import plots
+from steps.core.algorithm import make_algorithm
+from steps.core.data import flatten, load_dataset, split_dataset
+from steps.core.models import (
+    ModelParams,
+    ProbaModel,
+    accuracy,
+    predict_confidences,
+    train_classifier,
+)
+from steps.core.saliency import (
+    ImageClassifier,
     compute_saliency,
     generator_config,
     generator_from_config,
-    xaitk_stack,
 )
 
 plt = plots.plt
@@ -33,7 +37,8 @@ def digits():
 def model(digits):
     split = split_dataset(digits, 0.25, 0)
     params = ModelParams(hidden_layer_sizes=(32,), epochs=30)
-    return train_classifier(params, digits.images[split.train_ids], digits.labels[split.train_ids])
+    return train_classifier(params, digits.images[split.train_rows],
+                            digits.labels[split.train_rows])
 
 
 def test_digits_dataset_shape_range_and_ids(digits):
@@ -41,28 +46,33 @@ def test_digits_dataset_shape_range_and_ids(digits):
     assert digits.images.min() == 0 and digits.images.max() == 1
     assert digits.class_names == tuple(str(k) for k in range(10))
     assert len(digits) == 1797
+    # An image's ID is its index in the dataset, as a string.
+    assert digits.image_ids == tuple(str(k) for k in range(1797))
+    np.testing.assert_array_equal(digits.rows(["0", "808", "1796"]), [0, 808, 1796])
 
 
 def test_unknown_dataset_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; known: digits"):
+    with pytest.raises(ValueError, match="'mnist' is not a dataset this pipeline reads. "
+                                         "It takes: `digits`"):
         load_dataset("mnist")
 
 
 def test_split_is_deterministic_disjoint_and_complete(digits):
     a, b = split_dataset(digits, 0.25, 7), split_dataset(digits, 0.25, 7)
     other = split_dataset(digits, 0.25, 8)
-    np.testing.assert_array_equal(a.test_ids, b.test_ids)
-    assert not np.array_equal(a.test_ids, other.test_ids)
-    assert set(a.train_ids).isdisjoint(a.test_ids)
-    assert sorted([*a.train_ids, *a.test_ids]) == list(range(1797))
-    assert len(a.test_ids) == 450
+    np.testing.assert_array_equal(a.test_rows, b.test_rows)
+    assert not np.array_equal(a.test_rows, other.test_rows)
+    assert set(a.train_rows).isdisjoint(a.test_rows)
+    assert sorted([*a.train_rows, *a.test_rows]) == list(range(1797))
+    assert len(a.test_rows) == 450
 
 
 def test_training_reports_loss_per_epoch_and_learns(digits, model):
     assert len(model.loss_curve) == model.classifier.n_iter_ <= 30
     assert model.loss_curve[-1] < model.loss_curve[0]
     split = split_dataset(digits, 0.25, 0)
-    assert accuracy(model.classifier, digits.images[split.test_ids], digits.labels[split.test_ids]) > 0.9
+    assert accuracy(model.classifier, digits.images[split.test_rows],
+                    digits.labels[split.test_rows]) > 0.9
 
 
 def test_lbfgs_has_a_single_final_loss(digits):
@@ -93,7 +103,7 @@ class CountingModel:
 
 def test_classifier_wrapper_classifies_in_batches(digits, model):
     counting = CountingModel(model.classifier)
-    wrapper = SklearnImageClassifier(counting, batch_size=64)
+    wrapper = ImageClassifier(ProbaModel(counting), batch_size=64)
     results = list(wrapper.classify_images(iter(digits.images[:150])))
     assert counting.batches == [64, 64, 22]
     assert len(results) == 150 and set(results[0]) == set(range(10))
@@ -105,48 +115,83 @@ def test_classifier_wrapper_classifies_in_batches(digits, model):
 
 
 @pytest.mark.parametrize("params", [
-    SaliencyParams(algorithm="rise", n=200, s=4, p1=0.5, seed=3),
-    SaliencyParams(algorithm="rise", n=150, s=2, p1=0.3, seed=1, debiased=False),
-    SaliencyParams(algorithm="sliding_window", window_size=(2, 2), stride=(1, 1)),
-    SaliencyParams(algorithm="sliding_window", window_size=(3, 2), stride=(2, 1), fill=0.5),
+    make_algorithm("rise", n=200, s=4, p1=0.5, seed=3),
+    make_algorithm("rise", n=150, s=2, p1=0.3, seed=1, debiased=False),
+    make_algorithm("sliding_window", window_size=(2, 2), stride=(1, 1)),
+    make_algorithm("sliding_window", window_size=(3, 2), stride=(2, 1), fill=0.5),
 ])
 def test_maps_shape_range_and_equal_xaitk_high_level_stacks(digits, model, params):
     """Our composition of xaitk's components gives exactly xaitk's own stack's maps."""
-    stack = xaitk_stack(params)
-    classifier = SklearnImageClassifier(model.classifier)
+    stack = params.xaitk_stack()
+    classifier = ImageClassifier(ProbaModel(model.classifier))
     for image in digits.images[[0, 11, 42]]:
-        ours = compute_saliency(build_generator(params), image, classifier)
+        ours = compute_saliency(params.generator(), image, classifier)
         assert ours.shape == (10, 8, 8)
         assert ours.min() >= -1 and ours.max() <= 1
         np.testing.assert_allclose(ours, stack(image, classifier), atol=1e-5)
 
 
 @pytest.mark.parametrize("params", [
-    SaliencyParams(algorithm="rise", n=120, s=3, p1=0.4, seed=9, fill=0.25),
-    SaliencyParams(algorithm="sliding_window", window_size=(4, 4), stride=(2, 2), fill=1.0),
+    make_algorithm("rise", n=120, s=3, p1=0.4, seed=9, fill=0.25),
+    make_algorithm("sliding_window", window_size=(4, 4), stride=(2, 2), fill=1.0),
 ])
 def test_generator_rebuilt_from_its_json_config_gives_the_same_map(digits, model, params):
-    generator = build_generator(params)
+    generator = params.generator()
     config = json.loads(json.dumps(generator_config(generator)))
     rebuilt = generator_from_config(config)
     assert rebuilt.fill == params.fill
     assert generator_config(rebuilt) == config
-    classifier = SklearnImageClassifier(model.classifier)
+    classifier = ImageClassifier(ProbaModel(model.classifier))
     image = digits.images[5]
     np.testing.assert_array_equal(compute_saliency(rebuilt, image, classifier),
                                   compute_saliency(generator, image, classifier))
 
 
 def test_unknown_algorithm_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown algorithm 'gradcam'"):
-        build_generator(SaliencyParams(algorithm="gradcam"))
+    with pytest.raises(ValueError, match="unknown saliency algorithm 'gradcam'; "
+                                         "known: rise, sliding_window"):
+        make_algorithm("gradcam")
 
 
-def test_catalog_names_every_dataset_loader():
-    from steps.catalog import DATASETS
-    from steps.data import LOADERS
+@pytest.mark.parametrize("registry_name, package", [
+    ("steps.core.data:DATASET_SOURCES", "steps.core.datasets"),
+    ("steps.core.algorithm:ALGORITHMS", "steps.core.algorithms"),
+])
+def test_registries_name_every_implementation_module(registry_name, package):
+    """Each registry (what replaced steps/catalog.py's lists) holds one class from every module
+    of its package, so the CLIs offer every dataset source and algorithm there is."""
+    import importlib
+    import pkgutil
 
-    assert tuple(LOADERS) == DATASETS
+    module, attribute = registry_name.split(":")
+    registry = getattr(importlib.import_module(module), attribute)
+    modules = sorted(f"{package}.{info.name}"
+                     for info in pkgutil.iter_modules(importlib.import_module(package).__path__)
+                     if not info.name.startswith("_"))
+    assert sorted(cls.__module__ for cls in registry) == modules
+    assert len(set(registry.names())) == len(modules)
+
+
+def test_clis_list_algorithms_and_datasets_without_heavy_imports():
+    """As steps/catalog.py did: the names the CLIs check come without scikit-learn or xaitk."""
+    import subprocess
+    import sys
+
+    from steps import options
+    from steps.core.algorithm import ALGORITHMS
+    from tests.conftest import PROJECT_DIR
+
+    (algorithm,) = [d for d in options.ENTRY_POINTS["saliency"] if d.name == "algorithm"]
+    assert tuple(algorithm.type.choices) == ALGORITHMS.names() == ("rise", "sliding_window")
+    code = ("import sys; from steps import options; "
+            "from steps.core.data import DATASET_SOURCES; "
+            "from steps.core.algorithm import ALGORITHMS; "
+            "print(DATASET_SOURCES.names(), ALGORITHMS.names()); "
+            "print(sorted(m for m in ('sklearn', 'xaitk_saliency', 'smqtk_core', 'PIL') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.splitlines()
+    assert out == ["('digits', 'image_folder', 'npz') ('rise', 'sliding_window')", "[]"], out
 
 
 def test_per_class_pictures_are_one_figure_redrawn_and_equal_new_figures(digits):

@@ -11,12 +11,8 @@ import yaml
 from steps import options
 from tests.conftest import PROJECT_DIR
 
-ENTRY_POINT_OPTIONS = {
-    "main": options.DRIVER + options.TRAIN + options.EVALUATE + options.QUERY + options.SALIENCY,
-    "train": options.TRAIN,
-    "evaluate": [options.TRAIN_RUN_ID, *options.EVALUATE, *options.SHARD],
-    "saliency": options.SALIENCY_INPUTS + options.SALIENCY,
-}
+#: Each entry point's parameter declarations, as the CLIs build their options from them.
+ENTRY_POINT_OPTIONS = options.ENTRY_POINTS
 
 
 def load_yaml(name):

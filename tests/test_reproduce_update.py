@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Store
-from tests.test_pipeline import artifact_paths, read_artifact
+from tests.test_pipeline import artifact_paths, model_uri_of, read_artifact
 
 # Deliberately not the defaults: reproduction must use what was stored.
 STORED = {"n": "80", "s": "3", "p1": "0.3", "seed": "5", "fill": "0.2",
@@ -23,8 +23,8 @@ def store(tmp_path_factory):
     directory = tmp_path_factory.mktemp("reproduce")
     store = Store(f"sqlite:///{directory / 'mlflow.db'}", directory)
     train_id = store.train(epochs="10")
-    result = store.run({"train_run_id": train_id, "image_ids": "7,21,33", **STORED},
-                       entry_point="saliency")
+    result = store.run({"model_uri": model_uri_of(store.client, train_id),
+                        "image_ids": "7,21,33", **STORED}, entry_point="saliency")
     assert result.returncode == 0, result.output
     return store
 
@@ -49,7 +49,8 @@ def test_reproduce_rebuilds_from_stored_config_and_gives_the_identical_map(store
     assert new.data.params == source.data.params
     assert new.data.params["n"] == "80" and new.data.params["fill"] == "0.2"
     assert new.data.params["predict_batch_size"] == "7"
-    for tag in ("Image_id", "GT_class", "Predicted_class", "Train_run_id"):
+    for tag in ("Image_id", "GT_class", "Predicted_class", "Train_run_id", "Model_uri",
+                "Dataset", "Dataset_digest"):
         assert new.data.tags[tag] == source.data.tags[tag]
     original = np.load(store.client.download_artifacts(source.info.run_id, "saliency_map.npy"))
     again = np.load(store.client.download_artifacts(new.info.run_id, "saliency_map.npy"))
@@ -116,15 +117,18 @@ def test_update_adds_maps_without_deleting_or_overwriting(store):
     ({"reproduce_run_id": "{train}"}, "reproduce_run_id", "belongs to experiment 'Train'"),
     ({"reproduce_run_id": "{step}"}, "reproduce_run_id", "not one image's map"),
     ({"reproduce_run_id": "{map}", "image_ids": "3"}, "reproduce_run_id", "give it alone"),
+    ({"reproduce_run_id": "{map}", "model_uri": "{model}"}, "reproduce_run_id", "give it alone"),
     ({"update_run_id": UNKNOWN_RUN, "image_ids": "3"}, "update_run_id", "no run"),
     ({"update_run_id": "{map}"}, "image_ids", "give the images to add"),
-    ({"update_run_id": "{map}", "image_ids": "5000"}, "image_ids", "outside the digits dataset"),
+    ({"update_run_id": "{map}", "image_ids": "5000"}, "image_ids",
+     "image IDs 5000 are not in the digits dataset"),
     ({"update_run_id": "not-a-run", "image_ids": "3"}, "update_run_id", "not an MLflow run ID"),
 ])
 def test_bad_reproduce_and_update_run_ids_are_clear_errors(store, params, param, words):
     step = [r for r in store.runs("Saliency Map Generation") if "Image_id" not in r.data.tags][-1]
-    ids = {"train": store.runs("Train")[0].info.run_id, "step": step.info.run_id,
-           "map": map_runs(store)["7"].info.run_id}
+    train_id = store.runs("Train")[0].info.run_id
+    ids = {"train": train_id, "step": step.info.run_id, "map": map_runs(store)["7"].info.run_id,
+           "model": model_uri_of(store.client, train_id)}
     params = {k: v.format(**ids) for k, v in params.items()}
     result = store.run(params, entry_point="saliency")
     assert result.returncode != 0

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.conftest import PROJECT_DIR, Store, mlflow_run
+from tests.test_pipeline import model_uri_of
 
 STEP_EXPERIMENTS = ("Train", "Evaluation", "Saliency Map Generation")
 SMALL = {"epochs": "10", "num_samples": "30", "n": "50", "max_images": "2",
@@ -116,7 +117,7 @@ def test_new_upstream_run_invalidates_downstream(project, first):
     assert "Reused_evaluate" not in tags and "Reused_saliency" not in tags
     evaluation = project.client.get_run(tags["Evaluation_run_id"])
     assert evaluation.info.run_id in project.step_run_ids() - before
-    assert evaluation.data.params["train_run_id"] == new_train
+    assert evaluation.data.params["model_uri"] == model_uri_of(project.client, new_train)
 
 
 def test_resume_from_train_run(project, first):
@@ -128,7 +129,8 @@ def test_resume_from_train_run(project, first):
     assert {r.info.run_id for r in project.runs("Train")} == before_train
     assert tags["Train_run_id"] == tags["Resumed_train"] == old_train
     evaluation = project.client.get_run(tags["Evaluation_run_id"])
-    assert evaluation.data.params["train_run_id"] == old_train
+    assert evaluation.data.params["model_uri"] == model_uri_of(project.client, old_train)
+    assert tags["Model_uri"] == model_uri_of(project.client, old_train)
 
 
 def test_resume_from_evaluation_run(project, first):
@@ -146,7 +148,7 @@ def test_resume_from_evaluation_run(project, first):
 def test_code_edit_invalidates_reuse(project, first):
     project.run({**SMALL})
     before = project.step_run_ids()
-    model_py = project.dir / "project" / "steps" / "model.py"
+    model_py = project.dir / "project" / "steps" / "core" / "models.py"
     original = model_py.read_text()
     try:
         model_py.write_text(original + "\n# an uncommitted edit\n")
@@ -165,12 +167,15 @@ def test_code_edit_invalidates_reuse(project, first):
     ({"train_run_id": "0123456789abcdef0123456789abcdef"}, "train_run_id", "no run"),
     ({"evaluation_run_id": "{train}"}, "evaluation_run_id", "belongs to experiment 'Train'"),
     ({"evaluation_run_id": "{sample}"}, "evaluation_run_id", "one image's sample run"),
+    ({"evaluation_run_id": "{evaluation}", "model_uri": "runs:/{train}/other"},
+     "evaluation_run_id", "evaluated model models:/m-"),
 ])
 def test_bad_resume_run_ids_are_clear_errors(project, first, params, param, words):
     tags = first[0].data.tags
     sample = project.runs("Evaluation", f"tags.Evaluation_parent_run_id = "
                                         f"'{tags['Evaluation_run_id']}'")[0].info.run_id
-    params = {k: v.format(train=tags["Train_run_id"], sample=sample) for k, v in params.items()}
+    params = {k: v.format(train=tags["Train_run_id"], sample=sample,
+                          evaluation=tags["Evaluation_run_id"]) for k, v in params.items()}
     result = project.run(params)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]

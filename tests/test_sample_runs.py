@@ -20,9 +20,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from benchmarks.sample_runs_benchmark import realistic_samples, tracking_server
-from steps import sample_runs
-from steps.console import Progress
-from steps.sample_runs import SERVER_WORKERS, SampleRunWriter, retry_locked
+from steps.tracking import sample_runs
+from steps.tracking.console import Progress
+from steps.tracking.sample_runs import SERVER_WORKERS, SampleRunWriter, retry_locked
 from tests.conftest import PROJECT_DIR
 
 BENCHMARK = PROJECT_DIR / "benchmarks" / "sample_runs_benchmark.py"

@@ -4,7 +4,8 @@ without the basic-auth app; and what happens when the server cannot be used.
 
 `mlflow run` itself talks to the server before any of the project's code runs (to create the
 main run), with MLflow's retries and, on failure, its traceback. The driver and every step then
-check the server up front (steps/store_check.py): one request, no retries, one `Error:` line.
+check the server up front (steps/tracking/store_check.py): one request, no retries, one
+`Error:` line.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def assert_one_error_line(proc, expected: str):
      f"did not accept the user name {ADMIN_USER!r} and its password (HTTP 401)"),
     (["-m", "steps.train"], NONE, "asks for a user name and password (HTTP 401). Set "
                                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD."),
-    (["-m", "steps.store_check"], WRONG, "(HTTP 401). Check MLFLOW_TRACKING_USERNAME"),
+    (["-m", "steps.tracking.store_check"], WRONG, "(HTTP 401). Check MLFLOW_TRACKING_USERNAME"),
 ], ids=["driver-wrong", "step-none", "store_check-wrong"])
 def test_our_processes_refuse_wrong_credentials_in_one_line(auth_server, entry, creds, expected):
     proc, seconds = our_process(entry, auth_server.url, creds, PROJECT_DIR)
@@ -174,7 +175,8 @@ def test_unreachable_server_fails_fast(tmp_path):
     default = start_project(PROJECT_DIR, SMALL, cwd=tmp_path, tracking_uri=url,
                             log=tmp_path / "default.log")
     try:
-        for entry in (["main.py"], ["-m", "steps.evaluate"], ["-m", "steps.store_check"]):
+        for entry in (["main.py"], ["-m", "steps.evaluate"],
+                      ["-m", "steps.tracking.store_check"]):
             proc, seconds = our_process(entry, url, {}, PROJECT_DIR)
             assert_one_error_line(proc, f"cannot reach the tracking server {url}: "
                                         "connection refused")
@@ -202,7 +204,7 @@ def test_server_that_never_answers_is_reported_within_the_request_timeout(tmp_pa
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        proc, seconds = our_process(["-m", "steps.store_check"], url,
+        proc, seconds = our_process(["-m", "steps.tracking.store_check"], url,
                                     {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}, PROJECT_DIR)
     assert_one_error_line(proc, "no answer within 2 s")
     assert seconds < 15, seconds

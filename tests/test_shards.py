@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import FAST_TRAIN, Store
+from tests.test_pipeline import model_uri_of
 
 PARAMS = {**FAST_TRAIN, "num_samples": "30", "n": "50", "max_images": "3",
           "query": "metrics.Predicted_class_conf < 1.01", "picture_mode": "combined"}
@@ -37,6 +38,7 @@ def test_three_shards_write_the_same_samples_as_one(store):
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == main.info.run_id
         assert run.data.params["num_shards"] == "3"
+        assert run.data.params["model_uri"] == main.data.tags["Model_uri"]
     assert sorted(store.client.get_run(e).data.params["shard_index"]
                   for e in evaluation_ids) == ["0", "1", "2"]
     assert len(sharded) == 30
@@ -50,14 +52,14 @@ def test_three_shards_write_the_same_samples_as_one(store):
     assert sorted(single) == sorted(sharded)
     for image_id, run in single.items():
         assert run.data.metrics == sharded[image_id].data.metrics
-        for tag in ("GT_class", "Predicted_class", "Correct", "Train_run_id"):
+        for tag in ("GT_class", "Predicted_class", "Correct", "Train_run_id", "Model_uri"):
             assert run.data.tags[tag] == sharded[image_id].data.tags[tag]
 
 
 def test_shard_index_outside_the_shards_is_a_clear_error(store):
     train_id = store.train()
-    result = store.run({"train_run_id": train_id, "shard_index": "3", "num_shards": "3"},
-                       entry_point="evaluate")
+    result = store.run({"model_uri": model_uri_of(store.client, train_id), "shard_index": "3",
+                        "num_shards": "3"}, entry_point="evaluate")
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "'--shard_index'" in errors[0], result.output

@@ -1,4 +1,5 @@
-"""The up-front tracking-store check (steps/store_check.py), piece by piece, without servers."""
+"""The up-front tracking-store check (steps/tracking/store_check.py), piece by piece, without
+servers."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from steps import sqlite_journal, store_check
-from steps.sqlite_journal import WAL_ENV, journal_mode
-from steps.store_check import TrackingStoreError, absolute_local_uri, local_path
+from steps.tracking import sqlite_journal, store_check
+from steps.tracking.sqlite_journal import WAL_ENV, journal_mode
+from steps.tracking.store_check import TrackingStoreError, absolute_local_uri, local_path
 from tests.conftest import PROJECT_DIR
 from tests import servers
 
@@ -59,7 +60,7 @@ def test_an_unknown_launcher_is_an_error_not_a_second_store(tmp_path, monkeypatc
 def test_launcher_dir_is_the_nearest_ancestor_without_the_run_id(tmp_path):
     """A child given MLFLOW_RUN_ID (as `mlflow run` gives its entry point) in another directory
     finds this process's directory."""
-    code = ("from steps.store_check import launcher_dir; import os; "
+    code = ("from steps.tracking.store_check import launcher_dir; import os; "
             "print(launcher_dir(os.environ['MLFLOW_RUN_ID']))")
     env = {**os.environ, "MLFLOW_RUN_ID": "f" * 32, "PYTHONPATH": str(PROJECT_DIR)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
@@ -100,14 +101,15 @@ def test_postgres_skip_becomes_a_failure_when_required(monkeypatch):
         servers.postgres_or_skip()
 
 
-# --- SQLite stores in WAL mode (steps/sqlite_journal.py) ---------------------------------------
+# --- SQLite stores in WAL mode (steps/tracking/sqlite_journal.py) -------------------------------
 
 def prepare_store(uri: str, cwd: Path, **env) -> subprocess.CompletedProcess:
-    """`python -m steps.store_check`, as the README has users prepare a new SQLite store."""
+    """`python -m steps.tracking.store_check`, as the README has users prepare a new SQLite
+    store."""
     full_env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(PROJECT_DIR), **env}
     full_env.pop("MLFLOW_RUN_ID", None)
-    return subprocess.run([sys.executable, "-m", "steps.store_check"], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "steps.tracking.store_check"], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("setting, expected", [(None, "wal"), ("1", "wal"), ("0", "delete"),
