@@ -2,8 +2,9 @@
 
 A run matches when it is a FINISHED run of the same entry point, with the same code version
 tag, the same dataset digest tag (the data it ran on), and every parameter equal as MLflow
-stores it (a string). Upstream run IDs are parameters
-of the downstream steps, so a new train run never matches an old evaluation. The search runs on
+stores it: `mlflow run` logs each value shell-quoted (an empty value as `''`, a path with a space
+in quotes), so the values are compared in that form. The upstream model URI is a parameter of
+the downstream steps, so a new train run never matches an old evaluation. The search runs on
 the tracking store with the conditions as a filter string and pages through every result,
 however many runs the experiment holds.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from mlflow.utils.string_utils import quote
 
 from steps.names import CODE_VERSION_TAG, ENTRY_POINT_TAG
 
@@ -35,11 +37,16 @@ def reuse_filter(entry_point: str, params: dict[str, str], version: str,
         "attributes.status = 'FINISHED'",
         *(f"tags.`{key}` = {_quoted(value)}" for key, value in (tags or {}).items()),
     ]
-    for key, value in params.items():
+    for key, value in stored_params(params).items():
         literal = _quoted(value)
-        if literal is not None and value != "":
+        if literal is not None:
             clauses.append(f"params.`{key}` = {literal}")
     return " AND ".join(clauses)
+
+
+def stored_params(params: dict[str, str]) -> dict[str, str]:
+    """The values as `mlflow run` stores them: shell-quoted where the shell needs it."""
+    return {key: quote(value) for key, value in params.items()}
 
 
 def find_reusable_run(experiment_id: str, entry_point: str, params: dict[str, str],
@@ -49,14 +56,15 @@ def find_reusable_run(experiment_id: str, entry_point: str, params: dict[str, st
     given tags (e.g. the digest of the data it ran on)."""
     client = client or MlflowClient()
     filter_string = reuse_filter(entry_point, params, version, tags)
+    expected = stored_params(params)
     token = None
     while True:
         page = client.search_runs([experiment_id], filter_string, max_results=PAGE_SIZE,
                                   order_by=["attributes.start_time DESC"], page_token=token)
         for run in page:
             # The filter already matched; this also checks what it could not express
-            # (empty values, values with both kinds of quote).
-            if all(run.data.params.get(k) == v for k, v in params.items()) and all(
+            # (values with both kinds of quote).
+            if all(run.data.params.get(k) == v for k, v in expected.items()) and all(
                     run.data.tags.get(k) == v for k, v in (tags or {}).items()):
                 return run
         token = page.token
