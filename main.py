@@ -21,7 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 from steps import names, options
 from steps.core.code_version import code_version
 from steps.tracking import runs
-from steps.tracking.inputs import absolute_dataset, load_data, load_model_inputs
+from steps.tracking.inputs import absolute_dataset, dataset_digest, load_data, load_model_inputs
 from steps.tracking.models import ResolvedModel, resolve_model_uri
 from steps.tracking.query import query_samples
 from steps.tracking.step_cache import find_reusable_run
@@ -166,13 +166,14 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
     query_samples(NO_RUN_ID, values["query"], values["order_by"], 1)
     values["dataset"] = absolute_dataset(values["dataset"])
     start = starting_point(model_uri, train_run_id, evaluation_run_id)
-    # Every image decoded once here, so bad data, or a model that does not take it, is one
-    # line before any step run exists.
-    if start.model is None:
-        digest = load_data(values["dataset"], values["image_size"]).digest
-    else:
-        digest = load_model_inputs(None, values["dataset"], values["image_size"],
-                                   start.model).data.digest
+    # Bad data, or a model that does not take it, is one line before any step run exists:
+    # the images are decoded here, unless a finished step already read this very content.
+    digest = dataset_digest(values["dataset"], values["image_size"])
+    if start.model is not None:
+        load_model_inputs(None, values["dataset"], values["image_size"], start.model)
+    elif not runs.finished_run_tagged([names.TRAIN_EXPERIMENT, names.EVALUATION_EXPERIMENT],
+                                      names.DATASET_DIGEST_TAG, digest):
+        load_data(values["dataset"], values["image_size"])
 
     with mlflow.start_run() as main_run:
         # MLflow does not pass its environment manager on to nested `mlflow.run` calls.

@@ -45,6 +45,14 @@ def load_data(spec: str, image_size: tuple[int, ...]) -> Data:
         raise click.BadParameter(str(error), param_hint="'--dataset'") from None
 
 
+def dataset_digest(spec: str, image_size: tuple[int, ...]) -> str:
+    """Only the digest (no image decoded); errors as `load_data`."""
+    try:
+        return dataset_source(absolute_dataset(spec), image_size).digest()
+    except DatasetError as error:
+        raise click.BadParameter(str(error), param_hint="'--dataset'") from None
+
+
 @dataclass
 class ModelInputs:
     """A dataset and the model to run on it, with its outputs tied to the dataset's classes."""

@@ -108,3 +108,11 @@ def require_run(run_id: str, experiment_name: str, param: str) -> Run:
             f"run {run_id} is {run.info.status}; expected a FINISHED run", param_hint=hint
         )
     return run
+
+
+def finished_run_tagged(experiment_names: list[str], key: str, value: str) -> bool:
+    """Whether any FINISHED run of the named experiments carries tag `key` = `value`."""
+    client = MlflowClient()
+    ids = [e.experiment_id for e in map(client.get_experiment_by_name, experiment_names) if e]
+    return bool(ids) and bool(client.search_runs(
+        ids, f"tags.`{key}` = '{value}' AND attributes.status = 'FINISHED'", max_results=1))
