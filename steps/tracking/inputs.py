@@ -6,6 +6,7 @@ before any run is written.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,17 +39,22 @@ class Data:
 
 def load_data(spec: str, image_size: tuple[int, ...]) -> Data:
     """The dataset and its digest; a click error naming `dataset` for data that cannot be used."""
-    try:
+    with dataset_errors():
         source = dataset_source(absolute_dataset(spec), image_size)
         return Data(source, source.load(), source.digest())
-    except DatasetError as error:
-        raise click.BadParameter(str(error), param_hint="'--dataset'") from None
 
 
 def dataset_digest(spec: str, image_size: tuple[int, ...]) -> str:
     """Only the digest (no image decoded); errors as `load_data`."""
-    try:
+    with dataset_errors():
         return dataset_source(absolute_dataset(spec), image_size).digest()
+
+
+@contextlib.contextmanager
+def dataset_errors():
+    """Data that cannot be used, as one line naming `--dataset`."""
+    try:
+        yield
     except DatasetError as error:
         raise click.BadParameter(str(error), param_hint="'--dataset'") from None
 
