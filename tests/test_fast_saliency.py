@@ -224,3 +224,34 @@ def test_benchmark_script_runs_on_tiny_sizes():
     for line in ("naive ", "ours ", "bound ", "ours / naive: ", "bound / ours: ",
                  "maps equal xaitk's"):
         assert line in result.stdout, result.stdout
+
+
+@pytest.fixture(scope="module")
+def colour():
+    """Colour images (tinted digits, 12×12×3) and a logistic regression on their flattened
+    `H, W, C` pixels."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tests.images import tinted_digits
+
+    pixels, labels = tinted_digits(per_class=20, size=12)
+    images = pixels.astype(np.float32) / 255.0
+    model = LogisticRegression(max_iter=300).fit(images.reshape(len(images), -1), labels)
+    return images, model
+
+
+@pytest.mark.parametrize("params", [
+    make_algorithm("rise", n=120, s=3, p1=0.4, seed=4),
+    make_algorithm("rise", n=90, s=4, p1=0.6, seed=1, debiased=False, fill=0.5),
+    make_algorithm("sliding_window", window_size=(3, 3), stride=(2, 2)),
+    make_algorithm("sliding_window", window_size=(4, 2), stride=(1, 3), fill=1.0),
+])
+def test_colour_maps_equal_xaitk_high_level_stacks(colour, params):
+    """On `H×W×3` images the engine occludes every channel as xaitk does: the same maps."""
+    images, model = colour
+    classifier = image_classifier(model, batch_size=32)
+    engine = FastSaliency.from_config(stored_config(params))
+    for image in images[[0, 25, 70]]:
+        ours = engine(image, classifier)
+        assert ours.shape == (4, 12, 12)
+        np.testing.assert_allclose(ours, params.xaitk_stack()(image, classifier), atol=ATOL)
