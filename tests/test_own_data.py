@@ -204,6 +204,13 @@ def test_a_registered_model_by_alias_goes_through_without_training(store, user_m
     assert tags["Train_run_id"] == source_run
     evaluation = store.client.get_run(tags["Evaluation_run_id"])
     assert evaluation.data.params["model_uri"] == "models:/user-logreg/1"
+    (logged,) = evaluation.inputs.dataset_inputs
+    assert logged.dataset.name == "tinted.npz"
+    assert logged.dataset.digest == dataset_source(str(npz)).digest()
+    assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "evaluation"
+    assert evaluation.data.metrics["num_samples"] == 30
+    assert 0 <= evaluation.data.metrics["accuracy"] <= 1
+    assert "confusion_matrix.png" in artifact_paths(store.client, evaluation.info.run_id)
     samples = store.runs("Evaluation", f"tags.Evaluation_parent_run_id = '{evaluation.info.run_id}'")
     assert len(samples) == 30
     for run in samples:
@@ -212,8 +219,13 @@ def test_a_registered_model_by_alias_goes_through_without_training(store, user_m
     maps = [r for r in store.runs("Saliency Map Generation",
                                   f"tags.Model_version = 'user-logreg/1'") if "Image_id" in r.data.tags]
     assert len(maps) == 2
-    stored = np.load(store.client.download_artifacts(maps[0].info.run_id, "saliency_map.npy"))
-    assert stored.shape == (4, 10, 10)
+    for run in maps:
+        stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
+        assert stored.shape == (4, 10, 10) and np.isfinite(stored).all()
+        assert run.data.params["dataset"] == str(npz)
+        assert {"generator_config.json", "pictures/all_classes.png",
+                *(f"pictures/class_{name}.png" for name in CLASSES)} <= artifact_paths(
+                    store.client, run.info.run_id)
 
 
 class LabelsOnly(mlflow.pyfunc.PythonModel):
