@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import Store
 
+ALGORITHM_CHOICES = "'random_grid', 'rise', 'sliding_radial', 'sliding_window'"
 UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
 
 
@@ -55,7 +56,7 @@ CASES = [
     ("train", {"hidden_layer_sizes": "64,0"}, "hidden_layer_sizes", "comma-separated integers >= 1"),
     ("train", {"solver": "rmsprop"}, "solver", "'adam', 'sgd', 'lbfgs'"),
     ("main", {"epochs": "1.5"}, "epochs", "not a valid integer"),
-    ("main", {"algorithm": "gradcam"}, "algorithm", "'rise', 'sliding_window'"),
+    ("main", {"algorithm": "gradcam"}, "algorithm", ALGORITHM_CHOICES),
     ("main", {"query": "metrics.Predicted_class_conf <<< 2"}, "query", "MLflow rejected query"),
     ("main", {"query": "tags.Correct = 'false' OR tags.GT_class = '1'"}, "query", "MLflow rejected"),
     ("main", {"p1": "nan"}, "p1", "'nan' is not a finite number"),
@@ -75,7 +76,7 @@ CASES = [
     ("evaluate", {"model_uri": "{model}", "test_fraction": "inf"}, "test_fraction",
      "'inf' is not a finite number"),
     ("saliency", {"model_uri": "{model}", "image_ids": "5", "algorithm": "lime"},
-     "algorithm", "'rise', 'sliding_window'"),
+     "algorithm", ALGORITHM_CHOICES),
     ("saliency", {"model_uri": "{model}", "image_ids": "5", "p1": "1.5"}, "p1", "0<=x<=1"),
     ("saliency", {"model_uri": "{model}", "image_ids": "5", "window_size": "2"},
      "window_size", "2 comma-separated integers >= 1"),

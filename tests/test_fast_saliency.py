@@ -70,6 +70,12 @@ class DictOnlyClassifier(ClassifyImage):
     (make_algorithm("sliding_window", window_size=(2, 2), stride=(1, 1)), 10),
     (make_algorithm("sliding_window", window_size=(3, 2), stride=(2, 1), fill=0.5), 5),
     (make_algorithm("sliding_window", window_size=(4, 4), stride=(2, 2), fill=1.0), 1024),
+    # No high-level stack in xaitk: the reference is xaitk's PerturbationOcclusion of them.
+    (make_algorithm("random_grid", n=150, cell_size=(2, 3), p1=0.4, seed=2), 64),
+    (make_algorithm("random_grid", n=80, cell_size=(3, 3), p1=0.6, seed=5, fill=0.5), 1024),
+    (make_algorithm("sliding_radial", radius=(2, 2), stride=(1, 1)), 10),
+    (make_algorithm("sliding_radial", radius=(1.5, 3), stride=(2, 1), sigma=(1, 0.5),
+                    fill=1.0), 1024),
 ])
 def test_maps_equal_xaitk_high_level_stacks(model, images, params, chunk_size):
     engine = FastSaliency.from_config(stored_config(params), chunk_size=chunk_size)
@@ -197,6 +203,10 @@ def test_mask_cache_drops_the_least_recently_used_and_skips_unseeded_rise():
     cache.masks(perturber, (4, 4))
     assert cache.misses == 4
     assert not depends_only_on_shape(RISEGrid(n=10, s=2, p1=0.5, seed=None, threads=0))
+    assert not depends_only_on_shape(make_algorithm("random_grid").perturber().__class__(
+        n=10, s=(2, 2), p1=0.5, seed=None, threads=0))
+    for name in ("random_grid", "sliding_radial", "sliding_window", "rise"):
+        assert depends_only_on_shape(make_algorithm(name).perturber()), name
 
 
 @pytest.mark.parametrize("fill", [None, 0.3, [0.1, 0.5, 0.9]])
@@ -245,6 +255,8 @@ def colour():
     make_algorithm("rise", n=90, s=4, p1=0.6, seed=1, debiased=False, fill=0.5),
     make_algorithm("sliding_window", window_size=(3, 3), stride=(2, 2)),
     make_algorithm("sliding_window", window_size=(4, 2), stride=(1, 3), fill=1.0),
+    make_algorithm("random_grid", n=100, cell_size=(3, 2), p1=0.5, seed=7, fill=0.25),
+    make_algorithm("sliding_radial", radius=(3, 3), stride=(2, 2), sigma=(1, 1)),
 ])
 def test_colour_maps_equal_xaitk_high_level_stacks(colour, params):
     """On `H×W×3` images the engine occludes every channel as xaitk does: the same maps."""

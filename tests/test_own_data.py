@@ -261,3 +261,36 @@ def test_bad_folders_stop_the_pipeline_in_one_line_before_any_step(store, case, 
     error = one_error_line(store.run(params))
     assert "'--dataset'" in error and words in error, error
     assert step_run_ids(store) == before, "no step run started"
+
+
+@pytest.mark.parametrize("algorithm,settings,logged", [
+    ("random_grid", {"n": "60", "cell_size": "3,3", "p1": "0.4", "seed": "2"},
+     {"n": "60", "cell_size": "3,3", "p1": "0.4", "seed": "2"}),
+    ("sliding_radial", {"radius": "3,2.5", "stride": "2,2", "sigma": "1,1", "n": "7"},
+     {"radius": "3.0,2.5", "stride": "2,2", "sigma": "1.0,1.0"}),
+])
+def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, algorithm,
+                                             settings, logged):
+    """`-e saliency` alone with the registered model: only the algorithm's own parameters are
+    logged, and the stored configuration rebuilds xaitk's generator, which gives the stored map."""
+    from steps.core.models import ProbaModel
+    from steps.core.saliency import ImageClassifier, generator_from_config
+
+    data = load_dataset(str(folder), (16, 16))
+    image_id = data.image_ids[7]
+    result = store.run({"model_uri": "models:/shapes-mlp/1", "dataset": str(folder),
+                        "image_size": SIZE, "image_ids": image_id, "algorithm": algorithm,
+                        "picture_mode": "combined", **settings}, entry_point="saliency")
+    assert result.returncode == 0, result.output
+    (run,) = store.runs("Saliency Map Generation",
+                        f"params.algorithm = '{algorithm}' AND tags.Image_id = '{image_id}'")
+    assert run.data.params == {"algorithm": algorithm, "fill": "0.0", **logged,
+                               "predict_batch_size": "256", "dataset": str(folder),
+                               "image_size": SIZE}
+    stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
+    assert stored.shape == (4, 16, 16) and np.isfinite(stored).all()
+    config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator_config.json")
+    model = ProbaModel(mlflow.sklearn.load_model("models:/shapes-mlp/1"))
+    again = generator_from_config(config)(data.images[data.rows([image_id])[0]],
+                                          ImageClassifier(model))
+    np.testing.assert_allclose(again, stored, atol=1e-5)

@@ -83,7 +83,7 @@ def make_algorithm(name: str, **values: Any) -> SaliencyAlgorithm:
 
 
 def algorithm_parameters() -> list[Parameter]:
-    """Every algorithm's parameters, each once, in registration order; `fill` last."""
+    """Every algorithm's parameters, each once, in the algorithms' order; `fill` last."""
     seen: dict[str, Parameter] = {}
     for algorithm in ALGORITHMS:
         for parameter in algorithm.parameters:

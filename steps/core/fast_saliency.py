@@ -29,7 +29,9 @@ from xaitk_saliency.impls.gen_classifier_conf_sal.rise_scoring import RISEScorin
 from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.occlusion_based import (
     PerturbationOcclusion,
 )
+from xaitk_saliency.impls.perturb_image.random_grid import RandomGrid
 from xaitk_saliency.impls.perturb_image.rise import RISEGrid
+from xaitk_saliency.impls.perturb_image.sliding_radial import SlidingRadial
 from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow
 from xaitk_saliency.interfaces.gen_classifier_conf_sal import GenerateClassifierConfidenceSaliency
 from xaitk_saliency.interfaces.perturb_image import PerturbImage
@@ -44,11 +46,12 @@ PERTURBATION_OCCLUSION = f"{PerturbationOcclusion.__module__}.{PerturbationOcclu
 def depends_only_on_shape(perturber: PerturbImage) -> bool:
     """Whether the perturber's masks are the same for every image of a shape, so can be kept.
 
-    A RISEGrid without a seed draws new shifts on every call, like xaitk, so it is not cached.
+    A RISEGrid or RandomGrid without a seed draws new masks on every call, like xaitk, so it is
+    not cached.
     """
-    if type(perturber) is SlidingWindow:
+    if type(perturber) in (SlidingWindow, SlidingRadial):
         return True
-    return type(perturber) is RISEGrid and perturber.seed is not None
+    return type(perturber) in (RISEGrid, RandomGrid) and perturber.seed is not None
 
 
 class MaskCache:

@@ -40,19 +40,24 @@ class Float(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
-class IntList(click.ParamType):
-    """Comma-separated integers such as `64,32`, each at least `minimum`, optionally of fixed
-    length; with `allow_empty`, an empty value is the empty tuple."""
+class NumberList(click.ParamType):
+    """Comma-separated numbers such as `64,32`, each at least `minimum` (above it, with
+    `min_open`), optionally of fixed length; with `allow_empty`, an empty value is the empty
+    tuple."""
 
-    name = "int_list"
+    name = "number_list"
+    kind: type = float
+    kind_name = "numbers"
 
-    def __init__(self, minimum: int = 0, length: int | None = None, allow_empty: bool = False):
+    def __init__(self, minimum: float = 0, length: int | None = None, allow_empty: bool = False,
+                 min_open: bool = False):
         self.minimum = minimum
         self.length = length
         self.allow_empty = allow_empty
+        self.min_open = min_open
 
     def describe(self) -> str:
-        what = f"integers >= {self.minimum}"
+        what = f"{self.kind_name} {'>' if self.min_open else '>='} {self.minimum}"
         count = f"{self.length} comma-separated" if self.length else "comma-separated"
         example = ",".join(["2"] * (self.length or 2))
         return f"{count} {what}, e.g. {example}"
@@ -64,12 +69,22 @@ class IntList(click.ParamType):
         if not text and self.allow_empty:
             return ()
         try:
-            numbers = tuple(int(part) for part in text.split(","))
+            numbers = tuple(self.kind(part) for part in text.split(","))
         except ValueError:
             self.fail(f"{value!r} is not {self.describe()}", param, ctx)
-        if any(n < self.minimum for n in numbers) or (self.length and len(numbers) != self.length):
+        below = [n for n in numbers if not math.isfinite(n) or n < self.minimum
+                 or (self.min_open and n == self.minimum)]
+        if below or (self.length and len(numbers) != self.length):
             self.fail(f"{value!r} is not {self.describe()}", param, ctx)
         return numbers
+
+
+class IntList(NumberList):
+    """Comma-separated integers such as `64,32` (see `NumberList`)."""
+
+    name = "int_list"
+    kind = int
+    kind_name = "integers"
 
 
 class TextList(click.ParamType):

@@ -17,11 +17,14 @@ T = TypeVar("T", bound=type)
 
 
 class Registry(Generic[T]):
-    """Classes of one kind by their `name` attribute, in the order they registered."""
+    """Classes of one kind by their `name` attribute, listed in the order of their names (not of
+    their registration, which depends on which module imported which), or with `ordered` in
+    the order they registered, for kinds tried in a preferred order."""
 
-    def __init__(self, kind: str, package: str | None = None) -> None:
+    def __init__(self, kind: str, package: str | None = None, ordered: bool = False) -> None:
         self.kind = kind
         self.package = package
+        self.ordered = ordered
         self._classes: dict[str, T] = {}
         self._discovered = package is None
 
@@ -45,11 +48,10 @@ class Registry(Generic[T]):
 
     def names(self) -> tuple[str, ...]:
         self._discover()
-        return tuple(self._classes)
+        return tuple(self._classes) if self.ordered else tuple(sorted(self._classes))
 
     def __iter__(self) -> Iterator[T]:
-        self._discover()
-        return iter(list(self._classes.values()))
+        return iter([self._classes[name] for name in self.names()])
 
     def get(self, name: str) -> T:
         """The class named `name`; ValueError naming the known ones otherwise."""
@@ -58,4 +60,4 @@ class Registry(Generic[T]):
             return self._classes[name]
         except KeyError:
             raise ValueError(f"unknown {self.kind} {name!r}; known: "
-                             f"{', '.join(self._classes)}") from None
+                             f"{', '.join(self.names())}") from None

@@ -101,7 +101,8 @@ class FlavourSource:
         return {"flavour": self.name}
 
 
-MODEL_SOURCES: Registry = Registry("model flavour")
+# Tried in registration order: the sklearn flavour first, then the pyfunc flavour.
+MODEL_SOURCES: Registry = Registry("model flavour", ordered=True)
 
 
 @MODEL_SOURCES.register

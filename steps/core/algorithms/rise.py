@@ -7,10 +7,10 @@ import click
 from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
 from steps.core.parameters import Float, Parameter
 
-N = Parameter("n", 1000, click.IntRange(min=1), "RISE: number of random masks.")
+N = Parameter("n", 1000, click.IntRange(min=1), "RISE, random grid: number of random masks.")
 S = Parameter("s", 4, click.IntRange(min=1), "RISE: grid resolution of the masks.")
-P1 = Parameter("p1", 0.5, Float(0, 1), "RISE: probability that a grid cell is kept.")
-SEED = Parameter("seed", 0, click.IntRange(min=0), "RISE: seed of the masks.")
+P1 = Parameter("p1", 0.5, Float(0, 1), "RISE, random grid: probability that a cell is kept.")
+SEED = Parameter("seed", 0, click.IntRange(min=0), "RISE, random grid: seed of the masks.")
 DEBIASED = Parameter("debiased", True, click.BOOL, "RISE: debias the scores by p1 (true/false).")
 
 

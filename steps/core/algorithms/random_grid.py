@@ -1,0 +1,34 @@
+"""Random grid occlusion: xaitk's `RandomGrid` masks (random cells of a fixed pixel size,
+randomly shifted) scored by `OcclusionScoring`."""
+
+from __future__ import annotations
+
+from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
+from steps.core.algorithms.rise import N, P1, SEED
+from steps.core.parameters import IntList, Parameter
+
+CELL_SIZE = Parameter("cell_size", "2,2", IntList(minimum=1, length=2),
+                      "Random grid: cell height,width in pixels.")
+
+
+@ALGORITHMS.register
+class RandomGrid(SaliencyAlgorithm):
+    name = "random_grid"
+    parameters = (N, CELL_SIZE, P1, SEED)
+
+    def perturber(self):
+        from xaitk_saliency.impls.perturb_image.random_grid import RandomGrid as Grid
+
+        # threads=0: threaded shifts share one RNG and are not reproducible.
+        return Grid(n=self.n, s=tuple(self.cell_size), p1=self.p1, seed=self.seed, threads=0)
+
+    def scorer(self):
+        from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import (
+            OcclusionScoring,
+        )
+
+        return OcclusionScoring()
+
+    def xaitk_stack(self):
+        # xaitk has no high-level stack for it: its own composition is the reference.
+        return self.generator()

@@ -1,0 +1,37 @@
+"""Sliding radial occlusion: xaitk's `SlidingRadial` masks (an ellipse, optionally with blurred
+edges, slid over the image) scored by `OcclusionScoring`."""
+
+from __future__ import annotations
+
+from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
+from steps.core.algorithms.sliding_window import STRIDE
+from steps.core.parameters import NumberList, Parameter
+
+RADIUS = Parameter("radius", "2,2", NumberList(minimum=0, min_open=True, length=2),
+                   "Sliding radial: occluded ellipse's radius height,width in pixels.")
+SIGMA = Parameter("sigma", "", NumberList(minimum=0, min_open=True, length=2, allow_empty=True),
+                  "Sliding radial: Gaussian blur of the ellipse's edge, height,width "
+                  "(empty: hard edge).")
+
+
+@ALGORITHMS.register
+class SlidingRadial(SaliencyAlgorithm):
+    name = "sliding_radial"
+    parameters = (RADIUS, STRIDE, SIGMA)
+
+    def perturber(self):
+        from xaitk_saliency.impls.perturb_image.sliding_radial import SlidingRadial as Radial
+
+        return Radial(radius=tuple(self.radius), stride=tuple(self.stride),
+                      sigma=tuple(self.sigma) or None)
+
+    def scorer(self):
+        from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import (
+            OcclusionScoring,
+        )
+
+        return OcclusionScoring()
+
+    def xaitk_stack(self):
+        # xaitk has no high-level stack for it: its own composition is the reference.
+        return self.generator()
