@@ -28,7 +28,7 @@ from steps import names, options
 from steps.core import plots
 from steps.core.algorithm import make_algorithm
 from steps.core.data import DatasetError
-from steps.core.fast_saliency import FastSaliency
+from steps.core.fast_saliency import engine_from_config
 from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import runs
 from steps.tracking.console import Progress, quiet_run_links
@@ -98,16 +98,23 @@ def original_image_id(run: Run) -> str:
     return tags.get(names.HISTORY_TAG, tags[names.IMAGE_ID_TAG]).split(",")[0]
 
 
-def log_pictures(image, maps, class_names, title, picture_mode, prefix: str) -> None:
+def log_pictures(image, maps, class_names, title, picture_mode, folder: str) -> None:
+    """Pictures of `[classes, H, W]` maps under `folder`; of `[colours, classes, H, W]` ones
+    (MC-RISE), the pictures of each fill colour's maps under `folder/fill_colour_<i>/`."""
+    if maps.ndim == 4:
+        for colour, colour_maps in enumerate(maps):
+            log_pictures(image, colour_maps, class_names, f"{title}, fill colour {colour}",
+                         picture_mode, f"{folder}fill_colour_{colour}/")
+        return
     if picture_mode in ("both", "combined"):
         fig = plots.all_classes_figure(image, maps, class_names, title)
-        mlflow.log_figure(fig, f"{prefix}{names.PICTURES_DIR}/all_classes.png")
+        mlflow.log_figure(fig, f"{folder}all_classes.png")
         plots.plt.close(fig)
     if picture_mode in ("both", "per_class"):
         titles = [f"{title}\nclass {name}" for name in class_names]
         for name, fig in zip(class_names, plots.class_overlay_figures(image, maps, titles),
                              strict=True):
-            mlflow.log_figure(fig, f"{prefix}{names.PICTURES_DIR}/class_{names.metric_safe(name)}.png")
+            mlflow.log_figure(fig, f"{folder}class_{names.metric_safe(name)}.png")
 
 
 def log_map(maps: np.ndarray, prefix: str) -> None:
@@ -123,7 +130,7 @@ class Explainer:
 
     inputs: ModelInputs
     classifier: ImageClassifier
-    engine: FastSaliency
+    engine: object  # FastSaliency, or xaitk's generator where it does not apply
     picture_mode: str
     data_params: dict[str, str]
 
@@ -141,7 +148,7 @@ class Explainer:
             raise click.BadParameter(str(error), param_hint="'--image_ids'") from None
         classifier = ImageClassifier(inputs.model, batch_size=predict_batch_size,
                                      classes=len(inputs.classes.names))
-        return cls(inputs, classifier, FastSaliency.from_config(config), picture_mode,
+        return cls(inputs, classifier, engine_from_config(config), picture_mode,
                    options.values_of(options.DATA, {"dataset": dataset, "image_size": image_size}))
 
     def image(self, image_id: str) -> np.ndarray:
@@ -173,7 +180,8 @@ class Explainer:
         log_map(maps, prefix)
         title = (f"image {image_id}: true {identity[names.GT_CLASS_TAG]}, "
                  f"predicted {identity[names.PREDICTED_CLASS_TAG]}")
-        log_pictures(image, maps, self.inputs.classes.names, title, self.picture_mode, prefix)
+        log_pictures(image, maps, self.inputs.classes.names, title, self.picture_mode,
+                     f"{prefix}{names.PICTURES_DIR}/")
         return maps
 
     def map_run(self, image_id: str, parent: Run, params: dict, config: dict,
@@ -203,6 +211,7 @@ def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algo
     config = generator_config(algorithm.generator())
     explainer = Explainer.build(model_uri, dataset, image_size, config, picture_mode,
                                 predict_batch_size, image_ids)
+    algorithm.check_image(explainer.inputs.dataset.image_shape)
     lineage = check_evaluation_runs(image_ids, evaluation_run_ids)
     logged = {**{k: options.as_param(v) for k, v in algorithm.used_params().items()},
               BATCH_PARAM: str(predict_batch_size)}

@@ -15,6 +15,7 @@ from xaitk_saliency.utils.masking import occlude_image_streaming
 
 from steps.core.algorithm import SaliencyAlgorithm, make_algorithm
 from steps.core.fast_saliency import (
+    engine_from_config,
     FastSaliency,
     MaskCache,
     depends_only_on_shape,
@@ -267,3 +268,49 @@ def test_colour_maps_equal_xaitk_high_level_stacks(colour, params):
         ours = engine(image, classifier)
         assert ours.shape == (4, 12, 12)
         np.testing.assert_allclose(ours, params.xaitk_stack()(image, classifier), atol=ATOL)
+
+
+@pytest.mark.parametrize("fill_colors", [((0.0,), (1.0,)), ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0))])
+def test_mc_rise_on_colour_images_is_xaitks_own_stack_with_batched_classification(
+        colour, fill_colors):
+    """MC-RISE goes through xaitk's `MCRISEStack` itself: batching the classifier (32 images a
+    call) leaves its maps `[colours, classes, H, W]` as xaitk's one-image-at-a-time ones."""
+    images, model = colour
+    params = make_algorithm("mc_rise", n=60, s=3, p1=0.5, seed=2, fill_colors=fill_colors)
+    engine = engine_from_config(stored_config(params))
+    assert not isinstance(engine, FastSaliency)
+    for image in images[[3, 50]]:
+        ours = engine(image, image_classifier(model, batch_size=32))
+        assert ours.shape == (2, 4, 12, 12) and ours.min() >= -1 and ours.max() <= 1
+        reference = params.xaitk_stack()(image, DictOnlyClassifier(image_classifier(model, 1)))
+        np.testing.assert_allclose(ours, reference, atol=ATOL)
+
+
+def test_mc_rise_on_grey_images_gives_xaitk_a_channel_axis(model, images):
+    params = make_algorithm("mc_rise", n=50, s=2, p1=0.4, seed=1)
+    engine = engine_from_config(stored_config(params))
+    classifier = image_classifier(model.classifier)
+    ours = engine(images[0], classifier)
+    assert ours.shape == (2, 10, 8, 8)
+
+    class Flattening(DictOnlyClassifier):
+        def classify_images(self, img_iter):
+            return self._inner.classify_images(image[..., 0] for image in img_iter)
+
+    reference = params.xaitk_stack()(images[0][..., np.newaxis], Flattening(classifier))
+    np.testing.assert_allclose(ours, reference, atol=ATOL)
+
+
+def test_mc_rise_fill_colours_must_fit_the_images():
+    import click
+
+    rgb = make_algorithm("mc_rise", fill_colors=((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)))
+    rgb.check_image((8, 8, 3))
+    with pytest.raises(click.BadParameter, match="fill colours of 3 values do not fit 1-channel"):
+        rgb.check_image((8, 8))
+    make_algorithm("mc_rise").check_image((8, 8, 3))  # one value a colour: every channel
+    assert make_algorithm("mc_rise").used_params()["fill_colors"] == ((0.0,), (1.0,))
+    from steps.core.parameters import as_param
+
+    assert as_param(rgb.used_params()["fill_colors"]) == "1.0,0.0,0.0;0.0,0.0,1.0"
+    assert "fill" not in rgb.used_params()

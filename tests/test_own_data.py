@@ -263,14 +263,20 @@ def test_bad_folders_stop_the_pipeline_in_one_line_before_any_step(store, case, 
     assert step_run_ids(store) == before, "no step run started"
 
 
-@pytest.mark.parametrize("algorithm,settings,logged", [
+@pytest.mark.parametrize("algorithm,settings,logged,shape,picture", [
     ("random_grid", {"n": "60", "cell_size": "3,3", "p1": "0.4", "seed": "2"},
-     {"n": "60", "cell_size": "3,3", "p1": "0.4", "seed": "2"}),
+     {"n": "60", "cell_size": "3,3", "p1": "0.4", "seed": "2", "fill": "0.0"}, (4, 16, 16),
+     "pictures/all_classes.png"),
     ("sliding_radial", {"radius": "3,2.5", "stride": "2,2", "sigma": "1,1", "n": "7"},
-     {"radius": "3.0,2.5", "stride": "2,2", "sigma": "1.0,1.0"}),
+     {"radius": "3.0,2.5", "stride": "2,2", "sigma": "1.0,1.0", "fill": "0.0"}, (4, 16, 16),
+     "pictures/all_classes.png"),
+    ("mc_rise", {"n": "40", "s": "3", "seed": "1", "fill_colors": "1,0,0;0,0,1", "fill": "0.3"},
+     {"n": "40", "s": "3", "p1": "0.5", "seed": "1",
+      "fill_colors": "1.0,0.0,0.0;0.0,0.0,1.0"}, (2, 4, 16, 16),
+     "pictures/fill_colour_1/all_classes.png"),
 ])
 def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, algorithm,
-                                             settings, logged):
+                                             settings, logged, shape, picture):
     """`-e saliency` alone with the registered model: only the algorithm's own parameters are
     logged, and the stored configuration rebuilds xaitk's generator, which gives the stored map."""
     from steps.core.models import ProbaModel
@@ -284,11 +290,11 @@ def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, alg
     assert result.returncode == 0, result.output
     (run,) = store.runs("Saliency Map Generation",
                         f"params.algorithm = '{algorithm}' AND tags.Image_id = '{image_id}'")
-    assert run.data.params == {"algorithm": algorithm, "fill": "0.0", **logged,
-                               "predict_batch_size": "256", "dataset": str(folder),
-                               "image_size": SIZE}
+    assert run.data.params == {"algorithm": algorithm, **logged, "predict_batch_size": "256",
+                               "dataset": str(folder), "image_size": SIZE}
     stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
-    assert stored.shape == (4, 16, 16) and np.isfinite(stored).all()
+    assert stored.shape == shape and np.isfinite(stored).all()
+    assert picture in artifact_paths(store.client, run.info.run_id)
     config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator_config.json")
     model = ProbaModel(mlflow.sklearn.load_model("models:/shapes-mlp/1"))
     again = generator_from_config(config)(data.images[data.rows([image_id])[0]],

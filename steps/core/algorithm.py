@@ -26,8 +26,10 @@ class SaliencyAlgorithm:
     """One algorithm with its parameter values; `generator()` is the xaitk generator."""
 
     name: ClassVar[str]
-    #: The algorithm's own parameters (every algorithm also takes `fill`).
+    #: The algorithm's own parameters.
     parameters: ClassVar[tuple[Parameter, ...]] = ()
+    #: Whether occluded pixels take the `fill` value (every algorithm but those with their own).
+    uses_fill: ClassVar[bool] = True
 
     def __init__(self, **values: Any) -> None:
         # Through each parameter's type, so a default such as "2,2" becomes (2, 2) and values
@@ -37,7 +39,11 @@ class SaliencyAlgorithm:
 
     @classmethod
     def all_parameters(cls) -> tuple[Parameter, ...]:
-        return (*cls.parameters, FILL)
+        return (*cls.parameters, FILL) if cls.uses_fill else cls.parameters
+
+    def check_image(self, image_shape: tuple[int, ...]) -> None:
+        """A click error naming the parameter when the settings cannot explain images of this
+        shape (`H, W` or `H, W, C`)."""
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -40,7 +40,15 @@ from xaitk_saliency.utils.masking import UINT8_ONE
 from steps.core.saliency import quiet_plugin_discovery
 
 DEFAULT_CHUNK_SIZE = 1024
-PERTURBATION_OCCLUSION = f"{PerturbationOcclusion.__module__}.{PerturbationOcclusion.__name__}"
+
+
+def _type_name(cls) -> str:
+    """A class's name as smqtk configurations give it."""
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+PERTURBATION_OCCLUSION = _type_name(PerturbationOcclusion)
+VECTORISED_SCORERS = (_type_name(RISEScoring), _type_name(OcclusionScoring))
 
 
 def depends_only_on_shape(perturber: PerturbImage) -> bool:
@@ -247,3 +255,52 @@ class FastSaliency:
             total = total + chunk_total
             coverage = coverage + chunk_coverage
         return weighting.finish(total, coverage).reshape(-1, *image.shape[:2])
+
+
+class XaitkGenerator:
+    """xaitk's own generator, for configurations `FastSaliency` does not vectorise (e.g. MC-RISE,
+    whose masks carry a fill colour each): the same maps, as xaitk makes them; the classifier
+    still takes the perturbed images a batch at a time (`ImageClassifier`).
+
+    A grey image `[H, W]` is given to xaitk as `[H, W, 1]` (MC-RISE adds its fill colours along a
+    channel axis), and the classifier sees each perturbed image without that axis again.
+    """
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+
+    def __call__(self, image: np.ndarray, classifier: ClassifyImage) -> np.ndarray:
+        image = np.asarray(image)
+        if image.ndim == 2:
+            return np.asarray(self.generator(image[..., np.newaxis], _WithoutChannel(classifier)))
+        return np.asarray(self.generator(image, classifier))
+
+
+class _WithoutChannel(ClassifyImage):
+    """A classifier of grey images `[H, W]` fed `[H, W, 1]` images."""
+
+    def __init__(self, inner: ClassifyImage) -> None:
+        self._inner = inner
+
+    def get_labels(self):
+        return self._inner.get_labels()
+
+    def classify_images(self, img_iter):
+        return self._inner.classify_images(image[..., 0] for image in img_iter)
+
+    def get_config(self) -> dict[str, Any]:
+        return self._inner.get_config()
+
+
+def engine_from_config(config: dict[str, Any], chunk_size: int = DEFAULT_CHUNK_SIZE,
+                       mask_cache: MaskCache | None = None):
+    """The fastest engine that gives xaitk's maps for a stored `generator_config`: `FastSaliency`
+    for a perturber-and-scorer composition it scores, xaitk's generator itself otherwise."""
+    from steps.core.saliency import generator_from_config
+
+    generator = config["generator"]
+    if generator.get("type") == PERTURBATION_OCCLUSION:
+        parts = generator[PERTURBATION_OCCLUSION]
+        if parts["generator"].get("type") in VECTORISED_SCORERS:
+            return FastSaliency.from_config(config, chunk_size, mask_cache)
+    return XaitkGenerator(generator_from_config(config))

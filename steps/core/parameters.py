@@ -111,6 +111,8 @@ def as_param(value) -> str:
         return ""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return ";".join(map(as_param, value))  # a list of lists, such as colours
     if isinstance(value, tuple):
         return ",".join(map(str, value))
     return str(value)

@@ -27,7 +27,8 @@ from steps.core.models import ImageModel
 
 def generator_config(generator) -> dict[str, Any]:
     """The smqtk configuration of the generator, with its fill: enough to rebuild it."""
-    return {"generator": to_config_dict(generator), "fill": generator.fill}
+    # Stacks that fill by other means (MC-RISE's fill colours) have no `fill`.
+    return {"generator": to_config_dict(generator), "fill": getattr(generator, "fill", None)}
 
 
 SMQTK_PACKAGES = ("smqtk_classifier", "smqtk_descriptors", "smqtk_detection",
@@ -55,7 +56,8 @@ def generator_from_config(config: dict[str, Any]) -> GenerateImageClassifierBlac
     with quiet_plugin_discovery():
         impls = GenerateImageClassifierBlackboxSaliency.get_impls()
         generator = from_config_dict(config["generator"], impls)
-    generator.fill = config.get("fill")
+    if config.get("fill") is not None:
+        generator.fill = config["fill"]
     return generator
 
 
