@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import Store
 
-ALGORITHM_CHOICES = "'random_grid', 'rise', 'sliding_radial', 'sliding_window'"
+ALGORITHM_CHOICES = "'mc_rise', 'random_grid', 'rise', 'sliding_radial', 'sliding_window'"
 UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
 
 

@@ -60,7 +60,7 @@ def test_importing_and_using_the_core_loads_no_mlflow():
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert ("ok ('random_grid', 'rise', 'sliding_radial', 'sliding_window') "
+    assert ("ok ('mc_rise', 'random_grid', 'rise', 'sliding_radial', 'sliding_window') "
             "('digits', 'image_folder', 'npz')") in result.stdout
 
 

@@ -148,8 +148,8 @@ def test_generator_rebuilt_from_its_json_config_gives_the_same_map(digits, model
 
 
 def test_unknown_algorithm_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown saliency algorithm 'gradcam'; "
-                                         "known: random_grid, rise, sliding_radial, sliding_window"):
+    with pytest.raises(ValueError, match="unknown saliency algorithm 'gradcam'; known: mc_rise, "
+                                         "random_grid, rise, sliding_radial, sliding_window"):
         make_algorithm("gradcam")
 
 
@@ -183,7 +183,7 @@ def test_clis_list_algorithms_and_datasets_without_heavy_imports():
 
     (algorithm,) = [d for d in options.ENTRY_POINTS["saliency"] if d.name == "algorithm"]
     assert tuple(algorithm.type.choices) == ALGORITHMS.names() == (
-        "random_grid", "rise", "sliding_radial", "sliding_window")
+        "mc_rise", "random_grid", "rise", "sliding_radial", "sliding_window")
     code = ("import sys; from steps import options; "
             "from steps.core.data import DATASET_SOURCES; "
             "from steps.core.algorithm import ALGORITHMS; "
@@ -192,8 +192,8 @@ def test_clis_list_algorithms_and_datasets_without_heavy_imports():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True,
                          text=True, timeout=120, check=True).stdout.splitlines()
-    assert out == ["('digits', 'image_folder', 'npz') "
-                   "('random_grid', 'rise', 'sliding_radial', 'sliding_window')", "[]"], out
+    assert out == ["('digits', 'image_folder', 'npz') ('mc_rise', 'random_grid', 'rise', "
+                   "'sliding_radial', 'sliding_window')", "[]"], out
 
 
 def test_per_class_pictures_are_one_figure_redrawn_and_equal_new_figures(digits):
