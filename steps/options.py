@@ -94,8 +94,8 @@ MODEL = [
 TRAIN = DATA + SPLIT + MODEL
 
 MODEL_URI = option("model_uri", "", ModelUri(),
-                   "The model to evaluate and explain: runs:/<run ID>/<path>, models:/<name>/<version> or "
-                   "models:/<name>@<alias>.")
+                   "The model to evaluate and explain: runs:/<run ID>/<path>, "
+                   "models:/<name>/<version> or models:/<name>@<alias>.")
 
 EVALUATE = [
     option("num_samples", 0, click.IntRange(min=0),

@@ -211,13 +211,14 @@ def test_a_registered_model_by_alias_goes_through_without_training(store, user_m
     assert evaluation.data.metrics["num_samples"] == 30
     assert 0 <= evaluation.data.metrics["accuracy"] <= 1
     assert "confusion_matrix.png" in artifact_paths(store.client, evaluation.info.run_id)
-    samples = store.runs("Evaluation", f"tags.Evaluation_parent_run_id = '{evaluation.info.run_id}'")
+    samples = store.runs("Evaluation",
+                         f"tags.Evaluation_parent_run_id = '{evaluation.info.run_id}'")
     assert len(samples) == 30
     for run in samples:
         assert run.data.tags["Model_version"] == "user-logreg/1"
         assert run.data.tags["GT_class"] in CLASSES and run.data.tags["Predicted_class"] in CLASSES
-    maps = [r for r in store.runs("Saliency Map Generation",
-                                  f"tags.Model_version = 'user-logreg/1'") if "Image_id" in r.data.tags]
+    maps = [r for r in store.runs("Saliency Map Generation", "tags.Model_version = 'user-logreg/1'")
+            if "Image_id" in r.data.tags]
     assert len(maps) == 2
     for run in maps:
         stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
