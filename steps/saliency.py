@@ -38,6 +38,8 @@ from steps.tracking.models import ResolvedModel
 # Stored with each map: the model's float32 confidences round by batch shape, so regenerating
 # the very same map takes the same batches.
 BATCH_PARAM = "predict_batch_size"
+# The panel of a map that is not any one class's (SquaredDifferenceScoring's).
+WHOLE_PREDICTION = "prediction"
 
 
 class MapsDiffer(click.ClickException):
@@ -100,7 +102,10 @@ def original_image_id(run: Run) -> str:
 
 def log_pictures(image, maps, class_names, title, picture_mode, folder: str) -> None:
     """Pictures of `[classes, H, W]` maps under `folder`; of `[colours, classes, H, W]` ones
-    (MC-RISE), the pictures of each fill colour's maps under `folder/fill_colour_<i>/`."""
+    (MC-RISE), the pictures of each fill colour's maps under `folder/fill_colour_<i>/`; of one
+    `[H, W]` map for the whole prediction (SquaredDifferenceScoring), one panel `prediction`."""
+    if maps.ndim == 2:
+        maps, class_names = maps[np.newaxis], (WHOLE_PREDICTION,)
     if maps.ndim == 4:
         for colour, colour_maps in enumerate(maps):
             log_pictures(image, colour_maps, class_names, f"{title}, fill colour {colour}",

@@ -88,7 +88,7 @@ class Checkerboards(DatasetSource):
 
 NEW_ALGORITHM = '''
 import click
-from steps.core.algorithm import ALGORITHMS
+from steps.core.algorithm import ALGORITHMS, SCORING
 from steps.core.algorithms.sliding_window import SlidingWindow
 from steps.core.parameters import Parameter
 
@@ -97,7 +97,7 @@ SPAN = Parameter("span", 3, click.IntRange(min=1), "Square window: side in pixel
 @ALGORITHMS.register
 class SquareWindow(SlidingWindow):
     name = "square_window"
-    parameters = (SPAN,)
+    parameters = (SPAN, SCORING)
 
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow as Windows
@@ -120,7 +120,8 @@ def test_a_new_dataset_or_algorithm_is_one_new_file(tmp_path):
         names = [d.name for d in options.ENTRY_POINTS["saliency"]]
         assert "span" in names, names
         algorithm = make_algorithm("square_window", span=2)
-        assert algorithm.used_params() == {"algorithm": "square_window", "span": 2, "fill": 0.0}
+        assert algorithm.used_params() == {"algorithm": "square_window", "span": 2,
+                                           "scoring": "occlusion", "fill": 0.0}
         print(type(algorithm.generator()).__name__, load_dataset("checkerboards").images.shape)
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,

@@ -107,7 +107,8 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
     assert sorted(r.data.tags["Image_id"] for r in maps) == ["1000", "3"]
     for run in maps:
         assert run.data.params == {"algorithm": "sliding_window", "window_size": "3,3",
-                                   "stride": "2,2", "fill": "0.5", "predict_batch_size": "256",
+                                   "stride": "2,2", "scoring": "occlusion", "fill": "0.5",
+                                   "predict_batch_size": "256",
                                    "dataset": "digits", "image_size": ""}
         assert run.data.tags["Evaluation_run_id"] == ""
         assert run.data.tags["Model_uri"] == model_uri

@@ -314,3 +314,22 @@ def test_mc_rise_fill_colours_must_fit_the_images():
 
     assert as_param(rgb.used_params()["fill_colors"]) == "1.0,0.0,0.0;0.0,0.0,1.0"
     assert "fill" not in rgb.used_params()
+
+
+@pytest.mark.parametrize("name,settings", [
+    ("sliding_window", {"window_size": (3, 3), "stride": (2, 2)}),
+    ("random_grid", {"n": 70, "cell_size": (2, 3), "seed": 4, "fill": 0.5}),
+    ("sliding_radial", {"radius": (2, 2.5), "stride": (2, 2), "sigma": (1, 1)}),
+])
+def test_squared_difference_scoring_gives_xaitks_one_map_per_image(model, images, colour, name,
+                                                                   settings):
+    """SquaredDifferenceScoring scores how much the whole prediction changes: one `[H, W]` map
+    in [0, 1], the same as xaitk's, on grey and colour images."""
+    params = make_algorithm(name, scoring="squared_difference", **settings)
+    engine = engine_from_config(stored_config(params))
+    colour_images, colour_model = colour
+    for image, classifier in ((images[1], image_classifier(model.classifier)),
+                              (colour_images[9], image_classifier(colour_model, 16))):
+        ours = engine(image, classifier)
+        assert ours.shape == image.shape[:2] and ours.min() >= 0 and ours.max() <= 1
+        np.testing.assert_allclose(ours, params.xaitk_stack()(image, classifier), atol=ATOL)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import click
+
 from steps.core.parameters import Float, Parameter
 from steps.core.registry import Registry
 
@@ -20,6 +22,12 @@ PREDICT_BATCH_SIZE = 256
 
 FILL = Parameter("fill", 0.0, Float(0, 1),
                  "Value occluded pixels take (images are in [0, 1]).")
+
+
+SCORING = Parameter("scoring", "occlusion", click.Choice(("occlusion", "squared_difference")),
+                    "Random grid, sliding window, sliding radial: xaitk's OcclusionScoring (a map "
+                    "per class) or SquaredDifferenceScoring (one map of how much the whole "
+                    "prediction changes).")
 
 
 class SaliencyAlgorithm:
@@ -77,6 +85,23 @@ class SaliencyAlgorithm:
         generator = PerturbationOcclusion(self.perturber(), self.scorer(), threads=0)
         generator.fill = self.fill
         return generator
+
+
+class OcclusionAlgorithm(SaliencyAlgorithm):
+    """An algorithm whose occlusion masks xaitk can score either way (`scoring`)."""
+
+    def scorer(self):
+        if self.scoring == "squared_difference":
+            from xaitk_saliency.impls.gen_classifier_conf_sal.squared_difference_scoring import (
+                SquaredDifferenceScoring,
+            )
+
+            return SquaredDifferenceScoring()
+        from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import (
+            OcclusionScoring,
+        )
+
+        return OcclusionScoring()
 
 
 ALGORITHMS: Registry = Registry("saliency algorithm", "steps.core.algorithms")

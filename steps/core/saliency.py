@@ -10,7 +10,9 @@ the fill, which xaitk keeps outside the configuration) is what the saliency step
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
+import pkgutil
 import warnings
 from typing import Any, Hashable, Iterable, Iterator, Sequence
 
@@ -35,9 +37,25 @@ SMQTK_PACKAGES = ("smqtk_classifier", "smqtk_descriptors", "smqtk_detection",
                   "smqtk_dataprovider", "smqtk_image_io")
 
 
+XAITK_IMPLS = ("xaitk_saliency.impls.perturb_image", "xaitk_saliency.impls.gen_classifier_conf_sal",
+               "xaitk_saliency.impls.gen_image_classifier_blackbox_sal")
+
+
+def import_xaitk_impls() -> None:
+    """Import every xaitk perturber, scorer and generator module: smqtk's `get_impls` finds the
+    classes of imported modules, and xaitk 0.15 declares no plugin entry point for some (e.g.
+    `SquaredDifferenceScoring`), so a stored configuration naming one would not rebuild in a
+    process that had not imported it yet."""
+    for package in XAITK_IMPLS:
+        module = importlib.import_module(package)
+        for info in pkgutil.iter_modules(module.__path__):
+            importlib.import_module(f"{package}.{info.name}")
+
+
 @contextlib.contextmanager
 def quiet_plugin_discovery():
-    """smqtk's plugin discovery warns about optional back-ends (caffe, libsvm) we never use."""
+    """smqtk's plugin discovery warns about optional back-ends (caffe, libsvm) we never use.
+    Every xaitk implementation is imported first, so that discovery finds them all."""
     loggers = [logging.getLogger(name) for name in SMQTK_PACKAGES]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -45,6 +63,7 @@ def quiet_plugin_discovery():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            import_xaitk_impls()
             yield
     finally:
         for logger, level in zip(loggers, levels):

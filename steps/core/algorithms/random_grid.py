@@ -1,9 +1,9 @@
 """Random grid occlusion: xaitk's `RandomGrid` masks (random cells of a fixed pixel size,
-randomly shifted) scored by `OcclusionScoring`."""
+randomly shifted) scored by `OcclusionScoring` or `SquaredDifferenceScoring` (`scoring`)."""
 
 from __future__ import annotations
 
-from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
+from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm
 from steps.core.algorithms.rise import N, P1, SEED
 from steps.core.parameters import IntList, Parameter
 
@@ -12,22 +12,15 @@ CELL_SIZE = Parameter("cell_size", "2,2", IntList(minimum=1, length=2),
 
 
 @ALGORITHMS.register
-class RandomGrid(SaliencyAlgorithm):
+class RandomGrid(OcclusionAlgorithm):
     name = "random_grid"
-    parameters = (N, CELL_SIZE, P1, SEED)
+    parameters = (N, CELL_SIZE, P1, SEED, SCORING)
 
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.random_grid import RandomGrid as Grid
 
         # threads=0: threaded shifts share one RNG and are not reproducible.
         return Grid(n=self.n, s=tuple(self.cell_size), p1=self.p1, seed=self.seed, threads=0)
-
-    def scorer(self):
-        from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import (
-            OcclusionScoring,
-        )
-
-        return OcclusionScoring()
 
     def xaitk_stack(self):
         # xaitk has no high-level stack for it: its own composition is the reference.

@@ -1,9 +1,10 @@
 """Sliding radial occlusion: xaitk's `SlidingRadial` masks (an ellipse, optionally with blurred
-edges, slid over the image) scored by `OcclusionScoring`."""
+edges, slid over the image) scored by `OcclusionScoring` or `SquaredDifferenceScoring`
+(`scoring`)."""
 
 from __future__ import annotations
 
-from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
+from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm
 from steps.core.algorithms.sliding_window import STRIDE
 from steps.core.parameters import NumberList, Parameter
 
@@ -15,22 +16,15 @@ SIGMA = Parameter("sigma", "", NumberList(minimum=0, min_open=True, length=2, al
 
 
 @ALGORITHMS.register
-class SlidingRadial(SaliencyAlgorithm):
+class SlidingRadial(OcclusionAlgorithm):
     name = "sliding_radial"
-    parameters = (RADIUS, STRIDE, SIGMA)
+    parameters = (RADIUS, STRIDE, SIGMA, SCORING)
 
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.sliding_radial import SlidingRadial as Radial
 
         return Radial(radius=tuple(self.radius), stride=tuple(self.stride),
                       sigma=tuple(self.sigma) or None)
-
-    def scorer(self):
-        from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import (
-            OcclusionScoring,
-        )
-
-        return OcclusionScoring()
 
     def xaitk_stack(self):
         # xaitk has no high-level stack for it: its own composition is the reference.

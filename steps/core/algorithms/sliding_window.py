@@ -1,8 +1,9 @@
-"""Sliding-window occlusion: xaitk's `SlidingWindow` masks scored by `OcclusionScoring`."""
+"""Sliding-window occlusion: xaitk's `SlidingWindow` masks scored by
+`OcclusionScoring` or `SquaredDifferenceScoring` (`scoring`)."""
 
 from __future__ import annotations
 
-from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
+from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm
 from steps.core.parameters import IntList, Parameter
 
 WINDOW_SIZE = Parameter("window_size", "2,2", IntList(minimum=1, length=2),
@@ -12,23 +13,18 @@ STRIDE = Parameter("stride", "1,1", IntList(minimum=1, length=2),
 
 
 @ALGORITHMS.register
-class SlidingWindow(SaliencyAlgorithm):
+class SlidingWindow(OcclusionAlgorithm):
     name = "sliding_window"
-    parameters = (WINDOW_SIZE, STRIDE)
+    parameters = (WINDOW_SIZE, STRIDE, SCORING)
 
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow as Windows
 
         return Windows(window_size=tuple(self.window_size), stride=tuple(self.stride))
 
-    def scorer(self):
-        from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import (
-            OcclusionScoring,
-        )
-
-        return OcclusionScoring()
-
     def xaitk_stack(self):
+        if self.scoring != "occlusion":  # xaitk's stack scores by occlusion only
+            return self.generator()
         from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.slidingwindow import (
             SlidingWindowStack,
         )
