@@ -168,12 +168,14 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
     start = starting_point(model_uri, train_run_id, evaluation_run_id)
     # Bad data, or a model that does not take it, is one line before any step run exists:
     # the images are decoded here, unless a finished step already read this very content.
-    digest = dataset_digest(values["dataset"], values["image_size"])
     if start.model is not None:
-        load_model_inputs(None, values["dataset"], values["image_size"], start.model)
-    elif not runs.finished_run_tagged([names.TRAIN_EXPERIMENT, names.EVALUATION_EXPERIMENT],
-                                      names.DATASET_DIGEST_TAG, digest):
-        load_data(values["dataset"], values["image_size"])
+        digest = load_model_inputs(None, values["dataset"], values["image_size"],
+                                   start.model).data.digest
+    else:
+        digest = dataset_digest(values["dataset"], values["image_size"])
+        if not runs.finished_run_tagged([names.TRAIN_EXPERIMENT, names.EVALUATION_EXPERIMENT],
+                                        names.DATASET_DIGEST_TAG, digest):
+            load_data(values["dataset"], values["image_size"])
 
     with mlflow.start_run() as main_run:
         # MLflow does not pass its environment manager on to nested `mlflow.run` calls.

@@ -19,6 +19,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from steps import names
 from steps.core.models import ImageModel, ProbabilityFunction, ProbaModel
 from steps.core.registry import Registry
 
@@ -39,8 +40,6 @@ class ResolvedModel:
     source_run_id: str | None = None
 
     def lineage_tags(self) -> dict[str, str]:
-        from steps import names
-
         tags = {names.MODEL_URI_TAG: self.uri}
         if self.version:
             tags[names.MODEL_VERSION_TAG] = self.version
