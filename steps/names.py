@@ -63,6 +63,7 @@ MODIFIED_TAG = "Modified_run"
 MODIFIED_BY_TAG = "Modified_by_run_id"
 UPDATED_RUN_TAG = "Updated_run_id"
 MAX_DIFFERENCE_METRIC = "Max_abs_difference"
+BEATING_RANDOM_METRIC = "Maps_beating_random"
 
 # Artifacts.
 MODEL_ARTIFACT = "model"
@@ -72,6 +73,9 @@ CONFUSION_MATRIX_ARTIFACT = "confusion_matrix.png"
 QUERY_RESULT_ARTIFACT = "query/query_result.csv"
 ENVIRONMENT_ARTIFACT_DIR = "environment"
 PICTURES_DIR = "pictures"
+METRICS_DIR = "metrics"
+CURVES_ARTIFACT = "causal_curves.npz"
+CURVES_PICTURE = "causal_curves.png"
 
 # Input-dataset contexts (mlflow.log_input).
 TRAINING_CONTEXT = "training"

@@ -29,6 +29,7 @@ from steps.core import plots
 from steps.core.algorithm import make_algorithm
 from steps.core.data import DatasetError
 from steps.core.fast_saliency import engine_from_config
+from steps.core.metrics import MapScores, score_map
 from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import runs
 from steps.tracking.console import Progress, quiet_run_links
@@ -171,6 +172,16 @@ class Explainer:
             names.PREDICTED_CLASS_TAG: data.class_names[predicted],
         }, float(confidences[0].max())
 
+    def score(self, image_id: str, maps: np.ndarray) -> MapScores:
+        """The map's faithfulness metrics, for the predicted class (and the true class)."""
+        data = self.inputs.dataset
+        row = data.rows([image_id])[0]
+        image = data.images[row]
+        predicted = int(self.classifier.classify_array(image[np.newaxis])[0].argmax())
+        true = np.flatnonzero(self.inputs.classes.column_classes == data.labels[row])
+        return score_map(maps, image, self.classifier.classify_array, predicted,
+                         int(true[0]) if len(true) else None)
+
     def step_tags(self) -> dict[str, str]:
         """What every run of this step records about its model and data."""
         data = self.inputs.data
@@ -190,8 +201,8 @@ class Explainer:
         return maps
 
     def map_run(self, image_id: str, parent: Run, params: dict, config: dict,
-                extra_tags: dict[str, str]) -> tuple[Run, np.ndarray]:
-        """A nested per-image run with its tags, params, config, map and pictures."""
+                extra_tags: dict[str, str]) -> tuple[Run, np.ndarray, MapScores]:
+        """A nested per-image run with its tags, params, config, map, pictures and metrics."""
         tags, confidence = self.identity_tags(image_id)
         with mlflow.start_run(run_name=f"image-{image_id}", nested=True,
                               experiment_id=parent.info.experiment_id) as run:
@@ -200,9 +211,18 @@ class Explainer:
                              names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
                              **extra_tags})
             mlflow.log_params({**params, **self.data_params})
-            mlflow.log_metric(names.PREDICTED_CONF_METRIC, confidence)
             mlflow.log_dict(config, names.CONFIG_ARTIFACT)
-            return run, self.explain(image_id, tags)
+            maps = self.explain(image_id, tags)
+            scores = self.score(image_id, maps)
+            log_scores(scores)
+            mlflow.log_metrics({names.PREDICTED_CONF_METRIC: confidence, **scores.metrics})
+            if not scores.beats_random():
+                m = scores.metrics
+                click.echo(f"Warning: the map of image {image_id} does not beat a random map "
+                           f"(deletion {m['Deletion_auc']:.3f} vs {m['Random_deletion_auc']:.3f}"
+                           f", lower is better; insertion {m['Insertion_auc']:.3f} vs "
+                           f"{m['Random_insertion_auc']:.3f}, higher is better)", err=True)
+            return run, maps, scores
 
 
 def map_progress(total: int, label: str) -> Progress:
@@ -223,11 +243,36 @@ def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algo
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency") as parent:
         mlflow.set_tags({**explainer.step_tags(), names.ALGORITHM_TAG: algorithm.name,
                          names.IMAGE_IDS_TAG: ",".join(image_ids)})
+        scores = []
         with quiet_run_links(), map_progress(len(image_ids),
                                              f"Saliency maps ({algorithm.name})") as bar:
             for image_id, tags in zip(image_ids, lineage):
-                bar.advanced(explainer.map_run(image_id, parent, logged, config, tags))
-        click.echo(f"Saliency run {parent.info.run_id}: {len(image_ids)} maps")
+                scores.append(bar.advanced(
+                    explainer.map_run(image_id, parent, logged, config, tags))[2])
+        mlflow.log_metrics(aggregate_scores(scores))
+        click.echo(f"Saliency run {parent.info.run_id}: {len(image_ids)} maps, "
+                   f"{sum(s.beats_random() for s in scores)} beating a random map")
+
+
+def aggregate_scores(scores: list[MapScores]) -> dict[str, float]:
+    """Mean and median of each metric over the maps, and the share that beats a random map."""
+    aggregates = {names.BEATING_RANDOM_METRIC: float(np.mean([s.beats_random() for s in scores]))}
+    for name in scores[0].metrics:
+        values = [s.metrics[name] for s in scores if name in s.metrics]
+        aggregates[f"{name}_mean"] = float(np.mean(values))
+        aggregates[f"{name}_median"] = float(np.median(values))
+    return aggregates
+
+
+def log_scores(scores: MapScores) -> None:
+    """The causal curves as an array file and a picture."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, names.CURVES_ARTIFACT)
+        np.savez(path, **scores.curves)
+        mlflow.log_artifact(str(path), artifact_path=names.METRICS_DIR)
+    fig = plots.causal_curves_figure(scores.curves, scores.metrics)
+    mlflow.log_figure(fig, f"{names.METRICS_DIR}/{names.CURVES_PICTURE}")
+    plots.plt.close(fig)
 
 
 def stored_explainer(run: Run, picture_mode: str, predict_batch_size: int, image_ids,
@@ -266,8 +311,9 @@ def reproduce(source_id: str, picture_mode: str, predict_batch_size: int) -> Non
                         if k not in explainer.data_params}
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
         mlflow.set_tags({names.REPRODUCED_TAG: source_id, **explainer.step_tags()})
-        run, maps = explainer.map_run(image_id, parent, algorithm_params, stored_config(source),
-                                      {**lineage, names.REPRODUCED_TAG: source_id})
+        run, maps, _ = explainer.map_run(image_id, parent, algorithm_params,
+                                         stored_config(source),
+                                         {**lineage, names.REPRODUCED_TAG: source_id})
         difference = (float(np.max(np.abs(maps - expected))) if maps.shape == expected.shape
                       else float("inf"))
         client = MlflowClient()

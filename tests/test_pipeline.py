@@ -254,3 +254,49 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         (row,) = data.rows([tags["Image_id"]])
         again = compute_saliency(generator, data.images[row], ImageClassifier(ProbaModel(model)))
         np.testing.assert_allclose(again, stored, atol=1e-6)
+
+
+def test_every_map_carries_its_faithfulness_metrics_and_curves(pipeline, runs):
+    """Deletion/insertion (with the random baseline) and Entropy on each map run, recomputed
+    here from the stored map; aggregates on the saliency step's run; a filter finds them."""
+    from steps.core.metrics import score_map
+
+    store, _ = pipeline
+    model = ProbaModel(mlflow.sklearn.load_model(runs["train"].data.tags["Model_uri"]))
+    data = load_dataset("digits")
+    classifier = ImageClassifier(model)
+    all_metrics = []
+    for run in runs["maps"]:
+        metrics, run_id = run.data.metrics, run.info.run_id
+        stored = np.load(store.client.download_artifacts(run_id, "saliency_map.npy"))
+        (row,) = data.rows([run.data.tags["Image_id"]])
+        predicted = int(run.data.tags["Predicted_class"])
+        true = int(run.data.tags["GT_class"])
+        again = score_map(stored, data.images[row], classifier.classify_array, predicted,
+                          true)
+        for name, value in again.metrics.items():
+            assert metrics[name] == pytest.approx(value, abs=1e-9), name
+        assert ("Deletion_auc_true_class" in metrics) == (predicted != true)
+        for name in ("Deletion_auc", "Insertion_auc", "Random_deletion_auc",
+                     "Random_insertion_auc"):
+            assert 0 <= metrics[name] <= 1
+        assert 0 < metrics["Entropy"] <= 6
+        paths = artifact_paths(store.client, run_id)
+        assert {"metrics/causal_curves.npz", "metrics/causal_curves.png"} <= paths
+        curves = np.load(store.client.download_artifacts(run_id, "metrics/causal_curves.npz"))
+        assert curves["Deletion_auc"].shape == (51,)
+        assert curves["Deletion_auc"][0] == pytest.approx(
+            metrics["Predicted_class_conf"], abs=1e-6)
+        all_metrics.append(metrics)
+    parent = store.client.get_run(runs["saliency"].info.run_id).data.metrics
+    for name in ("Deletion_auc", "Insertion_auc", "Entropy"):
+        values = [m[name] for m in all_metrics]
+        assert parent[f"{name}_mean"] == pytest.approx(np.mean(values))
+        assert parent[f"{name}_median"] == pytest.approx(np.median(values))
+    beating = [m["Deletion_auc"] < m["Random_deletion_auc"] and
+               m["Insertion_auc"] > m["Random_insertion_auc"] for m in all_metrics]
+    assert parent["Maps_beating_random"] == pytest.approx(np.mean(beating))
+    worst = max(all_metrics, key=lambda m: m["Deletion_auc"])["Deletion_auc"]
+    found = mlflow.search_runs(experiment_names=["Saliency Map Generation"],
+                               filter_string=f"metrics.Deletion_auc >= {worst}")
+    assert len(found) == 1

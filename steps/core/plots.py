@@ -97,3 +97,24 @@ def all_classes_figure(
         fig.colorbar(shown, ax=list(flat), fraction=0.02, pad=0.02)
     fig.suptitle(suptitle)
     return fig
+
+
+def causal_curves_figure(curves: dict[str, np.ndarray], metrics: dict[str, float]) -> Figure:
+    """Deletion and insertion curves: the class probability against the fraction of pixels
+    deleted or inserted, the map's beside the random map's, areas in the legend."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    for ax, kind in zip(axes, ("Deletion", "Insertion")):
+        for name, curve in curves.items():
+            if kind.lower() not in name.lower():
+                continue
+            label = name.replace("_auc", "").replace("_", " ")
+            style = ":" if name.startswith("Random") else "-"
+            ax.plot(np.linspace(0, 1, len(curve)), curve, style,
+                    label=f"{label} (area {metrics[name]:.3f})")
+        ax.set_title(f"{kind} ({'lower' if kind == 'Deletion' else 'higher'} is better)",
+                     fontsize=9)
+        ax.set_xlabel(f"fraction of pixels {kind.lower()[:-3]}ed", fontsize=8)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("class probability", fontsize=8)
+    fig.tight_layout()
+    return fig
