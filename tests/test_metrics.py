@@ -111,3 +111,16 @@ def test_maps_of_every_shape_give_one_class_map():
     np.testing.assert_array_equal(class_map(maps, 1), maps[:, 1].mean(axis=0))
     np.testing.assert_array_equal(class_map(maps[0], 2), maps[0, 2])
     np.testing.assert_array_equal(class_map(maps[0, 0], 2), maps[0, 0])
+
+
+def test_metrics_benchmark_runs_on_tiny_sizes():
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_DIR
+
+    result = subprocess.run([sys.executable, "benchmarks/metrics_benchmark.py", "--images", "2",
+                             "--n", "50", "--epochs", "3", "--rounds", "1"], cwd=PROJECT_DIR,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ours / naive:" in result.stdout and "maps/s" in result.stdout

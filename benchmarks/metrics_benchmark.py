@@ -1,0 +1,106 @@
+"""Map metrics' cost, side by side in one process on the same images and maps.
+
+- maps: the saliency step's engine alone (`engine_from_config`), one map per image;
+- maps + metrics: the same, then `score_map` (deletion and insertion for the predicted class, the
+  true class when it differs and a random map; Entropy), its curves' images classified in
+  batches;
+- naive metrics: the same curves with one `predict_proba` call per step per image.
+The rounds alternate between the ways. It prints maps/s and the ratios, and exits 1 if the
+naive metrics differ from ours by more than float32 rounding.
+
+    python benchmarks/metrics_benchmark.py [--images 30 --n 1000 --rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's `steps` package
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from steps.core.algorithm import make_algorithm  # noqa: E402
+from steps.core.data import load_dataset, split_dataset  # noqa: E402
+from steps.core.fast_saliency import engine_from_config  # noqa: E402
+from steps.core.metrics import score_map  # noqa: E402
+from steps.core.models import ModelParams, ProbaModel, train_classifier  # noqa: E402
+from steps.core.saliency import ImageClassifier, generator_config  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=30, help="test images to explain")
+    parser.add_argument("--n", type=int, default=1000, help="RISE: number of masks")
+    parser.add_argument("--epochs", type=int, default=100, help="MLP training epochs")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    return parser.parse_args(argv)
+
+
+class OneAtATime:
+    """The naive classifier call: one `predict_proba` per image."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.model.predict_proba(image[np.newaxis]) for image in images])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data = load_dataset("digits")
+    split = split_dataset(data, 0.25, 0)
+    model = ProbaModel(train_classifier(ModelParams(epochs=args.epochs),
+                                        data.images[split.train_rows],
+                                        data.labels[split.train_rows]).classifier)
+    classifier = ImageClassifier(model)
+    engine = engine_from_config(json.loads(json.dumps(generator_config(
+        make_algorithm("rise", n=args.n).generator()))))
+    rows = split.test_rows[:args.images]
+    images, labels = data.images[rows], data.labels[rows]
+    predicted = classifier.classify_array(images).argmax(axis=1)
+    engine(images[0], classifier)  # masks made once, outside the timings
+
+    def maps_only():
+        return [engine(image, classifier) for image in images]
+
+    def with_metrics():
+        return [score_map(engine(image, classifier), image, classifier.classify_array, p, t)
+                for image, p, t in zip(images, predicted, labels)]
+
+    naive_predict = OneAtATime(model)
+
+    def naive_metrics():
+        return [score_map(engine(image, classifier), image, naive_predict, p, t)
+                for image, p, t in zip(images, predicted, labels)]
+
+    ways = {"maps": maps_only, "maps + metrics (ours)": with_metrics,
+            "maps + metrics, one predict_proba per step": naive_metrics}
+    seconds = {name: [] for name in ways}
+    results = {}
+    with threadpool_limits(1):
+        for _ in range(args.rounds):
+            for name, way in ways.items():
+                started = time.perf_counter()
+                results[name] = way()
+                seconds[name].append(time.perf_counter() - started)
+    rate = {name: len(images) / np.median(times) for name, times in seconds.items()}
+    for name in ways:
+        print(f"{name:45s} {rate[name]:8.1f} maps/s")
+    ours_name, naive_name = "maps + metrics (ours)", "maps + metrics, one predict_proba per step"
+    ours, naive = results[ours_name], results[naive_name]
+    print(f"metrics cost: maps + metrics run at {rate[ours_name] / rate['maps']:.2f}x the rate "
+          "of maps alone")
+    print(f"ours / naive: {rate[ours_name] / rate[naive_name]:.1f}x")
+    worst = max(abs(a.metrics[k] - b.metrics[k]) for a, b in zip(ours, naive) for k in a.metrics)
+    print(f"largest difference between our and the naive metrics: {worst:.2e}")
+    return 0 if worst < 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
