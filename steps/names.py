@@ -74,6 +74,7 @@ QUERY_RESULT_ARTIFACT = "query/query_result.csv"
 ENVIRONMENT_ARTIFACT_DIR = "environment"
 PICTURES_DIR = "pictures"
 METRICS_DIR = "metrics"
+AVERAGES_DIR = "averages"
 CURVES_ARTIFACT = "causal_curves.npz"
 CURVES_PICTURE = "causal_curves.png"
 

@@ -29,7 +29,7 @@ from steps.core import plots
 from steps.core.algorithm import make_algorithm
 from steps.core.data import DatasetError
 from steps.core.fast_saliency import engine_from_config
-from steps.core.metrics import MapScores, score_map
+from steps.core.metrics import MapScores, average_maps, score_map
 from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import runs
 from steps.tracking.console import Progress, quiet_run_links
@@ -123,9 +123,9 @@ def log_pictures(image, maps, class_names, title, picture_mode, folder: str) -> 
             mlflow.log_figure(fig, f"{folder}class_{names.metric_safe(name)}.png")
 
 
-def log_map(maps: np.ndarray, prefix: str) -> None:
+def log_map(maps: np.ndarray, prefix: str, file_name: str = names.MAP_ARTIFACT) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, names.MAP_ARTIFACT)
+        path = Path(tmp, file_name)
         np.save(path, maps)
         mlflow.log_artifact(str(path), artifact_path=prefix.rstrip("/") or None)
 
@@ -200,6 +200,23 @@ class Explainer:
                      f"{prefix}{names.PICTURES_DIR}/")
         return maps
 
+    def log_averages(self, made: list[tuple[str, np.ndarray]]) -> None:
+        """Mean maps by true class and by confusion cell (true → predicted), as `.npy` and
+        pictures over the mean image, under `averages/` of the active (step) run."""
+        tags = [self.identity_tags(image_id)[0] for image_id, _ in made]
+        groups = average_maps([maps for _, maps in made],
+                              [self.image(image_id) for image_id, _ in made],
+                              [t[names.GT_CLASS_TAG] for t in tags],
+                              [t[names.PREDICTED_CLASS_TAG] for t in tags])
+        for (true, predicted), (mean_maps, mean_image, count) in groups.items():
+            name = f"true_{names.metric_safe(true)}" + (
+                f"_predicted_{names.metric_safe(predicted)}" if predicted is not None else "")
+            what = f"true {true}" + (f", predicted {predicted}" if predicted is not None else "")
+            log_map(mean_maps, f"{names.AVERAGES_DIR}/", f"{name}.npy")
+            log_pictures(mean_image, mean_maps, self.inputs.classes.names,
+                         f"mean of {count} map{'s' if count != 1 else ''}: {what}", "combined",
+                         f"{names.AVERAGES_DIR}/{name}_")
+
     def map_run(self, image_id: str, parent: Run, params: dict, config: dict,
                 extra_tags: dict[str, str]) -> tuple[Run, np.ndarray, MapScores]:
         """A nested per-image run with its tags, params, config, map, pictures and metrics."""
@@ -243,13 +260,16 @@ def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algo
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency") as parent:
         mlflow.set_tags({**explainer.step_tags(), names.ALGORITHM_TAG: algorithm.name,
                          names.IMAGE_IDS_TAG: ",".join(image_ids)})
-        scores = []
+        scores, made = [], []
         with quiet_run_links(), map_progress(len(image_ids),
                                              f"Saliency maps ({algorithm.name})") as bar:
             for image_id, tags in zip(image_ids, lineage):
-                scores.append(bar.advanced(
-                    explainer.map_run(image_id, parent, logged, config, tags))[2])
+                _, maps, map_scores = bar.advanced(
+                    explainer.map_run(image_id, parent, logged, config, tags))
+                scores.append(map_scores)
+                made.append((image_id, maps))
         mlflow.log_metrics(aggregate_scores(scores))
+        explainer.log_averages(made)
         click.echo(f"Saliency run {parent.info.run_id}: {len(image_ids)} maps, "
                    f"{sum(s.beats_random() for s in scores)} beating a random map")
 

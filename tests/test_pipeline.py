@@ -300,3 +300,24 @@ def test_every_map_carries_its_faithfulness_metrics_and_curves(pipeline, runs):
     found = mlflow.search_runs(experiment_names=["Saliency Map Generation"],
                                filter_string=f"metrics.Deletion_auc >= {worst}")
     assert len(found) == 1
+
+
+def test_the_step_run_holds_mean_maps_by_class_and_confusion_cell(pipeline, runs):
+    store, _ = pipeline
+    step_id = runs["saliency"].info.run_id
+    paths = artifact_paths(store.client, step_id)
+    by_cell = {}
+    for run in runs["maps"]:
+        key = (run.data.tags["GT_class"], run.data.tags["Predicted_class"])
+        stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
+        by_cell.setdefault(key, []).append(stored)
+    for true in {t for t, _ in by_cell}:
+        members = [m for (t, _), maps in by_cell.items() if t == true for m in maps]
+        mean = np.load(store.client.download_artifacts(step_id, f"averages/true_{true}.npy"))
+        np.testing.assert_allclose(mean, np.mean(members, axis=0), atol=1e-12)
+        assert f"averages/true_{true}_all_classes.png" in paths
+    for (true, predicted), members in by_cell.items():
+        name = f"averages/true_{true}_predicted_{predicted}"
+        mean = np.load(store.client.download_artifacts(step_id, f"{name}.npy"))
+        np.testing.assert_allclose(mean, np.mean(members, axis=0), atol=1e-12)
+        assert f"{name}_all_classes.png" in paths

@@ -183,3 +183,18 @@ def score_map(maps: np.ndarray, image: np.ndarray, predict, predicted_column: in
     noise = np.random.default_rng(RANDOM_MAP_SEED).random(image.shape[:2])
     run(noise, predicted_column, lambda name: f"Random_{name[0].lower()}{name[1:]}", causal)
     return MapScores(metrics, curves)
+
+
+def average_maps(maps: list[np.ndarray], images: list[np.ndarray], true_names: list[str],
+                 predicted_names: list[str]) -> dict[tuple[str, str | None], tuple]:
+    """Mean maps and mean images by true class (`(true, None)`) and by confusion cell
+    (`(true, predicted)`), over maps of one shape: what the model looks at for a class, and
+    for the mistakes it makes on it."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for index, (true, predicted) in enumerate(zip(true_names, predicted_names)):
+        groups.setdefault((true, None), []).append(index)
+        groups.setdefault((true, predicted), []).append(index)
+    return {key: (np.mean([maps[i] for i in members], axis=0),
+                  np.mean([images[i] for i in members], axis=0), len(members))
+            for key, members in sorted(groups.items(), key=lambda item: (item[0][0],
+                                                                          item[0][1] or ""))}
