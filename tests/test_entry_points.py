@@ -111,6 +111,7 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
                                    "predict_batch_size": "256",
                                    "dataset": "digits", "image_size": ""}
         assert run.data.tags["Evaluation_run_id"] == ""
+        assert {"Deletion_auc", "Insertion_auc", "Entropy"} <= set(run.data.metrics)
         assert run.data.tags["Model_uri"] == model_uri
         assert run.data.tags["Train_run_id"] == train_id
         assert run.data.tags["Dataset"] == "digits"

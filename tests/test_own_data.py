@@ -297,6 +297,13 @@ def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, alg
     stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
     assert stored.shape == shape and np.isfinite(stored).all()
     assert picture in artifact_paths(store.client, run.info.run_id)
+    metrics = run.data.metrics
+    assert {"Deletion_auc", "Insertion_auc", "Entropy", "Random_deletion_auc",
+            "Random_insertion_auc"} <= set(metrics)
+    found = mlflow.search_runs(experiment_names=["Saliency Map Generation"], filter_string=(
+        f"params.algorithm = '{algorithm}' AND metrics.Insertion_auc <= {metrics['Insertion_auc']}"
+        f" AND metrics.Deletion_auc >= {metrics['Deletion_auc']}"))
+    assert run.info.run_id in found["run_id"].tolist()
     config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator_config.json")
     model = ProbaModel(mlflow.sklearn.load_model("models:/shapes-mlp/1"))
     again = generator_from_config(config)(data.images[data.rows([image_id])[0]],
