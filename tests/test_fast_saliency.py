@@ -327,6 +327,7 @@ def test_squared_difference_scoring_gives_xaitks_one_map_per_image(model, images
     in [0, 1], the same as xaitk's, on grey and colour images."""
     params = make_algorithm(name, scoring="squared_difference", **settings)
     engine = engine_from_config(stored_config(params))
+    assert isinstance(engine, FastSaliency)  # masks made once, scored as one matrix product
     colour_images, colour_model = colour
     for image, classifier in ((images[1], image_classifier(model.classifier)),
                               (colour_images[9], image_classifier(colour_model, 16))):

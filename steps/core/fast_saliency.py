@@ -26,6 +26,9 @@ from smqtk_classifier.interfaces.classify_image import ClassifyImage
 from smqtk_core.configuration import from_config_dict, to_config_dict
 from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import OcclusionScoring
 from xaitk_saliency.impls.gen_classifier_conf_sal.rise_scoring import RISEScoring
+from xaitk_saliency.impls.gen_classifier_conf_sal.squared_difference_scoring import (
+    SquaredDifferenceScoring,
+)
 from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.occlusion_based import (
     PerturbationOcclusion,
 )
@@ -48,7 +51,8 @@ def _type_name(cls) -> str:
 
 
 PERTURBATION_OCCLUSION = _type_name(PerturbationOcclusion)
-VECTORISED_SCORERS = (_type_name(RISEScoring), _type_name(OcclusionScoring))
+VECTORISED_SCORERS = tuple(map(_type_name, (RISEScoring, OcclusionScoring,
+                                             SquaredDifferenceScoring)))
 
 
 def depends_only_on_shape(perturber: PerturbImage) -> bool:
@@ -158,13 +162,16 @@ class RegionWeighting:
 
     RISEScoring weights `masks - p1` by the perturbed confidences. OcclusionScoring weights the
     occluded part, `1 - masks`, by the drop from the reference confidences and divides each
-    pixel by how much it was occluded. Both then scale each class's map to [-1, 1].
+    pixel by how much it was occluded; both then scale each class's map to [-1, 1].
+    SquaredDifferenceScoring weights the occluded part the same way by half the squared change
+    of all the confidences, giving one map, then scales it to [0, 1] (min to max).
     """
 
     offset: float = 0.0
     invert: bool = False
     normalize: bool = False
     from_reference: bool = False
+    squared: bool = False
 
     @classmethod
     def of(cls, scorer: GenerateClassifierConfidenceSaliency) -> RegionWeighting:
@@ -172,8 +179,18 @@ class RegionWeighting:
             return cls(offset=scorer.p1)
         if type(scorer) is OcclusionScoring:
             return cls(invert=True, normalize=True, from_reference=True)
-        raise ValueError(f"FastSaliency scores like RISEScoring or OcclusionScoring, "
-                         f"not {type(scorer).__name__}")
+        if type(scorer) is SquaredDifferenceScoring:
+            return cls(invert=True, normalize=True, from_reference=True, squared=True)
+        raise ValueError(f"FastSaliency scores like RISEScoring, OcclusionScoring or "
+                         f"SquaredDifferenceScoring, not {type(scorer).__name__}")
+
+    def scalars(self, reference: np.ndarray | None, confidences: np.ndarray) -> np.ndarray:
+        """What each perturbed image's mask is weighted by, `[n, maps]`."""
+        if not self.from_reference:
+            return confidences
+        if self.squared:
+            return 0.5 * ((reference - confidences) ** 2).sum(axis=1, keepdims=True)
+        return reference - confidences
 
     def weigh(self, scalars: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, Any]:
         """One chunk's weighted sum `[classes, H*W]` and, if normalizing, its coverage `[H*W]`.
@@ -189,9 +206,12 @@ class RegionWeighting:
         return scalars.T @ flat, (flat.sum(axis=0) if self.normalize else 0.0)
 
     def finish(self, total: np.ndarray, coverage: Any) -> np.ndarray:
-        """The maps `[classes, H*W]` from the sums over all chunks."""
+        """The maps `[classes, H*W]` (`[1, H*W]` when squared) from the sums over all chunks."""
         if self.normalize:
             total = total / np.where(coverage == 0, 1.0, coverage)
+        if self.squared:
+            total = total - total.min()
+            return total / total.max()
         return scale_by_max_abs(total)
 
 
@@ -236,7 +256,8 @@ class FastSaliency:
         return self.perturber(image)
 
     def __call__(self, image: np.ndarray, classifier: ClassifyImage) -> np.ndarray:
-        """One map per class, `[classes, H, W]`, values in [-1, 1]."""
+        """One map per class, `[classes, H, W]`, values in [-1, 1] (one `[H, W]` map in [0, 1]
+        with SquaredDifferenceScoring)."""
         image = np.asarray(image)
         if image.ndim not in (2, 3):
             raise ValueError(f"expected an image [H, W] or [H, W, C], got {image.ndim} dimensions")
@@ -250,11 +271,12 @@ class FastSaliency:
         for start in range(0, len(masks), step):
             chunk = masks[start:start + step]
             confidences = classify_array(classifier, occlude(image, chunk, self.fill))
-            scalars = reference - confidences if weighting.from_reference else confidences
-            chunk_total, chunk_coverage = weighting.weigh(scalars, chunk)
+            chunk_total, chunk_coverage = weighting.weigh(
+                weighting.scalars(reference, confidences), chunk)
             total = total + chunk_total
             coverage = coverage + chunk_coverage
-        return weighting.finish(total, coverage).reshape(-1, *image.shape[:2])
+        maps = weighting.finish(total, coverage).reshape(-1, *image.shape[:2])
+        return maps[0] if weighting.squared else maps  # one map for the whole prediction
 
 
 class XaitkGenerator:
