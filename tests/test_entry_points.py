@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import FAST_TRAIN, Store
@@ -138,3 +139,30 @@ def test_query_that_matches_nothing_is_a_message_not_a_crash(store):
     assert "Saliency_run_id" not in main.data.tags
     assert not store.runs("Saliency Map Generation",
                           f"tags.mlflow.parentRunId = '{main.info.run_id}'")
+
+
+@pytest.mark.parametrize("algorithm,settings,shape", [
+    ("mc_rise", {"n": "50", "s": "3"}, (2, 10, 8, 8)),
+    ("random_grid", {"n": "50", "cell_size": "3,3"}, (10, 8, 8)),
+    ("sliding_radial", {"radius": "2,2", "stride": "2,2", "scoring": "squared_difference"},
+     (8, 8)),
+])
+def test_each_algorithm_alone_on_digits(store, model_uri, algorithm, settings, shape):
+    import mlflow
+
+    result = store.run({"model_uri": model_uri, "image_ids": "1003", "algorithm": algorithm,
+                        "picture_mode": "combined", **settings}, entry_point="saliency")
+    assert result.returncode == 0, result.output
+    (run,) = store.runs("Saliency Map Generation",
+                        f"params.algorithm = '{algorithm}' AND tags.Image_id = '1003'")
+    stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
+    assert stored.shape == shape and np.isfinite(stored).all()
+    metrics = run.data.metrics
+    assert {"Deletion_auc", "Insertion_auc", "Entropy", "Random_deletion_auc"} <= set(metrics)
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        found = mlflow.search_runs(experiment_names=["Saliency Map Generation"], filter_string=(
+            f"params.algorithm = '{algorithm}' AND metrics.Entropy = {metrics['Entropy']}"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert found["run_id"].tolist() == [run.info.run_id]
