@@ -97,6 +97,10 @@ def train(dataset, image_size, test_fraction, split_seed, register_as, **model_a
                    f"{data.dataset.describe_shape()} images of {data.dataset.name} "
                    f"({model_params.solver}, up to {model_params.epochs} epochs)...")
         trained = train_classifier(model_params, train_images, train_labels)
+        if not trained.converged:
+            click.echo(f"Warning: training stopped after {len(trained.loss_curve)} epochs without "
+                       "converging; raise -P epochs (or the learning rate) for a better model",
+                       err=True)
         classifier = trained.classifier
         train_acc = accuracy(classifier, train_images, train_labels)
         test_acc = accuracy(classifier, test_images, test_labels)

@@ -166,3 +166,14 @@ def test_each_algorithm_alone_on_digits(store, model_uri, algorithm, settings, s
     finally:
         mlflow.set_tracking_uri(None)
     assert found["run_id"].tolist() == [run.info.run_id]
+
+
+def test_training_that_does_not_converge_says_so_in_one_line(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    result = store.run({"epochs": "2", "hidden_layer_sizes": "8"}, entry_point="train")
+    assert result.returncode == 0, result.output
+    (run,) = store.runs("Train")
+    assert run.data.tags["Converged"] == "false"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert warnings == ["Warning: training stopped after 2 epochs without converging; raise "
+                        "-P epochs (or the learning rate) for a better model"], result.stderr

@@ -87,6 +87,16 @@ class SaliencyAlgorithm:
         return generator
 
 
+def check_fits(image_shape: tuple[int, ...], sizes: dict[str, tuple]) -> None:
+    """A click error naming the first `-P name=height,width` larger than the images: a window,
+    stride or cell that does not fit gives one occlusion, or none, and maps of nothing."""
+    height, width = image_shape[:2]
+    for name, (h, w) in sizes.items():
+        if h > height or w > width:
+            raise click.BadParameter(f"{name} {h},{w} is larger than the {height}×{width} images",
+                                     param_hint=f"'--{name}'")
+
+
 class OcclusionAlgorithm(SaliencyAlgorithm):
     """An algorithm whose occlusion masks xaitk can score either way (`scoring`)."""
 

@@ -3,7 +3,7 @@ randomly shifted) scored by `OcclusionScoring` or `SquaredDifferenceScoring` (`s
 
 from __future__ import annotations
 
-from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm
+from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm, check_fits
 from steps.core.algorithms.rise import N, P1, SEED
 from steps.core.parameters import IntList, Parameter
 
@@ -15,6 +15,9 @@ CELL_SIZE = Parameter("cell_size", "2,2", IntList(minimum=1, length=2),
 class RandomGrid(OcclusionAlgorithm):
     name = "random_grid"
     parameters = (N, CELL_SIZE, P1, SEED, SCORING)
+
+    def check_image(self, image_shape: tuple[int, ...]) -> None:
+        check_fits(image_shape, {"cell_size": self.cell_size})
 
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.random_grid import RandomGrid as Grid

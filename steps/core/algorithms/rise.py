@@ -9,7 +9,9 @@ from steps.core.parameters import Float, Parameter
 
 N = Parameter("n", 1000, click.IntRange(min=1), "RISE, random grid: number of random masks.")
 S = Parameter("s", 4, click.IntRange(min=1), "RISE: grid resolution of the masks.")
-P1 = Parameter("p1", 0.5, Float(0, 1), "RISE, random grid: probability that a cell is kept.")
+# 0 or 1 keeps no cell or every cell: every mask alike, so maps of nothing.
+P1 = Parameter("p1", 0.5, Float(0, 1, min_open=True, max_open=True),
+               "RISE, random grid: probability that a cell is kept.")
 SEED = Parameter("seed", 0, click.IntRange(min=0), "RISE, random grid: seed of the masks.")
 DEBIASED = Parameter("debiased", True, click.BOOL, "RISE: debias the scores by p1 (true/false).")
 

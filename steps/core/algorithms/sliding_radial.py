@@ -4,7 +4,7 @@ edges, slid over the image) scored by `OcclusionScoring` or `SquaredDifferenceSc
 
 from __future__ import annotations
 
-from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm
+from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm, check_fits
 from steps.core.algorithms.sliding_window import STRIDE
 from steps.core.parameters import NumberList, Parameter
 
@@ -19,6 +19,9 @@ SIGMA = Parameter("sigma", "", NumberList(minimum=0, min_open=True, length=2, al
 class SlidingRadial(OcclusionAlgorithm):
     name = "sliding_radial"
     parameters = (RADIUS, STRIDE, SIGMA, SCORING)
+
+    def check_image(self, image_shape: tuple[int, ...]) -> None:
+        check_fits(image_shape, {"stride": self.stride})
 
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.sliding_radial import SlidingRadial as Radial

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm
+from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm, check_fits
 from steps.core.parameters import IntList, Parameter
 
 WINDOW_SIZE = Parameter("window_size", "2,2", IntList(minimum=1, length=2),
@@ -16,6 +16,9 @@ STRIDE = Parameter("stride", "1,1", IntList(minimum=1, length=2),
 class SlidingWindow(OcclusionAlgorithm):
     name = "sliding_window"
     parameters = (WINDOW_SIZE, STRIDE, SCORING)
+
+    def check_image(self, image_shape: tuple[int, ...]) -> None:
+        check_fits(image_shape, {"window_size": self.window_size, "stride": self.stride})
 
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow as Windows
