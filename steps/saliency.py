@@ -34,7 +34,6 @@ from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import runs
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs
-from steps.tracking.models import ResolvedModel
 
 # Stored with each map: the model's float32 confidences round by batch shape, so regenerating
 # the very same map takes the same batches.
@@ -130,6 +129,20 @@ def log_map(maps: np.ndarray, prefix: str, file_name: str = names.MAP_ARTIFACT) 
         mlflow.log_artifact(str(path), artifact_path=prefix.rstrip("/") or None)
 
 
+@dataclass(frozen=True)
+class ImageFacts:
+    """One image and what the model makes of it, from one prediction: its identity tags, the
+    confidence of the predicted class, and the output columns of the predicted and true class
+    (None when the model has no column for the true class)."""
+
+    image_id: str
+    image: np.ndarray
+    tags: dict[str, str]
+    confidence: float
+    predicted_column: int
+    true_column: int | None
+
+
 @dataclass
 class Explainer:
     """Everything that makes one image's map: data, model, engine; and how to log it."""
@@ -142,10 +155,9 @@ class Explainer:
 
     @classmethod
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
-              picture_mode: str, predict_batch_size: int, image_ids=(),
-              resolved: ResolvedModel | None = None) -> Explainer:
+              picture_mode: str, predict_batch_size: int, image_ids=()) -> Explainer:
         dataset = absolute_dataset(dataset)
-        inputs = load_model_inputs(model_uri, dataset, image_size, resolved)
+        inputs = load_model_inputs(model_uri, dataset, image_size)
         if not image_ids:
             raise click.BadParameter("give at least one image ID", param_hint="'--image_ids'")
         try:
@@ -157,30 +169,19 @@ class Explainer:
         return cls(inputs, classifier, engine_from_config(config), picture_mode,
                    options.values_of(options.DATA, {"dataset": dataset, "image_size": image_size}))
 
-    def image(self, image_id: str) -> np.ndarray:
-        return self.inputs.dataset.images[self.inputs.dataset.rows([image_id])[0]]
-
-    def identity_tags(self, image_id: str) -> tuple[dict[str, str], float]:
-        """`Image_id`, `GT_class`, `Predicted_class` of an image, and the model's confidence."""
+    def facts(self, image_id: str) -> ImageFacts:
+        """The image of `image_id` and the model's answer on it (one prediction)."""
         data = self.inputs.dataset
         row = data.rows([image_id])[0]
         confidences = self.inputs.model.predict_proba(data.images[row:row + 1])
-        predicted = self.inputs.classes.predicted(confidences)[0]
-        return {
+        predicted_column = int(np.asarray(confidences)[0].argmax())
+        predicted = self.inputs.classes.column_classes[predicted_column]
+        true = np.flatnonzero(self.inputs.classes.column_classes == data.labels[row])
+        return ImageFacts(image_id, data.images[row], {
             names.IMAGE_ID_TAG: image_id,
             names.GT_CLASS_TAG: data.class_names[data.labels[row]],
             names.PREDICTED_CLASS_TAG: data.class_names[predicted],
-        }, float(confidences[0].max())
-
-    def score(self, image_id: str, maps: np.ndarray) -> MapScores:
-        """The map's faithfulness metrics, for the predicted class (and the true class)."""
-        data = self.inputs.dataset
-        row = data.rows([image_id])[0]
-        image = data.images[row]
-        predicted = int(self.classifier.classify_array(image[np.newaxis])[0].argmax())
-        true = np.flatnonzero(self.inputs.classes.column_classes == data.labels[row])
-        return score_map(maps, image, self.classifier.classify_array, predicted,
-                         int(true[0]) if len(true) else None)
+        }, float(confidences[0].max()), predicted_column, int(true[0]) if len(true) else None)
 
     def step_tags(self) -> dict[str, str]:
         """What every run of this step records about its model and data."""
@@ -188,26 +189,23 @@ class Explainer:
         return {**self.inputs.resolved.lineage_tags(), names.DATASET_TAG: data.dataset.name,
                 names.DATASET_DIGEST_TAG: data.digest}
 
-    def explain(self, image_id: str, identity: dict[str, str], prefix: str = "") -> np.ndarray:
-        """Make the image's map and log it with its pictures (under `prefix`) in the active run;
-        `identity` is the image's `identity_tags`, for the pictures' titles."""
-        image = self.image(image_id)
-        maps = self.engine(image, self.classifier)
+    def explain(self, facts: ImageFacts, prefix: str = "") -> np.ndarray:
+        """Make the image's map and log it with its pictures (under `prefix`) in the active
+        run."""
+        maps = self.engine(facts.image, self.classifier)
         log_map(maps, prefix)
-        title = (f"image {image_id}: true {identity[names.GT_CLASS_TAG]}, "
-                 f"predicted {identity[names.PREDICTED_CLASS_TAG]}")
-        log_pictures(image, maps, self.inputs.classes.names, title, self.picture_mode,
+        title = (f"image {facts.image_id}: true {facts.tags[names.GT_CLASS_TAG]}, "
+                 f"predicted {facts.tags[names.PREDICTED_CLASS_TAG]}")
+        log_pictures(facts.image, maps, self.inputs.classes.names, title, self.picture_mode,
                      f"{prefix}{names.PICTURES_DIR}/")
         return maps
 
-    def log_averages(self, made: list[tuple[str, np.ndarray]]) -> None:
+    def log_averages(self, made: list[tuple[ImageFacts, np.ndarray]]) -> None:
         """Mean maps by true class and by confusion cell (true → predicted), as `.npy` and
         pictures over the mean image, under `averages/` of the active (step) run."""
-        tags = [self.identity_tags(image_id)[0] for image_id, _ in made]
-        groups = average_maps([maps for _, maps in made],
-                              [self.image(image_id) for image_id, _ in made],
-                              [t[names.GT_CLASS_TAG] for t in tags],
-                              [t[names.PREDICTED_CLASS_TAG] for t in tags])
+        groups = average_maps([maps for _, maps in made], [facts.image for facts, _ in made],
+                              [facts.tags[names.GT_CLASS_TAG] for facts, _ in made],
+                              [facts.tags[names.PREDICTED_CLASS_TAG] for facts, _ in made])
         for (true, predicted), (mean_maps, mean_image, count) in groups.items():
             name = f"true_{names.metric_safe(true)}" + (
                 f"_predicted_{names.metric_safe(predicted)}" if predicted is not None else "")
@@ -217,22 +215,23 @@ class Explainer:
                          f"mean of {count} map{'s' if count != 1 else ''}: {what}", "combined",
                          f"{names.AVERAGES_DIR}/{name}_")
 
-    def map_run(self, image_id: str, parent: Run, params: dict, config: dict,
+    def map_run(self, facts: ImageFacts, parent: Run, params: dict, config: dict,
                 extra_tags: dict[str, str]) -> tuple[Run, np.ndarray, MapScores]:
         """A nested per-image run with its tags, params, config, map, pictures and metrics."""
-        tags, confidence = self.identity_tags(image_id)
+        image_id = facts.image_id
         with mlflow.start_run(run_name=f"image-{image_id}", nested=True,
                               experiment_id=parent.info.experiment_id) as run:
-            mlflow.set_tags({**tags, **self.step_tags(),
+            mlflow.set_tags({**facts.tags, **self.step_tags(),
                              names.SALIENCY_PARENT_TAG: parent.info.run_id,
                              names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
                              **extra_tags})
             mlflow.log_params({**params, **self.data_params})
             mlflow.log_dict(config, names.CONFIG_ARTIFACT)
-            maps = self.explain(image_id, tags)
-            scores = self.score(image_id, maps)
+            maps = self.explain(facts)
+            scores = score_map(maps, facts.image, self.classifier.classify_array,
+                               facts.predicted_column, facts.true_column)
             log_scores(scores)
-            mlflow.log_metrics({names.PREDICTED_CONF_METRIC: confidence, **scores.metrics})
+            mlflow.log_metrics({names.PREDICTED_CONF_METRIC: facts.confidence, **scores.metrics})
             if not scores.beats_random():
                 m = scores.metrics
                 click.echo(f"Warning: the map of image {image_id} does not beat a random map "
@@ -264,10 +263,11 @@ def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algo
         with quiet_run_links(), map_progress(len(image_ids),
                                              f"Saliency maps ({algorithm.name})") as bar:
             for image_id, tags in zip(image_ids, lineage):
+                facts = explainer.facts(image_id)
                 _, maps, map_scores = bar.advanced(
-                    explainer.map_run(image_id, parent, logged, config, tags))
+                    explainer.map_run(facts, parent, logged, config, tags))
                 scores.append(map_scores)
-                made.append((image_id, maps))
+                made.append((facts, maps))
         mlflow.log_metrics(aggregate_scores(scores))
         explainer.log_averages(made)
         click.echo(f"Saliency run {parent.info.run_id}: {len(image_ids)} maps, "
@@ -331,8 +331,8 @@ def reproduce(source_id: str, picture_mode: str, predict_batch_size: int) -> Non
                         if k not in explainer.data_params}
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
         mlflow.set_tags({names.REPRODUCED_TAG: source_id, **explainer.step_tags()})
-        run, maps, _ = explainer.map_run(image_id, parent, algorithm_params,
-                                         stored_config(source),
+        run, maps, _ = explainer.map_run(explainer.facts(image_id), parent,
+                                         algorithm_params, stored_config(source),
                                          {**lineage, names.REPRODUCED_TAG: source_id})
         difference = (float(np.max(np.abs(maps - expected))) if maps.shape == expected.shape
                       else float("inf"))
@@ -365,11 +365,11 @@ def update(target_id: str, image_ids, picture_mode: str, predict_batch_size: int
             with map_progress(len(image_ids), f"Adding maps to run {target_id}") as bar:
                 for image_id in image_ids:
                     count += 1
-                    identity, _ = explainer.identity_tags(image_id)
-                    explainer.explain(image_id, identity,
-                                      prefix=f"updates/{count}_image_{names.metric_safe(image_id)}/")
+                    facts = explainer.facts(image_id)
+                    prefix = f"updates/{count}_image_{names.metric_safe(image_id)}/"
+                    explainer.explain(facts, prefix)
                     history.append(image_id)
-                    mlflow.set_tags({**identity, names.HISTORY_TAG: ",".join(history),
+                    mlflow.set_tags({**facts.tags, names.HISTORY_TAG: ",".join(history),
                                      names.UPDATES_TAG: str(count), names.MODIFIED_TAG: "true",
                                      names.MODIFIED_BY_TAG: parent.info.run_id})
                     bar.advanced(image_id)
