@@ -3,8 +3,10 @@
 Run it as `mlflow run .` (entry point `main`). Steps hand each other a model URI (the train
 step's logged or registered model, or the user's own `-P model_uri=...`, which skips training),
 the query selects the images to explain with `mlflow.search_runs`, and its result is logged
-here. A step whose stored run matches (same parameters, code version, data digest and upstream
-runs) is reused instead of run again, unless `-P use_cache=false`.
+here. With `-P compare=...` the saliency step runs once per algorithm configuration and a
+compare step measures how far their maps agree. A step whose stored run matches (same
+parameters, code version, data digest and upstream runs) is reused instead of run again, unless
+`-P use_cache=false`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 
 from steps import names, options
 from steps.core.code_version import code_version
+from steps.core.compare import Configuration
 from steps.tracking import runs
 from steps.tracking.inputs import absolute_dataset, dataset_digest, load_data, load_model_inputs
 from steps.tracking.models import ResolvedModel, resolve_model_uri
@@ -153,6 +156,16 @@ def starting_point(model_uri, train_run_id, evaluation_run_id) -> StartingPoint:
     return StartingPoint(model, train_run_id, evaluation_run_id)
 
 
+def saliency_parameter_sets(values: dict) -> list[dict[str, str]]:
+    """The saliency step's parameters for each configuration to run: `-P compare=...`'s, or
+    `algorithm` alone. Only the parameters the algorithm uses are passed, so a stored run
+    stands in whatever the others are."""
+    configurations = values["compare"] or (Configuration(values["algorithm"]),)
+    making = options.values_of(options.MAP_MAKING, values)
+    return [{**{k: options.as_param(v) for k, v in c.algorithm(values).used_params().items()},
+             **making} for c in configurations]
+
+
 def ui_hint(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
@@ -225,15 +238,18 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
             image_ids = ",".join(samples[f"tags.{names.IMAGE_ID_TAG}"])
             click.echo(f"Query {values['query']!r} selected images {image_ids}")
             mlflow.set_tag(names.QUERIED_IMAGES_TAG, image_ids)
-            saliency_id = driver.step("saliency", names.SALIENCY_EXPERIMENT, {
-                "model_uri": model.uri,
-                **data_params,
-                "image_ids": image_ids,
-                "evaluation_run_ids": ",".join(samples["run_id"]),
-                **options.values_of(options.SALIENCY, values),
-            })
-            mlflow.set_tag(names.SALIENCY_RUN_TAG, saliency_id)
-            summary["Saliency run"] = saliency_id
+            inputs = {"model_uri": model.uri, **data_params, "image_ids": image_ids,
+                      "evaluation_run_ids": ",".join(samples["run_id"])}
+            saliency_ids = driver.steps("saliency", names.SALIENCY_EXPERIMENT, [
+                {**inputs, **parameters} for parameters in saliency_parameter_sets(values)])
+            mlflow.set_tag(names.SALIENCY_RUN_TAG, ",".join(saliency_ids))
+            summary["Saliency run" if len(saliency_ids) == 1 else "Saliency runs"] = \
+                ",".join(saliency_ids)
+            if len(saliency_ids) > 1:
+                comparison_id = driver.step("compare", names.SALIENCY_EXPERIMENT,
+                                            {"saliency_run_ids": ",".join(saliency_ids)})
+                mlflow.set_tag(names.COMPARISON_RUN_TAG, comparison_id)
+                summary["Comparison run"] = comparison_id
 
     uri = mlflow.get_tracking_uri()
     click.echo("\nPipeline finished.")

@@ -65,6 +65,18 @@ UPDATED_RUN_TAG = "Updated_run_id"
 MAX_DIFFERENCE_METRIC = "Max_abs_difference"
 BEATING_RANDOM_METRIC = "Maps_beating_random"
 
+# Comparison runs (several algorithm configurations on the same images).
+COMPARED_RUNS_TAG = "Compared_saliency_run_ids"
+COMPARISON_RUN_TAG = "Comparison_run_id"
+CONFIGURATIONS_TAG = "Compared_configurations"
+
+
+def agreement_metric(measure: str, first: str, second: str, image_id: str | None = None) -> str:
+    """`<Measure>_<first>_vs_<second>`, for one image `..._image_<Image_id>`, metric-key safe."""
+    name = f"{measure}_{first}_vs_{second}"
+    return metric_safe(name if image_id is None else f"{name}_image_{image_id}")
+
+
 # Artifacts.
 MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "generator_config.json"
@@ -77,6 +89,9 @@ METRICS_DIR = "metrics"
 AVERAGES_DIR = "averages"
 CURVES_ARTIFACT = "causal_curves.npz"
 CURVES_PICTURE = "causal_curves.png"
+COMPARISON_DIR = "comparison"
+AGREEMENT_TABLE = "comparison/agreement.json"
+CONFIGURATIONS_ARTIFACT = "comparison/configurations.json"
 
 # Input-dataset contexts (mlflow.log_input).
 TRAINING_CONTEXT = "training"

@@ -16,6 +16,7 @@ from typing import Callable
 import click
 
 from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_parameters
+from steps.core.compare import Configurations
 from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
 from steps.tracking.store_check import check_tracking_store
@@ -115,14 +116,23 @@ QUERY = [
     option("max_images", 5, click.IntRange(min=1), "Largest number of images the query passes on."),
 ]
 
-SALIENCY = [
-    option("algorithm", "rise", click.Choice(ALGORITHMS.names()), "Saliency algorithm."),
-    *algorithm_parameters(),
+ALGORITHM = option("algorithm", "rise", click.Choice(ALGORITHMS.names()), "Saliency algorithm.")
+
+#: How a saliency step makes and draws its maps, whatever the algorithm.
+MAP_MAKING = [
     option("picture_mode", "both", click.Choice(PICTURE_MODES),
            "Pictures: one file per class, one combined file, or both."),
     option("predict_batch_size", PREDICT_BATCH_SIZE, click.IntRange(min=1),
            "How many perturbed images the classifier scores per call."),
 ]
+
+SALIENCY = [ALGORITHM, *algorithm_parameters(), *MAP_MAKING]
+
+COMPARE = option(
+    "compare", "", Configurations(),
+    "Explain each queried image with each of these algorithm configurations and compare the "
+    "maps, e.g. rise,sliding_window or rise(s=8),sliding_window(stride=2,2) (empty: only "
+    "`algorithm`).")
 
 DRIVER = [
     option("use_cache", True, click.BOOL,
@@ -134,6 +144,7 @@ DRIVER = [
            "Start from this stored evaluation (its parent run) instead of evaluating."),
     option("shards", 1, click.IntRange(min=1),
            "Evaluate in this many concurrent evaluate runs, each over its own slice."),
+    COMPARE,
 ]
 
 SALIENCY_INPUTS = [
@@ -155,6 +166,10 @@ ENTRY_POINTS = {
     "train": TRAIN,
     "evaluate": [MODEL_URI, *DATA, *SPLIT, *EVALUATE, *SHARD],
     "saliency": SALIENCY_INPUTS + SALIENCY,
+    "compare": [
+        option("saliency_run_ids", "", RunIdList(),
+               "Two or more FINISHED saliency step runs of the same model and images."),
+    ],
 }
 
 

@@ -152,6 +152,8 @@ class Explainer:
     engine: object  # FastSaliency, or xaitk's generator where it does not apply
     picture_mode: str
     data_params: dict[str, str]
+    #: What the console calls the algorithm, e.g. `rise(s=8)`.
+    label: str = ""
 
     @classmethod
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
@@ -234,7 +236,8 @@ class Explainer:
             mlflow.log_metrics({names.PREDICTED_CONF_METRIC: facts.confidence, **scores.metrics})
             if not scores.beats_random():
                 m = scores.metrics
-                click.echo(f"Warning: the map of image {image_id} does not beat a random map "
+                click.echo(f"Warning: the {self.label + ' ' if self.label else ''}map of image "
+                           f"{image_id} does not beat a random map "
                            f"(deletion {m['Deletion_auc']:.3f} vs {m['Random_deletion_auc']:.3f}"
                            f", lower is better; insertion {m['Insertion_auc']:.3f} vs "
                            f"{m['Random_insertion_auc']:.3f}, higher is better)", err=True)
@@ -253,6 +256,7 @@ def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algo
     explainer = Explainer.build(model_uri, dataset, image_size, config, picture_mode,
                                 predict_batch_size, image_ids)
     algorithm.check_image(explainer.inputs.dataset.image_shape)
+    explainer.label = str(algorithm)
     lineage = check_evaluation_runs(image_ids, evaluation_run_ids)
     logged = {**{k: options.as_param(v) for k, v in algorithm.used_params().items()},
               BATCH_PARAM: str(predict_batch_size)}
@@ -261,7 +265,7 @@ def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algo
                          names.IMAGE_IDS_TAG: ",".join(image_ids)})
         scores, made = [], []
         with quiet_run_links(), map_progress(len(image_ids),
-                                             f"Saliency maps ({algorithm.name})") as bar:
+                                             f"Saliency maps ({algorithm})") as bar:
             for image_id, tags in zip(image_ids, lineage):
                 facts = explainer.facts(image_id)
                 _, maps, map_scores = bar.advanced(
@@ -270,7 +274,7 @@ def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algo
                 made.append((facts, maps))
         mlflow.log_metrics(aggregate_scores(scores))
         explainer.log_averages(made)
-        click.echo(f"Saliency run {parent.info.run_id}: {len(image_ids)} maps, "
+        click.echo(f"Saliency run {parent.info.run_id} ({algorithm}): {len(image_ids)} maps, "
                    f"{sum(s.beats_random() for s in scores)} beating a random map")
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import shutil
 import time
 
+import mlflow
+import numpy as np
 import pytest
+from xaitk_saliency.utils.sal_metrics import compute_ssd, compute_xcorr
 
 from tests.conftest import PROJECT_DIR, Store, mlflow_run
 from tests.test_pipeline import model_uri_of
@@ -143,6 +146,66 @@ def test_resume_from_evaluation_run(project, first):
     assert tags["Evaluation_run_id"] == tags["Resumed_evaluate"] == first_tags["Evaluation_run_id"]
     new = project.step_run_ids() - before
     assert tags["Train_run_id"] not in new and tags["Evaluation_run_id"] not in new
+
+
+def test_compare_runs_each_configuration_once_and_compares_their_maps(project, first):
+    result = project.run({**SMALL})
+    assert result.returncode == 0, result.output
+    plain = project.last_main().data.tags["Saliency_run_id"]
+    before = project.step_run_ids()
+    result = project.run({**SMALL, "compare": "rise,sliding_window(stride=2,2)"})
+    assert result.returncode == 0, result.output
+    tags = project.last_main().data.tags
+    client = project.client
+    # The configuration the plain pipeline already ran is reused, on its own.
+    rise_id, window_id = tags["Saliency_run_id"].split(",")
+    assert rise_id == plain == tags["Reused_saliency"]
+    assert window_id in project.step_run_ids() - before
+    window_maps = project.runs("Saliency Map Generation",
+                               f"tags.Saliency_parent_run_id = '{window_id}'")
+    assert {r.data.params["stride"] for r in window_maps} == {"2,2"}
+    assert not any("n" in r.data.params for r in window_maps)
+
+    comparison = client.get_run(tags["Comparison_run_id"])
+    assert comparison.info.run_name == "compare"
+    assert comparison.data.tags["mlflow.parentRunId"] == project.last_main().info.run_id
+    assert comparison.data.tags["Compared_saliency_run_ids"] == f"{rise_id},{window_id}"
+    assert comparison.data.tags["Compared_configurations"] == "rise, sliding_window"
+    images = tags["Queried_image_ids"].split(",")
+    metrics = comparison.data.metrics
+    pair = "rise_vs_sliding_window"
+    for image_id in images:
+        maps = []
+        for step_id in (rise_id, window_id):
+            (map_run,) = project.runs("Saliency Map Generation",
+                                      f"tags.Saliency_parent_run_id = '{step_id}' AND "
+                                      f"tags.Image_id = '{image_id}'")
+            predicted = int(map_run.data.tags["Predicted_class"])  # digits: class = column
+            maps.append(np.load(client.download_artifacts(map_run.info.run_id,
+                                                          "saliency_map.npy"))[predicted])
+        assert metrics[f"Xcorr_{pair}_image_{image_id}"] == pytest.approx(compute_xcorr(*maps))
+        assert metrics[f"Ssd_{pair}_image_{image_id}"] == pytest.approx(compute_ssd(*maps))
+    assert metrics[f"Xcorr_{pair}_mean"] == pytest.approx(
+        np.mean([metrics[f"Xcorr_{pair}_image_{i}"] for i in images]))
+    artifacts = {a.path for a in client.list_artifacts(comparison.info.run_id, "comparison")}
+    assert {f"comparison/image_{i}.png" for i in images} | {
+        "comparison/agreement.json", "comparison/configurations.json"} == artifacts
+    mlflow.set_tracking_uri(project.uri)  # load_table searches with the fluent API
+    try:
+        table = client.load_table(comparison.info.experiment_id, "comparison/agreement.json",
+                                  run_ids=[comparison.info.run_id])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert list(map(str, table["Image_id"])) == images and set(table["second"]) == {"sliding_window"}
+
+    # Once more: both configurations and the comparison are reused.
+    before = project.step_run_ids()
+    result = project.run({**SMALL, "compare": "rise,sliding_window(stride=2,2)"})
+    assert result.returncode == 0, result.output
+    assert project.step_run_ids() == before
+    tags = project.last_main().data.tags
+    assert tags["Reused_compare"] == comparison.info.run_id
+    assert tags["Reused_saliency"] == f"{rise_id},{window_id}"
 
 
 def test_code_edit_invalidates_reuse(project, first):

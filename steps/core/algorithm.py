@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import click
 
-from steps.core.parameters import Float, Parameter
+from steps.core.parameters import Float, Parameter, as_param
 from steps.core.registry import Registry
 
 #: Images per classifier call, unless the user sets `predict_batch_size`.
@@ -59,6 +59,13 @@ class SaliencyAlgorithm:
         except KeyError:
             raise AttributeError(name) from None
 
+    def __str__(self) -> str:
+        """The name and the settings that differ from the defaults, as `-P compare=` takes
+        them: `rise(s=8 n=2000)`."""
+        return settings_text(self.name, {
+            p.name: self.values[p.name] for p in self.all_parameters()
+            if as_param(self.values[p.name]) != as_param(p.type.convert(p.default, None, None))})
+
     def used_params(self) -> dict[str, Any]:
         """Only the parameters this algorithm uses, with its name: what a map run logs."""
         return {"algorithm": self.name, **self.values}
@@ -85,6 +92,13 @@ class SaliencyAlgorithm:
         generator = PerturbationOcclusion(self.perturber(), self.scorer(), threads=0)
         generator.fill = self.fill
         return generator
+
+
+def settings_text(name: str, settings: dict[str, Any]) -> str:
+    """`name`, or `name(key=value key=value)` with the settings."""
+    if not settings:
+        return name
+    return f"{name}({' '.join(f'{k}={as_param(v)}' for k, v in settings.items())})"
 
 
 def check_fits(image_shape: tuple[int, ...], sizes: dict[str, tuple]) -> None:

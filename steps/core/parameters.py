@@ -87,18 +87,26 @@ class IntList(NumberList):
     kind_name = "integers"
 
 
-class TextList(click.ParamType):
-    """Comma-separated non-empty strings (e.g. image IDs such as `cat/001.png,808`); empty
-    means none."""
-
-    name = "text_list"
+class ItemList(click.ParamType):
+    """A tuple of items read from text (`items`); empty text means none, the empty tuple."""
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
-        if not text:
-            return ()
+        return self.items(text, param, ctx) if text else ()
+
+    def items(self, text: str, param, ctx) -> tuple:
+        raise NotImplementedError
+
+
+class TextList(ItemList):
+    """Comma-separated non-empty strings (e.g. image IDs such as `cat/001.png,808`); empty
+    means none."""
+
+    name = "text_list"
+
+    def items(self, text, param, ctx):
         parts = tuple(part.strip() for part in text.split(","))
         if not all(parts):
             self.fail(f"{value!r} has an empty item; give comma-separated values", param, ctx)

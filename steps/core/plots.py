@@ -99,6 +99,25 @@ def all_classes_figure(
     return fig
 
 
+def comparison_figure(image: np.ndarray, rows: dict[str, dict[str, np.ndarray]],
+                      suptitle: str) -> Figure:
+    """One row per class (`rows`: row title -> label -> `[H, W]` map): the image, then each
+    configuration's map of that class, side by side on one scale."""
+    columns = 1 + max(len(maps) for maps in rows.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2 * columns, 2.3 * len(rows)),
+                             squeeze=False)
+    shown = None
+    for row_axes, (row_title, maps) in zip(axes, rows.items()):
+        row_axes[0].imshow(image, cmap="gray")
+        row_axes[0].set_title(f"image\n{row_title}", fontsize=9)
+        row_axes[0].axis("off")
+        for ax, (label, saliency) in zip(row_axes[1:], maps.items()):
+            shown = _overlay(ax, image, saliency, label)
+    fig.colorbar(shown, ax=list(axes.ravel()), fraction=0.02, pad=0.02)
+    fig.suptitle(suptitle)
+    return fig
+
+
 def causal_curves_figure(curves: dict[str, np.ndarray], metrics: dict[str, float]) -> Figure:
     """Deletion and insertion curves: the class probability against the fraction of pixels
     deleted or inserted, the map's beside the random map's, areas in the legend."""

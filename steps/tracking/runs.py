@@ -16,7 +16,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from steps.core.code_version import code_version
-from steps.names import CODE_VERSION_TAG, STEP_RUN_TAG
+from steps.names import CODE_VERSION_TAG, RUN_NAME_TAG, STEP_RUN_TAG
 
 
 def _artifact_location(client: MlflowClient, name: str) -> str | None:
@@ -69,7 +69,9 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
                               tags={CODE_VERSION_TAG: version}) as run:
             yield run
     elif launched.info.experiment_id == stage_experiment:
-        with mlflow.start_run(run_id=launched_id, tags={CODE_VERSION_TAG: version}) as run:
+        # Named as when the step runs alone, not with MLflow's random name.
+        with mlflow.start_run(run_id=launched_id,
+                              tags={CODE_VERSION_TAG: version, RUN_NAME_TAG: run_name}) as run:
             yield run
     else:
         with mlflow.start_run(run_id=launched_id):

@@ -1,0 +1,138 @@
+"""Compare step: how far the maps of several saliency runs of the same images agree.
+
+Takes two or more FINISHED saliency step runs of the same model and data (the driver makes one
+per configuration of `-P compare=...`) and logs one "compare" run in the "Saliency Map
+Generation" experiment: for every image they share and every pair of configurations, the
+agreement of their maps of the predicted class (xaitk's cross-correlation and sum of squared
+differences) as metrics `<Measure>_<a>_vs_<b>_image_<Image_id>`, their mean and median over the
+images as `<Measure>_<a>_vs_<b>_mean/_median`, the same as one table
+(`comparison/agreement.json`, `mlflow.load_table`), and a side-by-side picture per image.
+"""
+
+from __future__ import annotations
+
+import click
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from steps import names, options
+from steps.core import plots
+from steps.core.compare import AGREEMENTS, CrossCorrelation, agreements, configuration_labels
+from steps.core.metrics import class_map
+from steps.saliency import BATCH_PARAM, ImageFacts, stored_explainer, stored_map
+from steps.tracking import runs
+
+PARAM = "saliency_run_ids"
+#: The agreement measure the pictures and the console show.
+CAPTION_MEASURE = CrossCorrelation.name
+
+
+def map_runs(step_run: Run) -> dict[str, Run]:
+    """The step run's map runs by image ID."""
+    found = MlflowClient().search_runs(
+        [step_run.info.experiment_id],
+        f"tags.{names.SALIENCY_PARENT_TAG} = '{step_run.info.run_id}'", max_results=10000)
+    return {run.data.tags[names.IMAGE_ID_TAG]: run for run in found}
+
+
+def saliency_step_runs(run_ids) -> list[Run]:
+    """FINISHED saliency step runs of one model and one dataset, at least two."""
+    if len(run_ids) < 2:
+        raise click.BadParameter("give at least two saliency step runs to compare",
+                                 param_hint=f"'--{PARAM}'")
+    step_runs = [runs.require_run(run_id, names.SALIENCY_EXPERIMENT, PARAM) for run_id in run_ids]
+    for run in step_runs:
+        if names.IMAGE_ID_TAG in run.data.tags or names.ALGORITHM_TAG not in run.data.tags:
+            raise click.BadParameter(
+                f"run {run.info.run_id} is not a saliency step run (one with a map run per "
+                "image); give the runs the saliency step made", param_hint=f"'--{PARAM}'")
+    for tag in (names.MODEL_URI_TAG, names.DATASET_DIGEST_TAG):
+        values = {run.data.tags.get(tag) for run in step_runs}
+        if len(values) > 1:
+            raise click.BadParameter(
+                f"the runs differ in {tag} ({', '.join(sorted(map(str, values)))}); compare "
+                "maps of one model on one dataset", param_hint=f"'--{PARAM}'")
+    return step_runs
+
+
+def algorithm_params(run: Run) -> dict[str, str]:
+    """What a map run logged of its algorithm: `algorithm` and the parameters it uses."""
+    data = {d.name for d in options.DATA}
+    return {k: v for k, v in run.data.params.items() if k not in data and k != BATCH_PARAM}
+
+
+def comparison_rows(facts: ImageFacts, maps: dict[str, np.ndarray], class_names,
+                    captions: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
+    """Each configuration's map of the predicted class (its panel titled with its label and
+    caption), and of the true class when it differs, by row title."""
+    rows = {f"predicted class {class_names[facts.predicted_column]}": {
+        f"{label}{captions.get(label, '')}": class_map(m, facts.predicted_column)
+        for label, m in maps.items()}}
+    if facts.true_column is not None and facts.true_column != facts.predicted_column:
+        rows[f"true class {class_names[facts.true_column]}"] = {
+            label: class_map(m, facts.true_column) for label, m in maps.items()}
+    return rows
+
+
+@click.command(help=__doc__)
+@options.with_options(options.ENTRY_POINTS["compare"])
+def compare(saliency_run_ids):
+    step_runs = saliency_step_runs(saliency_run_ids)
+    by_run = [map_runs(run) for run in step_runs]
+    image_ids = [i for i in step_runs[0].data.tags[names.IMAGE_IDS_TAG].split(",")
+                 if all(i in maps for maps in by_run)]
+    if not image_ids:
+        raise click.BadParameter("the runs share no image; compare runs of the same images",
+                                 param_hint=f"'--{PARAM}'")
+    configurations = [algorithm_params(maps[image_ids[0]]) for maps in by_run]
+    labels = configuration_labels(configurations)
+    first = by_run[0][image_ids[0]]
+    explainer = stored_explainer(first, "combined", int(first.data.params[BATCH_PARAM]),
+                                 image_ids, PARAM)
+    class_names = explainer.inputs.classes.names
+    rows, metrics = [], {}
+    with runs.step_run(names.SALIENCY_EXPERIMENT, "compare"):
+        mlflow.set_tags({**explainer.step_tags(),
+                         names.COMPARED_RUNS_TAG: ",".join(saliency_run_ids),
+                         names.CONFIGURATIONS_TAG: ", ".join(labels),
+                         names.IMAGE_IDS_TAG: ",".join(image_ids)})
+        mlflow.log_dict({label: {"saliency_run_id": run.info.run_id, **configuration}
+                         for label, run, configuration in zip(labels, step_runs, configurations)},
+                        names.CONFIGURATIONS_ARTIFACT)
+        for image_id in image_ids:
+            facts = explainer.facts(image_id)
+            maps = {label: stored_map(maps[image_id]) for label, maps in zip(labels, by_run)}
+            predicted = {label: class_map(m, facts.predicted_column) for label, m in maps.items()}
+            captions = {}
+            for (a, b), values in agreements(predicted).items():
+                rows.append({**facts.tags, "first": a, "second": b, **values})
+                metrics.update({names.agreement_metric(measure, a, b, image_id): value
+                                for measure, value in values.items()})
+                if a == labels[0]:
+                    captions[b] = f"\n{CAPTION_MEASURE} {values[CAPTION_MEASURE]:.2f} with {a}"
+            fig = plots.comparison_figure(
+                facts.image, comparison_rows(facts, maps, class_names, captions),
+                f"image {image_id}: true {facts.tags[names.GT_CLASS_TAG]}, predicted "
+                f"{facts.tags[names.PREDICTED_CLASS_TAG]}")
+            mlflow.log_figure(fig, f"{names.COMPARISON_DIR}/image_{names.metric_safe(image_id)}.png")
+            plots.plt.close(fig)
+        table = pd.DataFrame(rows)
+        pairs = table.groupby(["first", "second"], sort=False)
+        for measure in AGREEMENTS.names():
+            for statistic in ("mean", "median"):
+                metrics.update({f"{names.agreement_metric(measure, a, b)}_{statistic}":
+                                float(value) for (a, b), value in
+                                pairs[measure].agg(statistic).items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(table, names.AGREEMENT_TABLE)
+        click.echo(f"Compared {', '.join(labels)} on {len(image_ids)} images; mean "
+                   f"{CAPTION_MEASURE}: " + "; ".join(
+                       f"{a} vs {b} {value:.3f}"
+                       for (a, b), value in pairs[CAPTION_MEASURE].mean().items()))
+
+
+if __name__ == "__main__":
+    options.run_cli(compare)

@@ -1,0 +1,90 @@
+"""Comparing algorithm configurations: parsing `-P compare=`, labels, and xaitk's agreement
+measures (the end-to-end comparison runs in tests/test_reuse.py, beside the step reuse it
+relies on)."""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+import pytest
+from xaitk_saliency.utils.sal_metrics import compute_ssd, compute_xcorr
+
+from steps.core.algorithm import make_algorithm
+from steps.core.compare import Configuration, Configurations, agreements, configuration_labels
+
+
+def parse(text):
+    return Configurations().convert(text, None, None)
+
+
+def test_names_and_settings_are_read_and_converted_by_each_parameter_s_type():
+    first, second, third = parse(" rise , rise(s=8 n=2000),sliding_window(window_size=3,3 stride=1,2)")
+    assert first == Configuration("rise")
+    assert second == Configuration("rise", (("n", 2000), ("s", 8)))
+    assert third == Configuration("sliding_window", (("stride", (1, 2)), ("window_size", (3, 3))))
+    assert str(third) == "sliding_window(stride=1,2 window_size=3,3)"
+    # The canonical text reads back as the same configurations (what the driver logs).
+    assert parse(",".join(map(str, (first, second, third)))) == (first, second, third)
+    assert parse("") == ()
+
+
+def test_a_configuration_overrides_the_shared_values():
+    shared = {"n": 50, "s": 4, "seed": 3, "window_size": (2, 2)}
+    rise = Configuration("rise", (("s", 8),)).algorithm(shared)
+    assert (rise.n, rise.s, rise.seed) == (50, 8, 3)
+    assert Configuration("sliding_window").algorithm(shared).window_size == (2, 2)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("rise", "names one configuration; give at least two"),
+    ("rise,gradcam", "'gradcam' is not an algorithm; choose from mc_rise, random_grid, rise"),
+    ("rise,sliding_window(n=5)", "'n=5' in sliding_window(...) is not a setting of "
+                                 "sliding_window; give key=value with a key from window_size"),
+    ("rise,rise(s)", "'s' in rise(...) is not a setting"),
+    ("rise,rise(s=0)", "rise(s=...): 0 is not in the range x>=1"),
+    ("rise,rise(p1=nan)", "'nan' is not a finite number"),
+    ("rise(s=8),rise(s=8)", "rise(s=8) is given twice"),
+    ("rise,sliding_window,", "ends with a comma"),
+    ("rise,(s=2)", "cannot read '(s=2)'"),
+    ("rise,rise(s=2", "cannot read 'rise(s=2'"),
+])
+def test_bad_configurations_are_one_message(text, words):
+    with pytest.raises(click.BadParameter) as error:
+        parse(text)
+    assert words in error.value.format_message()
+
+
+def test_an_algorithm_describes_itself_by_the_settings_it_changes():
+    assert str(make_algorithm("rise")) == "rise"
+    assert str(make_algorithm("rise", s=8, window_size=(4, 4))) == "rise(s=8)"
+    assert str(make_algorithm("sliding_window", stride=(2, 2))) == "sliding_window(stride=2,2)"
+
+
+def used(name, **values):
+    return make_algorithm(name, **values).used_params()
+
+
+def test_labels_are_names_then_the_settings_that_tell_configurations_apart():
+    assert configuration_labels([used("rise"), used("sliding_window")]) == [
+        "rise", "sliding_window"]
+    assert configuration_labels([used("rise", s=4), used("rise", s=8, p1=0.25),
+                                 used("sliding_window")]) == [
+        "rise_s4_p10.5", "rise_s8_p10.25", "sliding_window"]
+    assert configuration_labels([used("sliding_window", stride=(1, 2)),
+                                 used("sliding_window")]) == [
+        "sliding_window_stride1_2", "sliding_window_stride1_1"]
+    # Nothing tells them apart (e.g. one configuration of two models): their position does.
+    assert configuration_labels([used("rise"), used("rise")]) == ["rise_1", "rise_2"]
+
+
+def test_agreements_are_xaitk_s_measures_for_every_pair():
+    rng = np.random.default_rng(0)
+    maps = {"a": rng.random((8, 8)), "b": rng.random((8, 8)), "c": rng.random((8, 8))}
+    found = agreements(maps)
+    assert list(found) == [("a", "b"), ("a", "c"), ("b", "c")]
+    for (first, second), values in found.items():
+        assert values == {"Xcorr": compute_xcorr(maps[first], maps[second]),
+                          "Ssd": compute_ssd(maps[first], maps[second])}
+    same = agreements({"a": maps["a"], "twice": 2 * maps["a"]})[("a", "twice")]
+    assert same["Xcorr"] == pytest.approx(1.0)
+    assert agreements({"a": maps["a"], "b": maps["a"]})[("a", "b")]["Ssd"] == 0.0
