@@ -11,6 +11,7 @@ parameters, code version, data digest and upstream runs) is reused instead of ru
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 from steps import names, options
 from steps.core.code_version import code_version
 from steps.core.compare import Configuration
-from steps.tracking import runs
+from steps.tracking import lifecycle, runs
 from steps.tracking.inputs import absolute_dataset, dataset_digest, load_data, load_model_inputs
 from steps.tracking.models import ResolvedModel, resolve_model_uri
 from steps.tracking.query import query_samples
@@ -35,6 +36,28 @@ NO_RUN_ID = "0" * 32
 
 class StepFailed(click.ClickException):
     exit_code = 1
+
+    def __init__(self, message: str, reported: bool = False) -> None:
+        super().__init__(message)
+        #: The step printed its own `Error:` line; the driver's line is then plain.
+        self.reported = reported
+
+
+def step_failure(entry_point: str, run) -> StepFailed | None:
+    """Wait for a launched step; None if it succeeded, else why not, with its run settled
+    (KILLED or FAILED, results hidden)."""
+    if run.wait():
+        return None
+    settled = lifecycle.settle(run.run_id)
+    tags = settled.data.tags
+    again = "run the same command again to continue: finished steps are reused"
+    if names.ERROR_TAG in tags:
+        return StepFailed(f"The {entry_point} step (run {run.run_id}) failed; its error is "
+                          f"above. Fix it and {again}.", reported=True)
+    how = (f"was interrupted by {tags[names.INTERRUPTED_TAG]}" if names.INTERRUPTED_TAG in tags
+           else "was killed before it could end its runs (SIGKILL, out of memory, or lost)")
+    return StepFailed(f"the {entry_point} step (run {run.run_id}) {how}; its runs are ended "
+                      f"KILLED and its unfinished results deleted; {again}")
 
 
 @dataclass
@@ -59,12 +82,12 @@ class Driver:
                    "(same parameters, code version, data and upstream runs) ===")
         return stored.info.run_id
 
-    def _launch(self, entry_point: str, experiment_id: str, parameters: dict[str, str],
-                synchronous: bool):
+    def _launch(self, entry_point: str, experiment_id: str, parameters: dict[str, str]):
         click.echo(f"=== {entry_point} ===")
+        # Not synchronous: the driver waits itself, to tell a signal from an error.
         return mlflow.run(str(PROJECT_DIR), entry_point, parameters=parameters,
                           experiment_id=experiment_id, env_manager=self.env_manager,
-                          synchronous=synchronous)
+                          synchronous=False)
 
     def step(self, entry_point: str, experiment: str, parameters: dict[str, str]) -> str:
         """The run ID of the step: a matching stored run, or a new nested `mlflow.run`."""
@@ -72,31 +95,38 @@ class Driver:
 
     def steps(self, entry_point: str, experiment: str, parameter_sets: list[dict[str, str]]
               ) -> list[str]:
-        """Runs of one entry point, all started at once (e.g. evaluation shards); waits for all.
+        """Runs of one entry point, all started at once (e.g. one per configuration); waits
+        for all.
 
         Each is reused when a matching stored run exists. A failed run fails the step, after
-        every other run has finished.
+        every other run has finished. Interrupted, the driver stops its step processes (they
+        end their runs KILLED) before it ends.
         """
         experiment_id = runs.experiment_id(experiment)
         run_ids, reused, submitted = [], [], []
-        for parameters in parameter_sets:
-            stored = self._stored(entry_point, experiment_id, parameters)
-            if stored is not None:
-                reused.append(stored)
-                run_ids.append(stored)
-                continue
-            try:
-                run = self._launch(entry_point, experiment_id, parameters,
-                                   synchronous=len(parameter_sets) == 1)
-            except ExecutionException as error:
-                raise StepFailed(f"the {entry_point} step failed ({error}); "
-                                 "its message is above") from None
-            submitted.append(run)
-            run_ids.append(run.run_id)
-        failed = [run.run_id for run in submitted if not run.wait()]
-        if failed:
-            raise StepFailed(f"{len(failed)} of {len(parameter_sets)} {entry_point} runs failed "
-                             f"(run {', '.join(failed)}); their messages are above")
+        try:
+            for parameters in parameter_sets:
+                stored = self._stored(entry_point, experiment_id, parameters)
+                if stored is not None:
+                    reused.append(stored)
+                    run_ids.append(stored)
+                    continue
+                try:
+                    run = self._launch(entry_point, experiment_id, parameters)
+                except ExecutionException as error:
+                    raise StepFailed(f"the {entry_point} step could not start ({error})") from None
+                submitted.append(run)
+                run_ids.append(run.run_id)
+            failures = [failure for run in submitted
+                        if (failure := step_failure(entry_point, run)) is not None]
+        except BaseException:
+            for run in submitted:
+                run.cancel()  # SIGTERM; waits for the step to end its runs
+                lifecycle.settle(run.run_id)
+            raise
+        if failures:
+            # One a step did not report itself first: its line is the only word of it.
+            raise min(failures, key=lambda failure: failure.reported)
         if reused:
             mlflow.set_tag(f"{names.REUSED_TAG_PREFIX}{entry_point}", ",".join(reused))
         return run_ids
@@ -190,7 +220,8 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
                                         names.DATASET_DIGEST_TAG, digest):
             load_data(values["dataset"], values["image_size"])
 
-    with mlflow.start_run() as main_run:
+    os.environ[lifecycle.DRIVER_PID_ENV] = str(os.getpid())  # the steps watch this process
+    with lifecycle.run_context(tags=lifecycle.process_tags()) as main_run:
         # MLflow does not pass its environment manager on to nested `mlflow.run` calls.
         driver = Driver(env_manager=main_run.data.tags.get(MLFLOW_PROJECT_ENV, "local"),
                         use_cache=use_cache, version=code_version(),

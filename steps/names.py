@@ -47,6 +47,16 @@ SALIENCY_RUN_TAG = "Saliency_run_id"
 SALIENCY_PARENT_TAG = "Saliency_parent_run_id"
 STEP_RUN_TAG = "Step_run_id"
 
+# The process that writes a step or driver run: what tells later that it is gone.
+PROCESS_HOST_TAG = "Process_host"
+PROCESS_ID_TAG = "Process_id"
+PROCESS_START_TAG = "Process_start"
+#: Why a run did not finish: the signal that stopped it, or its error's first line.
+INTERRUPTED_TAG = "Interrupted_by"
+ERROR_TAG = "Error"
+#: On a step run that did not finish: how many of its sample or map runs were soft-deleted.
+RESULTS_DELETED_TAG = "Unfinished_results_deleted"
+
 # Driver (main run) tags.
 QUERIED_IMAGES_TAG = "Queried_image_ids"
 QUERY_MATCHES_TAG = "Query_matches"

@@ -9,7 +9,9 @@ types and defaults (tests/test_project_files.py checks).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 from typing import Callable
 
@@ -19,8 +21,11 @@ from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_param
 from steps.core.compare import Configurations
 from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
+from steps.tracking import lifecycle
 from steps.tracking.store_check import check_tracking_store
 
+#: Set to show the traceback of an unexpected error instead of its one line.
+DEBUG_ENV = "SALIENCY_FLOW_DEBUG"
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 PICTURE_MODES = ("both", "combined", "per_class")
 option = Parameter
@@ -190,19 +195,45 @@ def with_options(options: list[Callable]) -> Callable:
 
 
 def run_cli(command: click.Command, args: list[str] | None = None) -> None:
-    """Run a click command so that any bad input ends in one `Error: ...` line and exit code 2.
+    """Run a click command so that any failure ends in one `Error: ...` line and a non-zero exit.
 
     Click's standalone mode prints a usage block before the error; users of `mlflow run` never
     typed those flags, so the usage only hides the line that matters. A tracking store the
     process cannot use ends it the same way, up front (exit code 1, steps/tracking/store_check.py).
+    Runs left RUNNING by processes of this host that were killed outright are ended first
+    (steps/tracking/lifecycle.py). A signal ends the runs KILLED and says so in one line (a step
+    the driver launched leaves the `Error:` line to the driver); an unexpected exception is one
+    line too, with its traceback only when SALIENCY_FLOW_DEBUG is set.
     """
+    argv = sys.argv[1:] if args is None else args
+    lifecycle.install_signal_handlers()
+    under_driver = os.environ.get(lifecycle.DRIVER_PID_ENV) not in (None, str(os.getpid()))
     try:
-        if "--help" not in (sys.argv[1:] if args is None else args):
+        if "--help" not in argv:
             check_tracking_store()
-        command.main(args=args, standalone_mode=False)
+            lifecycle.watch_parent()
+            lifecycle.reconcile_dead_runs()
+        # Not `command.main`: on an interrupt it prints a blank line and hides the signal.
+        with command.make_context(command.name, list(argv)) as context:
+            command.invoke(context)
+    except click.exceptions.Exit as done:  # --help
+        sys.exit(done.exit_code)
     except click.ClickException as error:
-        click.echo(f"Error: {error.format_message()}", err=True)
+        prefix = "" if getattr(error, "reported", False) else "Error: "
+        click.echo(f"{prefix}{error.format_message()}", err=True)
         sys.exit(error.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
+    except (click.Abort, KeyboardInterrupt) as error:
+        signal_name = lifecycle.interruption(error) or "SIGINT"
+        what = "the pipeline" if command.name == "main" else f"the {command.name} step"
+        click.echo(f"{'' if under_driver else 'Error: '}{what} was interrupted by {signal_name}; "
+                   "the runs it had opened are ended "
+                   "KILLED and their unfinished results deleted (restorable). Run the same "
+                   "command again to continue: finished steps are reused.", err=True)
+        sys.exit(128 + signal.Signals[signal_name].value)
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        message = str(error).strip().splitlines()
+        click.echo(f"Error: {type(error).__name__}: {message[0] if message else ''} (set "
+                   f"{DEBUG_ENV}=1 for the traceback)", err=True)
         sys.exit(1)

@@ -31,7 +31,7 @@ from steps.core.data import DatasetError
 from steps.core.fast_saliency import engine_from_config
 from steps.core.metrics import MapScores, average_maps, score_map
 from steps.core.saliency import ImageClassifier, generator_config
-from steps.tracking import runs
+from steps.tracking import lifecycle, runs
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs
 
@@ -221,8 +221,8 @@ class Explainer:
                 extra_tags: dict[str, str]) -> tuple[Run, np.ndarray, MapScores]:
         """A nested per-image run with its tags, params, config, map, pictures and metrics."""
         image_id = facts.image_id
-        with mlflow.start_run(run_name=f"image-{image_id}", nested=True,
-                              experiment_id=parent.info.experiment_id) as run:
+        with lifecycle.run_context(run_name=f"image-{image_id}", nested=True,
+                                   experiment_id=parent.info.experiment_id) as run:
             mlflow.set_tags({**facts.tags, **self.step_tags(),
                              names.SALIENCY_PARENT_TAG: parent.info.run_id,
                              names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],

@@ -123,7 +123,8 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
     # A progress line with rate and ETA (plain lines off a terminal), not a line per map run.
     progress = [line for line in result.stderr.splitlines() if "maps/s" in line]
     assert 1 <= len(progress) <= 3, result.stderr
-    assert progress[-1].startswith("Saliency maps (sliding_window): 2/2 maps"), progress
+    assert progress[-1].startswith(
+        "Saliency maps (sliding_window(window_size=3,3 stride=2,2 fill=0.5)): 2/2 maps"), progress
     assert "done" in progress[-1] and "elapsed" in progress[-1]
 
 

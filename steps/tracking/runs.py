@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.core.code_version import code_version
 from steps.names import CODE_VERSION_TAG, RUN_NAME_TAG, STEP_RUN_TAG
+from steps.tracking.lifecycle import hide_partial_results, process_tags, run_context
 
 
 def _artifact_location(client: MlflowClient, name: str) -> str | None:
@@ -56,31 +57,42 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
     Under `mlflow run`, MLflow has already created a run (MLFLOW_RUN_ID). The driver creates it
     in the stage's experiment and it is used as is. A step run alone (`mlflow run . -e train`)
     gets its run in the default experiment: the step's results then go to a run nested under it
-    in the stage's experiment, and the outer run is tagged with that run's ID. Either way, an
-    exception ends the runs as FAILED.
+    in the stage's experiment, and the outer run is tagged with that run's ID. Either way, the runs
+    record this process (`lifecycle.process_tags`); an error ends them FAILED, a signal KILLED,
+    and the sample or map runs the step wrote are then soft-deleted.
     """
     stage_experiment = experiment_id(experiment_name)
-    version = code_version()
+    tags = {CODE_VERSION_TAG: code_version(), **process_tags()}
     # Popped, or every later `start_run(nested=True)` would resume this run instead.
     launched_id = os.environ.pop("MLFLOW_RUN_ID", None)
     launched = MlflowClient().get_run(launched_id) if launched_id else None
     if launched is None:
-        with mlflow.start_run(experiment_id=stage_experiment, run_name=run_name,
-                              tags={CODE_VERSION_TAG: version}) as run:
-            yield run
+        with run_context(experiment_id=stage_experiment, run_name=run_name, tags=tags) as run:
+            yield from _hiding_results_on_failure(run)
     elif launched.info.experiment_id == stage_experiment:
         # Named as when the step runs alone, not with MLflow's random name.
-        with mlflow.start_run(run_id=launched_id,
-                              tags={CODE_VERSION_TAG: version, RUN_NAME_TAG: run_name}) as run:
-            yield run
+        with run_context(run_id=launched_id, tags={**tags, RUN_NAME_TAG: run_name}) as run:
+            yield from _hiding_results_on_failure(run)
     else:
-        with mlflow.start_run(run_id=launched_id):
-            with mlflow.start_run(
-                experiment_id=stage_experiment, run_name=run_name, nested=True,
-                tags={CODE_VERSION_TAG: version},
-            ) as run:
+        with run_context(run_id=launched_id, tags=process_tags()):
+            with run_context(experiment_id=stage_experiment, run_name=run_name, nested=True,
+                             tags=tags) as run:
                 MlflowClient().set_tag(launched_id, STEP_RUN_TAG, run.info.run_id)
-                yield run
+                yield from _hiding_results_on_failure(run)
+
+
+def _hiding_results_on_failure(run: Run) -> Iterator[Run]:
+    """Yield the step run; if the step fails or is interrupted, hide what it wrote."""
+    try:
+        yield run
+    except BaseException:
+        try:
+            hide_partial_results(run.info.run_id)
+        except Exception as error:  # the store may be what failed; the next start reconciles
+            click.echo(f"Could not hide the results of unfinished run {run.info.run_id}: "
+                       f"{str(error).splitlines()[0] if str(error) else type(error).__name__}",
+                       err=True)
+        raise
 
 
 def require_run(run_id: str, experiment_name: str, param: str) -> Run:

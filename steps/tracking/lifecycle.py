@@ -1,0 +1,239 @@
+"""Every run ends: signals, lost parents, and runs whose process was killed outright.
+
+- SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread (once: a second signal
+  during the clean-up is noted, not raised), so every `with` block unwinds and the runs it opened
+  end KILLED (FAILED for an error): `run_context` does that for each run.
+- A step launched by the driver ends itself when the driver is gone, and the driver when the
+  `mlflow run` that launched it is gone (`watch_parent`): no orphan keeps writing.
+- A step run that does not finish hides what it wrote: its sample or map runs end KILLED and are
+  soft-deleted (`mlflow runs restore` brings them back), so a query across the store never shows
+  an unfinished step's results beside a finished one's (`hide_partial_results`).
+- A process killed outright (SIGKILL, a lost machine) cannot clean up, so each step and driver run
+  records its host, process ID and the process's start time; the next start on that host marks
+  the runs of processes that no longer exist KILLED and hides their results
+  (`reconcile_dead_runs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+from typing import Iterator
+
+import click
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from steps.names import (ERROR_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG, PROCESS_HOST_TAG,
+                         PROCESS_ID_TAG, PROCESS_START_TAG, RESULTS_DELETED_TAG)
+
+#: Set by the driver for the steps it launches: its process ID.
+DRIVER_PID_ENV = "SALIENCY_FLOW_DRIVER_PID"
+HANDLED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+WATCH_SECONDS = 1.0
+KILLED = RunStatus.to_string(RunStatus.KILLED)
+FAILED = RunStatus.to_string(RunStatus.FAILED)
+RUNNING = RunStatus.to_string(RunStatus.RUNNING)
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the process to stop; `signal_name` says which."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+_received: list[str] = []
+
+
+def _handle(signum, _frame) -> None:
+    name = signal.Signals(signum).name
+    _received.append(name)
+    if len(_received) == 1:
+        raise Interrupted(name)
+
+
+def install_signal_handlers() -> None:
+    """Turn the stop signals into `Interrupted`, raised once in the main thread."""
+    for name in HANDLED_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _handle)
+
+
+def interruption(error: BaseException) -> str | None:
+    """The signal behind an exception (also when click wrapped it in `Abort`), if any."""
+    while error is not None:
+        if isinstance(error, Interrupted):
+            return error.signal_name
+        if isinstance(error, KeyboardInterrupt):
+            return "SIGINT"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def ended_status(error: BaseException | None) -> str:
+    if error is None:
+        return FINISHED
+    return KILLED if interruption(error) else FAILED
+
+
+# --- the process's identity, recorded on its runs -------------------------------------------
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), `"alive"` where /proc is
+    missing and the process exists, None when no such process exists."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            # Fields after the command name, which may hold spaces; start time is field 22.
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return "alive"
+
+
+def process_tags() -> dict[str, str]:
+    """This process's host, ID and start time: enough to tell later that it is gone."""
+    pid = os.getpid()
+    return {PROCESS_HOST_TAG: socket.gethostname(), PROCESS_ID_TAG: str(pid),
+            PROCESS_START_TAG: process_start(pid) or ""}
+
+
+def process_gone(tags: dict[str, str]) -> bool:
+    """Whether the process recorded in a run's tags (on this host) no longer exists."""
+    try:
+        pid = int(tags[PROCESS_ID_TAG])
+    except (KeyError, ValueError):
+        return False
+    started = process_start(pid)
+    recorded = tags.get(PROCESS_START_TAG, "")
+    return started is None or ("alive" not in (started, recorded) and started != recorded)
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run_context(**start_run_kwargs) -> Iterator:
+    """`mlflow.start_run(...)` that ends the run KILLED on a signal and FAILED on an error
+    (MLflow's own context ends it FAILED either way), recording which on the run
+    (`Interrupted_by` or `Error`)."""
+    with mlflow.start_run(**start_run_kwargs) as run:
+        try:
+            yield run
+        except BaseException as error:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run.info.run_id:
+                mlflow.set_tags(end_reason(error))
+                mlflow.end_run(ended_status(error))
+            raise
+
+
+def end_reason(error: BaseException) -> dict[str, str]:
+    signal_name = interruption(error)
+    if signal_name:
+        return {INTERRUPTED_TAG: signal_name}
+    lines = str(error).strip().splitlines()
+    return {ERROR_TAG: f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]}
+
+
+def hide_partial_results(run_id: str, client: MlflowClient | None = None) -> int:
+    """End the child runs of an unfinished step run KILLED where still running, soft-delete
+    them, and record how many on the step run; returns that count."""
+    client = client or MlflowClient()
+    run = client.get_run(run_id)
+    children = client.search_runs([run.info.experiment_id],
+                                  f"tags.`{PARENT_RUN_TAG}` = '{run_id}'", max_results=50000)
+    for child in children:
+        if child.info.status == RUNNING:
+            client.set_terminated(child.info.run_id, KILLED)
+        client.delete_run(child.info.run_id)
+    if children:
+        deleted = int(run.data.tags.get(RESULTS_DELETED_TAG, "0")) + len(children)
+        client.set_tag(run_id, RESULTS_DELETED_TAG, str(deleted))
+    return len(children)
+
+
+def settle(run_id: str, client: MlflowClient | None = None):
+    """After the process of a run ended: its final status from what the process recorded,
+    set if needed, and its results hidden unless it FINISHED. Returns the run as settled.
+
+    KILLED when a signal stopped it, or when it recorded neither an interruption nor an error
+    (its process was killed outright); FAILED on an error. `mlflow run` sets FAILED on a
+    non-zero exit whatever the run's status, so KILLED is set again here.
+    """
+    client = client or MlflowClient()
+    run = client.get_run(run_id)
+    if run.info.status == FINISHED:
+        return run
+    status = FAILED if ERROR_TAG in run.data.tags else KILLED
+    if run.info.status != status:
+        client.set_terminated(run_id, status)
+    hide_partial_results(run_id, client)
+    return client.get_run(run_id)
+
+
+def reconcile_dead_runs(client: MlflowClient | None = None) -> list[str]:
+    """Settle the unfinished runs of this host's processes that ended without a word: left
+    RUNNING, or marked FAILED by `mlflow run` with no error recorded (KILLED, results hidden;
+    one line names them). Put back KILLED on interrupted runs `mlflow run` marked FAILED after
+    their process ended. Returns the IDs of the first."""
+    client = client or MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    host = socket.gethostname().replace("'", "")
+    candidates = client.search_runs(
+        experiments, f"attributes.status != '{FINISHED}' AND attributes.status != '{KILLED}' "
+        f"AND tags.`{PROCESS_HOST_TAG}` = '{host}'", max_results=1000)
+    stale = []
+    for run in candidates:
+        tags, status = run.data.tags, run.info.status
+        if status == FAILED and INTERRUPTED_TAG in tags:
+            client.set_terminated(run.info.run_id, KILLED)
+        elif ERROR_TAG not in tags and INTERRUPTED_TAG not in tags and process_gone(tags):
+            settle(run.info.run_id, client)
+            stale.append(run.info.run_id)
+    if stale:
+        click.echo(f"Marked KILLED {len(stale)} run{'s' if len(stale) > 1 else ''} of processes "
+                   f"on this host killed before they could end them: {', '.join(stale)}; "
+                   "their sample and map runs are deleted (restorable with `mlflow runs "
+                   "restore`).", err=True)
+    return stale
+
+
+# --- lost parents ------------------------------------------------------------------------------
+
+def watch_parent() -> None:
+    """End this process (as SIGHUP would) when the process that launched it is gone: the
+    driver, for a step it launched; the `mlflow run` process, for the driver."""
+    driver = os.environ.get(DRIVER_PID_ENV)
+    if driver and driver != str(os.getpid()):
+        owner, owner_start = int(driver), process_start(int(driver))
+    else:
+        owner, owner_start = os.getppid(), process_start(os.getppid())
+    if owner <= 1 or owner_start is None:
+        return
+
+    def watch() -> None:
+        while not _stop_watching.wait(WATCH_SECONDS):
+            if process_start(owner) != owner_start:
+                os.kill(os.getpid(), signal.SIGHUP)
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+_stop_watching = threading.Event()

@@ -1,0 +1,224 @@
+"""Faults injected for real: signals to the pipeline mid-step, processes killed outright.
+
+After each: the exit code, exactly one `Error:` line, no traceback, no run RUNNING after the
+next start, the README's query returning each image of each finished evaluation once, and every
+FINISHED map run holding all its artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.entities import ViewType
+
+from tests.conftest import PROJECT_DIR, Completed, Store, project_env
+
+# Evaluation long enough to be caught mid-way, the rest quick; training reused after the first.
+PARAMS = {"epochs": "20", "num_samples": "200", "picture_mode": "combined", "n": "200",
+          "max_images": "2"}
+# Saliency long enough to be caught mid-way.
+SLOW_SALIENCY = {"query": "tags.Correct = 'true'", "max_images": "5", "n": "2000",
+                 "picture_mode": "both"}
+EVALUATION_LINE = "Logging 200 evaluation runs:"
+SALIENCY_LINE = "Saliency maps ("
+MAP_ARTIFACTS = {"saliency_map.npy", "generator_config.json", "metrics", "pictures"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("fail_safe")
+    return Store(f"sqlite:///{directory / 'mlflow.db'}", directory)
+
+
+def pipeline(store: Store, params: dict[str, str] | None = None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local"]
+    for key, value in {**PARAMS, **(params or {})}.items():
+        args += ["-P", f"{key}={value}"]
+    return subprocess.Popen(args, cwd=store.dir, env=project_env(store.uri), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def interrupt(store: Store, marker: str, send, params=None) -> Completed:
+    """Run the pipeline; once a line holding `marker` appears, call `send(process)`."""
+    process = pipeline(store, params)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            send(process)
+            break
+    else:
+        pytest.fail("the pipeline ended before the line to interrupt at:\n" + "".join(lines))
+    lines.append(process.stdout.read())
+    process.wait(timeout=300)
+    output = "".join(lines)
+    return Completed(process.returncode, output, "")
+
+
+def to_group(signum):
+    return lambda process: os.killpg(process.pid, signum)
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The processes under `pid` (the steps run in sessions of their own, so not its group),
+    with their command lines."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True,
+                           text=True).stdout
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in table.splitlines():
+        child, parent, args = line.split(None, 2)
+        children.setdefault(int(parent), []).append((int(child), args))
+    found, todo = {}, [pid]
+    while todo:
+        for child, args in children.get(todo.pop(), []):
+            found[child] = args
+            todo.append(child)
+    return found
+
+
+def python_running(process: subprocess.Popen, text: str) -> int:
+    """The newest Python process under the pipeline whose command line holds `text`."""
+    matches = [pid for pid, args in descendants(process.pid).items()
+               if text in args and args.split()[0].endswith(("python", "python3"))]
+    assert matches, f"no process under the pipeline runs {text!r}"
+    return max(matches)
+
+
+def to_process(text: str, signum):
+    return lambda process: os.kill(python_running(process, text), signum)
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("Error:")]
+
+
+def complete_run(store: Store, params: dict[str, str] | None = None) -> Completed:
+    process = pipeline(store, params)
+    output, _ = process.communicate(timeout=600)
+    return Completed(process.returncode, output, "")
+
+
+def statuses(store: Store, view=ViewType.ACTIVE_ONLY) -> dict[str, int]:
+    ids = [e.experiment_id for e in store.client.search_experiments()]
+    counts: dict[str, int] = {}
+    for run in store.client.search_runs(ids, run_view_type=view, max_results=50000):
+        counts[run.info.status] = counts.get(run.info.status, 0) + 1
+    return counts
+
+
+def assert_store_is_sound(store: Store) -> None:
+    """Nothing RUNNING; the README's query gives each image of a finished evaluation once;
+    every FINISHED map run is complete."""
+    assert "RUNNING" not in statuses(store)
+    client = store.client
+    finished = {r.info.run_id for r in store.runs("Evaluation", "tags.Num_samples != ''")
+                if r.info.status == "FINISHED"}
+    wrong = store.runs("Evaluation", "tags.Correct = 'false'")
+    assert {r.data.tags["Evaluation_parent_run_id"] for r in wrong} <= finished
+    per_evaluation = {}
+    for run in wrong:
+        per_evaluation.setdefault(run.data.tags["Evaluation_parent_run_id"], []).append(
+            run.data.tags["Image_id"])
+    for images in per_evaluation.values():
+        assert len(images) == len(set(images)), "an image appears twice in one evaluation"
+    for run in store.runs("Saliency Map Generation", "tags.Image_id != ''"):
+        assert run.info.status == "FINISHED"
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert MAP_ARTIFACTS <= artifacts, (run.info.run_id, artifacts)
+
+
+def test_sigterm_mid_evaluation_ends_every_run_killed_and_hides_its_samples(store):
+    result = interrupt(store, EVALUATION_LINE, to_group(signal.SIGTERM))
+    assert result.returncode != 0
+    (error,) = error_lines(result.output)
+    assert "the pipeline was interrupted by SIGTERM" in error
+    assert "Run the same command again to continue" in error
+    assert "Traceback" not in result.output
+    assert "RUNNING" not in statuses(store)
+    (evaluation,) = [r for r in store.runs("Evaluation", "tags.Num_samples != ''")]
+    assert evaluation.info.status == "KILLED"
+    assert evaluation.data.tags["Interrupted_by"] == "SIGTERM"
+    deleted = int(evaluation.data.tags["Unfinished_results_deleted"])
+    assert 0 < deleted < 200
+    assert not store.runs("Evaluation", f"tags.Evaluation_parent_run_id = "
+                                        f"'{evaluation.info.run_id}'")
+    main = store.runs("Default")[0]
+    assert main.info.status == "KILLED"
+
+    # The same command again: training is reused, the evaluation and saliency run whole.
+    again = complete_run(store)
+    assert again.returncode == 0, again.output
+    assert "train: reusing FINISHED run" in again.output
+    assert_store_is_sound(store)
+
+
+def test_sigint_mid_saliency_kills_the_step_and_the_next_start_settles_the_main_run(store):
+    result = interrupt(store, SALIENCY_LINE, to_group(signal.SIGINT), SLOW_SALIENCY)
+    assert result.returncode != 0
+    (error,) = error_lines(result.output)
+    assert "the pipeline was interrupted by SIGINT" in error
+    assert "Traceback" not in result.output
+    step = store.runs("Saliency Map Generation", "tags.Algorithm != ''")[0]
+    assert step.info.status == "KILLED"
+    assert not store.runs("Saliency Map Generation",
+                          f"tags.Saliency_parent_run_id = '{step.info.run_id}'")
+    main = store.runs("Default")[0]
+    assert main.data.tags["Interrupted_by"] == "SIGINT"
+    # `mlflow run` marks its run FAILED once the driver has ended it KILLED; the next start
+    # puts KILLED back.
+    again = complete_run(store)
+    assert again.returncode == 0, again.output
+    assert store.client.get_run(main.info.run_id).info.status == "KILLED"
+    assert_store_is_sound(store)
+
+
+def test_sigkill_of_the_pipeline_is_settled_by_the_next_start(store):
+    result = interrupt(store, EVALUATION_LINE, to_group(signal.SIGKILL),
+                       {"split_seed": "1"})
+    assert result.returncode != 0
+    time.sleep(3)  # the evaluate step, in its own process group, sees its driver gone
+    again = complete_run(store, {"split_seed": "1"})
+    assert again.returncode == 0, again.output
+    assert "Marked KILLED" in again.output
+    assert_store_is_sound(store)
+    evaluations = store.runs("Evaluation", "tags.Num_samples != '' AND params.split_seed = '1'")
+    assert sorted(r.info.status for r in evaluations) == ["FINISHED", "KILLED"]
+
+
+def test_a_step_killed_alone_is_named_by_the_driver_in_one_line(store):
+    result = interrupt(store, EVALUATION_LINE, to_process("steps.evaluate", signal.SIGKILL),
+                       {"split_seed": "2"})
+    assert result.returncode != 0
+    (error,) = error_lines(result.output)
+    assert "the evaluate step" in error and "was killed before it could end its runs" in error
+    assert "Traceback" not in result.output
+    assert "RUNNING" not in statuses(store)
+    (evaluation,) = store.runs("Evaluation", "tags.Num_samples != '' AND params.split_seed = '2'")
+    assert evaluation.info.status == "KILLED"
+    assert_store_is_sound(store)
+
+
+def test_the_steps_end_with_their_driver(store):
+    steps = {}
+
+    def kill_driver(process):
+        steps.update(descendants(process.pid))
+        to_process("main.py", signal.SIGKILL)(process)
+
+    result = interrupt(store, EVALUATION_LINE, kill_driver, {"split_seed": "3"})
+    assert result.returncode != 0
+    (step,) = [pid for pid, args in steps.items() if "steps.evaluate" in args
+               and args.split()[0].endswith(("python", "python3"))]
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{step}") and "zombie" not in open(f"/proc/{step}/status").read():
+        assert time.monotonic() < deadline, "the evaluate step outlived its driver"
+        time.sleep(0.5)
+    (evaluation,) = store.runs("Evaluation", "tags.Num_samples != '' AND params.split_seed = '3'")
+    assert evaluation.info.status != "RUNNING"
+    assert evaluation.data.tags["Interrupted_by"] == "SIGHUP"
