@@ -12,12 +12,13 @@ parameters, code version, data digest and upstream runs) is reused instead of ru
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import mlflow
-from mlflow.exceptions import ExecutionException
+from mlflow.exceptions import ExecutionException, MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 
@@ -29,6 +30,8 @@ from steps.tracking.inputs import absolute_dataset, dataset_digest, load_data, l
 from steps.tracking.models import ResolvedModel, resolve_model_uri
 from steps.tracking.query import query_samples
 from steps.tracking.step_cache import find_reusable_run
+from steps.tracking.store_check import (TrackingStoreError, check_server_if_any, stop_retrying,
+                                        unreachable_server)
 
 PROJECT_DIR = Path(__file__).resolve().parent
 NO_RUN_ID = "0" * 32
@@ -48,6 +51,12 @@ def step_failure(entry_point: str, run) -> StepFailed | None:
     (KILLED or FAILED, results hidden)."""
     if run.wait():
         return None
+    try:
+        check_server_if_any()
+    except TrackingStoreError:
+        stop_retrying()
+        return StepFailed(f"The {entry_point} step (run {run.run_id}) stopped: the tracking "
+                          "server is gone (above).", reported=True)
     settled = lifecycle.settle(run.run_id)
     tags = settled.data.tags
     again = "run the same command again to continue: finished steps are reused"
@@ -58,6 +67,31 @@ def step_failure(entry_point: str, run) -> StepFailed | None:
            else "was killed before it could end its runs (SIGKILL, out of memory, or lost)")
     return StepFailed(f"the {entry_point} step (run {run.run_id}) {how}; its runs are ended "
                       f"KILLED and its unfinished results deleted; {again}")
+
+
+@dataclass
+class Ended:
+    """A step run that ran in this process: already ended, `succeeded` or not."""
+
+    run_id: str
+    succeeded: bool
+
+    def wait(self) -> bool:
+        return self.succeeded
+
+    def cancel(self) -> None:
+        pass
+
+
+def launched_since(entry_point: str, experiment_id: str, began_ms: int) -> list[str]:
+    """The runs of `entry_point` nested under the active (main) run started since `began_ms`,
+    newest first."""
+    parent = mlflow.active_run().info.run_id
+    return [run.info.run_id for run in MlflowClient().search_runs(
+        [experiment_id], f"tags.`{names.PARENT_RUN_TAG}` = '{parent}' AND "
+        f"tags.`{names.ENTRY_POINT_TAG}` = '{entry_point}' AND "
+        f"attributes.start_time >= {began_ms - 1000}",
+        order_by=["attributes.start_time DESC"])]
 
 
 @dataclass
@@ -82,12 +116,32 @@ class Driver:
                    "(same parameters, code version, data and upstream runs) ===")
         return stored.info.run_id
 
-    def _launch(self, entry_point: str, experiment_id: str, parameters: dict[str, str]):
+    def _launch(self, entry_point: str, experiment_id: str, parameters: dict[str, str],
+                alone: bool):
+        """Start the step. Alone, it runs in this process's `mlflow.run` (in the driver's
+        process group, with no `mlflow run` process of its own between them) and is done when
+        this returns; otherwise it starts in the background."""
         click.echo(f"=== {entry_point} ===")
-        # Not synchronous: the driver waits itself, to tell a signal from an error.
-        return mlflow.run(str(PROJECT_DIR), entry_point, parameters=parameters,
-                          experiment_id=experiment_id, env_manager=self.env_manager,
-                          synchronous=False)
+        if not alone:
+            return mlflow.run(str(PROJECT_DIR), entry_point, parameters=parameters,
+                              experiment_id=experiment_id, env_manager=self.env_manager,
+                              synchronous=False)
+        began = int(time.time() * 1000)
+        try:
+            run = mlflow.run(str(PROJECT_DIR), entry_point, parameters=parameters,
+                             experiment_id=experiment_id, env_manager=self.env_manager)
+            return Ended(run.run_id, True)
+        except ExecutionException as error:
+            launched = launched_since(entry_point, experiment_id, began)
+            if not launched:
+                raise StepFailed(f"the {entry_point} step could not start ({error})") from None
+            return Ended(launched[0], False)
+        except MlflowException as error:  # `mlflow.run` could not record the step's end
+            if not unreachable_server(error):
+                raise
+            stop_retrying()
+            raise StepFailed(f"The {entry_point} step stopped: the tracking server is gone "
+                             "(above).", reported=True) from None
 
     def step(self, entry_point: str, experiment: str, parameters: dict[str, str]) -> str:
         """The run ID of the step: a matching stored run, or a new nested `mlflow.run`."""
@@ -100,33 +154,35 @@ class Driver:
 
         Each is reused when a matching stored run exists. A failed run fails the step, after
         every other run has finished. Interrupted, the driver stops its step processes (they
-        end their runs KILLED) before it ends.
+        end their runs KILLED) and settles their runs before it ends.
         """
         experiment_id = runs.experiment_id(experiment)
-        run_ids, reused, submitted = [], [], []
+        stored = [self._stored(entry_point, experiment_id, p) for p in parameter_sets]
+        alone = sum(run_id is None for run_id in stored) == 1
+        run_ids, submitted = [], []
+        began = int(time.time() * 1000)
         try:
-            for parameters in parameter_sets:
-                stored = self._stored(entry_point, experiment_id, parameters)
-                if stored is not None:
-                    reused.append(stored)
-                    run_ids.append(stored)
-                    continue
-                try:
-                    run = self._launch(entry_point, experiment_id, parameters)
-                except ExecutionException as error:
-                    raise StepFailed(f"the {entry_point} step could not start ({error})") from None
-                submitted.append(run)
-                run_ids.append(run.run_id)
+            for parameters, stored_id in zip(parameter_sets, stored):
+                if stored_id is None:
+                    run = self._launch(entry_point, experiment_id, parameters, alone)
+                    submitted.append(run)
+                run_ids.append(stored_id or run.run_id)
             failures = [failure for run in submitted
                         if (failure := step_failure(entry_point, run)) is not None]
-        except BaseException:
+        except BaseException as error:
             for run in submitted:
                 run.cancel()  # SIGTERM; waits for the step to end its runs
-                lifecycle.settle(run.run_id)
+            lifecycle.note_failure(error)
+            try:
+                for run_id in launched_since(entry_point, experiment_id, began):
+                    lifecycle.settle(run_id)
+            except MlflowException:
+                pass  # the store is what failed; the next start settles them
             raise
         if failures:
             # One a step did not report itself first: its line is the only word of it.
             raise min(failures, key=lambda failure: failure.reported)
+        reused = [run_id for run_id in stored if run_id is not None]
         if reused:
             mlflow.set_tag(f"{names.REUSED_TAG_PREFIX}{entry_point}", ",".join(reused))
         return run_ids
@@ -190,10 +246,29 @@ def saliency_parameter_sets(values: dict) -> list[dict[str, str]]:
     """The saliency step's parameters for each configuration to run: `-P compare=...`'s, or
     `algorithm` alone. Only the parameters the algorithm uses are passed, so a stored run
     stands in whatever the others are."""
-    configurations = values["compare"] or (Configuration(values["algorithm"]),)
     making = options.values_of(options.MAP_MAKING, values)
-    return [{**{k: options.as_param(v) for k, v in c.algorithm(values).used_params().items()},
-             **making} for c in configurations]
+    return [{**{k: options.as_param(v) for k, v in algorithm.used_params().items()}, **making}
+            for algorithm in saliency_configurations(values)]
+
+
+def saliency_configurations(values: dict) -> list:
+    """The algorithms to explain with: `-P compare=...`'s, or `algorithm` alone."""
+    configurations = values["compare"] or (Configuration(values["algorithm"]),)
+    return [configuration.algorithm(values) for configuration in configurations]
+
+
+def check_before_any_run(values: dict, shards: int, image_shape: tuple[int, ...] | None
+                         ) -> None:
+    """Settings that cannot work, refused before any run: more shards than samples, and
+    algorithm settings that do not fit the images (when their shape is known here; the
+    saliency step checks them at its start anyway)."""
+    if values["num_samples"] and shards > values["num_samples"]:
+        raise click.BadParameter(f"{shards} shards for {values['num_samples']} samples would "
+                                 "leave shards with nothing to evaluate; use at most "
+                                 f"{values['num_samples']}", param_hint="'--shards'")
+    if image_shape is not None:
+        for algorithm in saliency_configurations(values):
+            algorithm.check_image(image_shape)
 
 
 def ui_hint(tracking_uri: str) -> str:
@@ -212,13 +287,18 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
     # Bad data, or a model that does not take it, is one line before any step run exists:
     # the images are decoded here, unless a finished step already read this very content.
     if start.model is not None:
-        digest = load_model_inputs(None, values["dataset"], values["image_size"],
-                                   start.model).data.digest
+        data = load_model_inputs(None, values["dataset"], values["image_size"], start.model).data
+        digest, image_shape = data.digest, data.dataset.image_shape
     else:
         digest = dataset_digest(values["dataset"], values["image_size"])
-        if not runs.finished_run_tagged([names.TRAIN_EXPERIMENT, names.EVALUATION_EXPERIMENT],
-                                        names.DATASET_DIGEST_TAG, digest):
-            load_data(values["dataset"], values["image_size"])
+        seen = runs.finished_run_tagged([names.TRAIN_EXPERIMENT, names.EVALUATION_EXPERIMENT],
+                                        names.DATASET_DIGEST_TAG, digest)
+        if seen is None:
+            image_shape = load_data(values["dataset"], values["image_size"]).dataset.image_shape
+        else:
+            shape = seen.data.tags.get(names.IMAGE_SHAPE_TAG)
+            image_shape = tuple(map(int, shape.split("x"))) if shape else None
+    check_before_any_run(values, shards, image_shape)
 
     os.environ[lifecycle.DRIVER_PID_ENV] = str(os.getpid())  # the steps watch this process
     with lifecycle.run_context(tags=lifecycle.process_tags()) as main_run:

@@ -75,6 +75,10 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
     # Every shard predicts the whole sample set and keeps its own slice: float32 products round
     # differently for batches of other shapes, and a sharded evaluation must give exactly the
     # confidences of an unsharded one. Writing the runs is what the shards share out.
+    if num_shards > len(test_rows):
+        raise click.BadParameter(f"{num_shards} shards for {len(test_rows)} test samples would "
+                                 f"leave shards with nothing to evaluate; use at most "
+                                 f"{len(test_rows)}", param_hint="'--num_shards'")
     shard = slice(shard_index, None, num_shards)
     confidences = inputs.model.predict_proba(data.images[test_rows])[shard]
     test_rows = test_rows[shard]
@@ -84,6 +88,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         lineage = inputs.resolved.lineage_tags()
         mlflow.set_tags({**lineage, names.DATASET_TAG: data.name,
                          names.DATASET_DIGEST_TAG: inputs.data.digest,
+                         names.IMAGE_SHAPE_TAG: names.image_shape_tag(data.image_shape),
                          "Num_samples": len(test_rows), "Shard": f"{shard_index}/{num_shards}"})
         log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
                     {"test_fraction": test_fraction, "split_seed": split_seed,

@@ -41,6 +41,12 @@ MODEL_ALIAS_TAG = "Model_alias"
 REGISTERED_MODEL_TAG = "Registered_model"
 DATASET_TAG = "Dataset"
 DATASET_DIGEST_TAG = "Dataset_digest"
+IMAGE_SHAPE_TAG = "Image_shape"
+
+
+def image_shape_tag(shape) -> str:
+    """`8x8` or `64x64x3`: height, width and channels as the `Image_shape` tag gives them."""
+    return "x".join(map(str, shape))
 EVALUATION_RUN_TAG = "Evaluation_run_id"
 EVALUATION_PARENT_TAG = "Evaluation_parent_run_id"
 SALIENCY_RUN_TAG = "Saliency_run_id"

@@ -22,7 +22,8 @@ from steps.core.compare import Configurations
 from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
 from steps.tracking import lifecycle
-from steps.tracking.store_check import check_tracking_store
+from steps.tracking.store_check import (bound_server_retries, check_tracking_store,
+                                        server_lost_message, unreachable_server)
 
 #: Set to show the traceback of an unexpected error instead of its one line.
 DEBUG_ENV = "SALIENCY_FLOW_DEBUG"
@@ -207,6 +208,7 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     """
     argv = sys.argv[1:] if args is None else args
     lifecycle.install_signal_handlers()
+    bound_server_retries()
     under_driver = os.environ.get(lifecycle.DRIVER_PID_ENV) not in (None, str(os.getpid()))
     try:
         if "--help" not in argv:
@@ -219,10 +221,12 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     except click.exceptions.Exit as done:  # --help
         sys.exit(done.exit_code)
     except click.ClickException as error:
+        lifecycle.record_early_failure(error)
         prefix = "" if getattr(error, "reported", False) else "Error: "
         click.echo(f"{prefix}{error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except (click.Abort, KeyboardInterrupt) as error:
+        lifecycle.record_early_failure(error)
         signal_name = lifecycle.interruption(error) or "SIGINT"
         what = "the pipeline" if command.name == "main" else f"the {command.name} step"
         click.echo(f"{'' if under_driver else 'Error: '}{what} was interrupted by {signal_name}; "
@@ -231,8 +235,13 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
                    "command again to continue: finished steps are reused.", err=True)
         sys.exit(128 + signal.Signals[signal_name].value)
     except Exception as error:
+        lifecycle.record_early_failure(error)
         if os.environ.get(DEBUG_ENV):
             raise
+        lost = unreachable_server(error)
+        if lost:
+            click.echo(f"Error: {server_lost_message(lost)}", err=True)
+            sys.exit(1)
         message = str(error).strip().splitlines()
         click.echo(f"Error: {type(error).__name__}: {message[0] if message else ''} (set "
                    f"{DEBUG_ENV}=1 for the traceback)", err=True)

@@ -112,7 +112,7 @@ def train(dataset, image_size, test_fraction, split_seed, register_as, **model_a
             "Train_size": len(train_labels),
             "Test_size": len(test_labels),
             "Num_classes": len(data.dataset.class_names),
-            "Image_shape": "x".join(map(str, data.dataset.image_shape)),
+            names.IMAGE_SHAPE_TAG: names.image_shape_tag(data.dataset.image_shape),
             "Converged": str(trained.converged).lower(),
             "Epochs_run": len(trained.loss_curve),
         })

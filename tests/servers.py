@@ -286,6 +286,13 @@ class MlflowServer:
     backend_store_uri: str
     artifacts: Path
     log: Path
+    proc: subprocess.Popen
+
+    def kill(self) -> None:
+        """Stop the server at once (SIGKILL to its group), as a crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
 
 def write_auth_config(directory: Path) -> Path:
@@ -315,10 +322,11 @@ def _healthy(url: str) -> bool:
 
 @contextlib.contextmanager
 def mlflow_server(directory: Path, backend_store_uri: str, *, basic_auth: bool = False,
-                  workers: int = 2) -> Iterator[MlflowServer]:
-    """`mlflow server` on a free port of 127.0.0.1, artifacts proxied into `directory`."""
+                  workers: int = 2, port: int | None = None) -> Iterator[MlflowServer]:
+    """`mlflow server` on 127.0.0.1 (a free port unless given), artifacts proxied into
+    `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     artifacts = directory / "artifacts"
     args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
             "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts),
@@ -335,7 +343,7 @@ def mlflow_server(directory: Path, backend_store_uri: str, *, basic_auth: bool =
     url = f"http://127.0.0.1:{port}"
     with process_group(args, log, env=env, cwd=directory) as proc:
         wait_until(lambda: _healthy(url), proc, log, "mlflow server", 180)
-        yield MlflowServer(url, backend_store_uri, artifacts, log)
+        yield MlflowServer(url, backend_store_uri, artifacts, log, proc)
 
 
 def server_env() -> dict[str, str]:

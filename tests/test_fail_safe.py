@@ -17,6 +17,7 @@ import pytest
 from mlflow.entities import ViewType
 
 from tests.conftest import PROJECT_DIR, Completed, Store, project_env
+from tests.servers import free_port, mlflow_server, server_env, stop_group
 
 # Evaluation long enough to be caught mid-way, the rest quick; training reused after the first.
 PARAMS = {"epochs": "20", "num_samples": "200", "picture_mode": "combined", "n": "200",
@@ -35,18 +36,20 @@ def store(tmp_path_factory):
     return Store(f"sqlite:///{directory / 'mlflow.db'}", directory)
 
 
-def pipeline(store: Store, params: dict[str, str] | None = None) -> subprocess.Popen:
+def pipeline(store: Store, params: dict[str, str] | None = None,
+             env: dict[str, str] | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local"]
     for key, value in {**PARAMS, **(params or {})}.items():
         args += ["-P", f"{key}={value}"]
-    return subprocess.Popen(args, cwd=store.dir, env=project_env(store.uri), text=True,
+    return subprocess.Popen(args, cwd=store.dir, env={**project_env(store.uri), **(env or {})},
+                            text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
-def interrupt(store: Store, marker: str, send, params=None) -> Completed:
+def interrupt(store: Store, marker: str, send, params=None, env=None) -> Completed:
     """Run the pipeline; once a line holding `marker` appears, call `send(process)`."""
-    process = pipeline(store, params)
+    process = pipeline(store, params, env)
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -222,3 +225,54 @@ def test_the_steps_end_with_their_driver(store):
     (evaluation,) = store.runs("Evaluation", "tags.Num_samples != '' AND params.split_seed = '3'")
     assert evaluation.info.status != "RUNNING"
     assert evaluation.data.tags["Interrupted_by"] == "SIGHUP"
+
+
+def test_a_lost_server_is_one_line_in_bounded_time_and_a_restart_is_ridden_out(tmp_path):
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    port = free_port()
+    # Our retry budget, short for the test; `mlflow run`'s own process gives up at once.
+    env = {"SALIENCY_FLOW_SERVER_RETRY_SECONDS": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    # Both servers keep artifacts in one place, as a restarted server would.
+    with mlflow_server(tmp_path / "server", backend, port=port) as server:
+        store = Store(server.url, tmp_path)
+        killed_at = []
+
+        def kill_server(process):
+            server.kill()
+            killed_at.append(time.monotonic())
+
+        result = interrupt(store, EVALUATION_LINE, kill_server, env=env)
+        elapsed = time.monotonic() - killed_at[0]
+    assert result.returncode != 0
+    (error,) = error_lines(result.output)
+    assert f"lost the tracking server {server.url} (connection refused" in error
+    ours, _, theirs = result.output.partition("The evaluate step stopped: the tracking server is "
+                                              "gone (above).")
+    assert "Traceback" not in ours, ours
+    # What follows is `mlflow run`'s own report that it could not record the end of its run.
+    assert not theirs.strip() or "_maybe_set_run_terminated" in theirs, theirs
+    assert elapsed < 150, elapsed
+
+    # Back on the same address: the next start settles what was left RUNNING, and a restart of
+    # a few seconds mid-step is ridden out.
+    env["SALIENCY_FLOW_SERVER_RETRY_SECONDS"] = "60"
+    restarted: list[subprocess.Popen] = []
+    with mlflow_server(tmp_path / "server", backend, port=port) as server:
+        def restart_server(process):
+            server.kill()
+            time.sleep(3)
+            restarted.append(subprocess.Popen(server.proc.args, cwd=tmp_path / "server",
+                                              env={**server_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                                              start_new_session=True,
+                                              stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+
+        try:
+            result = interrupt(store, EVALUATION_LINE, restart_server, env=env)
+            assert result.returncode == 0, result.output
+            assert "Pipeline finished." in result.output
+            assert "Marked KILLED" in result.output
+            assert_store_is_sound(store)
+        finally:
+            for process in restarted:
+                stop_group(process)

@@ -10,6 +10,8 @@ their parameters quickly. Nothing here knows about MLflow.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, ClassVar
 
 import click
@@ -19,6 +21,10 @@ from steps.core.registry import Registry
 
 #: Images per classifier call, unless the user sets `predict_batch_size`.
 PREDICT_BATCH_SIZE = 256
+#: Memory the masks of a step may take (GiB), unless the environment variable says otherwise:
+#: the masks are made and kept whole, so settings that need more are refused before any work.
+MASK_MEMORY_GIB = 2.0
+MASK_MEMORY_ENV = "SALIENCY_FLOW_MASK_MEMORY_GIB"
 
 FILL = Parameter("fill", 0.0, Float(0, 1),
                  "Value occluded pixels take (images are in [0, 1]).")
@@ -49,9 +55,32 @@ class SaliencyAlgorithm:
     def all_parameters(cls) -> tuple[Parameter, ...]:
         return (*cls.parameters, FILL) if cls.uses_fill else cls.parameters
 
+    #: Bytes of one mask pixel as xaitk's perturber makes them (RISE-style masks are float32).
+    mask_itemsize: ClassVar[int] = 4
+    #: The parameter that sets how many masks there are.
+    count_parameter: ClassVar[str] = "n"
+
+    def mask_count(self, image_shape: tuple[int, ...]) -> int:
+        return self.n
+
     def check_image(self, image_shape: tuple[int, ...]) -> None:
         """A click error naming the parameter when the settings cannot explain images of this
-        shape (`H, W` or `H, W, C`)."""
+        shape (`H, W` or `H, W, C`): settings that do not fit the image, or masks that would not
+        fit in the memory budget."""
+        self.check_shape(image_shape)
+        height, width = image_shape[:2]
+        needed = self.mask_count(image_shape) * height * width * self.mask_itemsize
+        budget = mask_memory_budget()
+        if needed > budget:
+            value = as_param(self.values[self.count_parameter])
+            raise click.BadParameter(
+                f"{self.count_parameter} {value} needs {needed / 2**30:.1f} GiB of masks for "
+                f"{height}×{width} images, over the {budget / 2**30:g} GiB budget (set "
+                f"{MASK_MEMORY_ENV} to change it)", param_hint=f"'--{self.count_parameter}'")
+
+    def check_shape(self, image_shape: tuple[int, ...]) -> None:
+        """A click error naming the parameter when a setting does not fit images of this
+        shape."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -94,6 +123,11 @@ class SaliencyAlgorithm:
         return generator
 
 
+def mask_memory_budget() -> float:
+    """Bytes the masks of one saliency step may take."""
+    return float(os.environ.get(MASK_MEMORY_ENV, MASK_MEMORY_GIB)) * 2**30
+
+
 def settings_text(name: str, settings: dict[str, Any]) -> str:
     """`name`, or `name(key=value key=value)` with the settings."""
     if not settings:
@@ -126,6 +160,17 @@ class OcclusionAlgorithm(SaliencyAlgorithm):
         )
 
         return OcclusionScoring()
+
+
+class SlidingAlgorithm(OcclusionAlgorithm):
+    """An occlusion at every `stride` step over the image: one boolean mask per position."""
+
+    mask_itemsize = 1
+    count_parameter = "stride"
+
+    def mask_count(self, image_shape: tuple[int, ...]) -> int:
+        (height, width), (down, across) = image_shape[:2], self.stride
+        return math.ceil(height / down) * math.ceil(width / across)
 
 
 ALGORITHMS: Registry = Registry("saliency algorithm", "steps.core.algorithms")

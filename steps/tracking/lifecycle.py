@@ -28,6 +28,7 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from steps.tracking.store_check import stop_retrying, unreachable_server
 from steps.names import (ERROR_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG, PROCESS_HOST_TAG,
                          PROCESS_ID_TAG, PROCESS_START_TAG, RESULTS_DELETED_TAG)
 
@@ -129,16 +130,48 @@ def process_gone(tags: dict[str, str]) -> bool:
 def run_context(**start_run_kwargs) -> Iterator:
     """`mlflow.start_run(...)` that ends the run KILLED on a signal and FAILED on an error
     (MLflow's own context ends it FAILED either way), recording which on the run
-    (`Interrupted_by` or `Error`)."""
-    with mlflow.start_run(**start_run_kwargs) as run:
-        try:
-            yield run
-        except BaseException as error:
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == run.info.run_id:
-                mlflow.set_tags(end_reason(error))
-                mlflow.end_run(ended_status(error))
-            raise
+    (`Interrupted_by` or `Error`). When the store is what failed, the error that stopped the
+    work is raised, not the clean-up's; the next start settles the run."""
+    failure = None
+    try:
+        with mlflow.start_run(**start_run_kwargs) as run:
+            try:
+                yield run
+            except BaseException as error:
+                failure = error
+                note_failure(error)
+                active = mlflow.active_run()
+                if active is not None and active.info.run_id == run.info.run_id:
+                    mlflow.set_tags(end_reason(error))
+                    mlflow.end_run(ended_status(error))
+                raise
+    except Exception as cleanup_error:
+        if failure is not None and cleanup_error is not failure:
+            raise failure from None
+        raise
+
+
+def record_early_failure(error: BaseException) -> None:
+    """Tag the run `mlflow run` started for this process with why it ended, when the process
+    failed before taking the run over (e.g. on a bad parameter), so the driver can tell an error
+    from a kill. Best effort: the store may be what failed."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    note_failure(error)
+    try:
+        client = MlflowClient()
+        for key, value in end_reason(error).items():
+            client.set_tag(run_id, key, value)
+    except Exception:
+        pass
+
+
+def note_failure(error: BaseException) -> None:
+    """After losing the tracking server, clean-up requests fail at once rather than each
+    waiting out the retry budget again."""
+    if unreachable_server(error):
+        stop_retrying()
 
 
 def end_reason(error: BaseException) -> dict[str, str]:

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.core.code_version import code_version
 from steps.names import CODE_VERSION_TAG, RUN_NAME_TAG, STEP_RUN_TAG
-from steps.tracking.lifecycle import hide_partial_results, process_tags, run_context
+from steps.tracking.lifecycle import hide_partial_results, note_failure, process_tags, run_context
 
 
 def _artifact_location(client: MlflowClient, name: str) -> str | None:
@@ -85,13 +85,13 @@ def _hiding_results_on_failure(run: Run) -> Iterator[Run]:
     """Yield the step run; if the step fails or is interrupted, hide what it wrote."""
     try:
         yield run
-    except BaseException:
+    except BaseException as error:
+        note_failure(error)
         try:
             hide_partial_results(run.info.run_id)
-        except Exception as error:  # the store may be what failed; the next start reconciles
-            click.echo(f"Could not hide the results of unfinished run {run.info.run_id}: "
-                       f"{str(error).splitlines()[0] if str(error) else type(error).__name__}",
-                       err=True)
+        except Exception:  # the store may be what failed; the next start settles the run
+            click.echo(f"Could not hide the results of unfinished run {run.info.run_id} now; "
+                       "the next start will.", err=True)
         raise
 
 
@@ -124,9 +124,11 @@ def require_run(run_id: str, experiment_name: str, param: str) -> Run:
     return run
 
 
-def finished_run_tagged(experiment_names: list[str], key: str, value: str) -> bool:
-    """Whether any FINISHED run of the named experiments carries tag `key` = `value`."""
+def finished_run_tagged(experiment_names: list[str], key: str, value: str) -> Run | None:
+    """The newest FINISHED run of the named experiments that carries tag `key` = `value`."""
     client = MlflowClient()
     ids = [e.experiment_id for e in map(client.get_experiment_by_name, experiment_names) if e]
-    return bool(ids) and bool(client.search_runs(
-        ids, f"tags.`{key}` = '{value}' AND attributes.status = 'FINISHED'", max_results=1))
+    found = ids and client.search_runs(
+        ids, f"tags.`{key}` = '{value}' AND attributes.status = 'FINISHED'", max_results=1,
+        order_by=["attributes.start_time DESC"])
+    return found[0] if found else None

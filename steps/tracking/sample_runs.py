@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps.tracking.console import Progress, quiet_run_links
+from steps.tracking.store_check import unreachable_server
 
 _logger = logging.getLogger(__name__)
 
@@ -96,17 +97,20 @@ class SampleRunWriter:
                          metrics=[Metric(k, v, now, 0) for k, v in sample.metrics.items()],
                          params=[Param(k, str(v)) for k, v in sample.params.items()])
             retry_locked(self.client.set_terminated, run_id)
-        except BaseException:
-            self._mark_failed(run_id)
+        except BaseException as error:
+            if not unreachable_server(error):  # else the next start settles it
+                self._mark_failed(run_id)
             raise
         return run_id
 
     def _mark_failed(self, run_id: str) -> None:
-        """End the run FAILED; a failure to do so is logged, the write's own error raised."""
+        """End the run FAILED; a failure to do so is one logged line, the write's own error
+        raised."""
         try:
             retry_locked(self.client.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
-        except Exception:
-            _logger.exception("Could not mark run %s FAILED", run_id)
+        except Exception as error:
+            _logger.warning("Could not mark run %s FAILED: %s", run_id,
+                            str(error).strip().splitlines()[0][:200])
 
 
 def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:

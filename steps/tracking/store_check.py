@@ -24,6 +24,7 @@ file: MLflow's `mlflow run` creates a new store's tables without a lock).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -203,6 +204,16 @@ def check_server(uri: str, run_id: str | None) -> None:
         f"{first_line(response.text)[:300]}")
 
 
+def check_server_if_any() -> None:
+    """One quick request when the tracking store is a server: TrackingStoreError if it is
+    gone."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if scheme_of(uri) in SERVER_SCHEMES:
+        check_server(uri, None)
+
+
 def check_timeout() -> int:
     """Seconds to wait for the store: CHECK_TIMEOUT_SECONDS, or MLflow's own request timeout
     (MLFLOW_HTTP_REQUEST_TIMEOUT) when that is shorter."""
@@ -233,6 +244,62 @@ def describe_network_error(error: BaseException, timeout: int) -> str:
 def first_line(text: str) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[0] if lines else ""
+
+
+# --- a server lost mid-step -----------------------------------------------------------------
+
+#: How long MLflow's requests to a tracking server keep retrying before the step gives up.
+SERVER_RETRY_SECONDS = 120
+SERVER_RETRY_ENV = "SALIENCY_FLOW_SERVER_RETRY_SECONDS"
+#: Per request: a server that takes the connection and never answers counts against the budget.
+SERVER_REQUEST_TIMEOUT_SECONDS = 30
+_RETRY_SETTINGS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+def bound_server_retries() -> None:
+    """Make MLflow's retries against a tracking server last about SERVER_RETRY_SECONDS (or
+    SALIENCY_FLOW_SERVER_RETRY_SECONDS) in all, instead of its default four minutes or more per
+    request. MLflow's own variables, when set, are kept unless SALIENCY_FLOW_SERVER_RETRY_SECONDS
+    is set too. Child processes (the steps) inherit the same settings."""
+    budget = float(os.environ.get(SERVER_RETRY_ENV, SERVER_RETRY_SECONDS))
+    # urllib3 waits 0, 2, 4, ... 2^(n-1) s between n retries (backoff factor 1, MLflow takes
+    # whole numbers only): 2^n - 2 s in all.
+    retries = max(1, round(math.log2(budget + 2)))
+    values = (retries, 1, max(1, min(SERVER_REQUEST_TIMEOUT_SECONDS, int(budget))))
+    for name, value in zip(_RETRY_SETTINGS, values):
+        if SERVER_RETRY_ENV in os.environ or name not in os.environ:
+            os.environ[name] = str(value)
+
+
+def unreachable_server(error: BaseException) -> str | None:
+    """What went wrong, when an exception (or its cause) says the tracking server could not be
+    reached after MLflow's retries; None for any other error."""
+    while error is not None:
+        text = str(error)
+        if "API request to" in text and any(words in text for words in (
+                "Max retries exceeded", "timeout exception", "too many", "Connection aborted")):
+            cause = error.__cause__ or error.__context__
+            return describe_network_error(cause or error, int(float(
+                os.environ.get(_RETRY_SETTINGS[2], SERVER_REQUEST_TIMEOUT_SECONDS))))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def stop_retrying() -> None:
+    """The server is gone: the requests that try to clean up fail at once instead of waiting
+    out another budget each; the next start settles what they could not."""
+    os.environ[_RETRY_SETTINGS[0]] = "0"
+    os.environ[_RETRY_SETTINGS[2]] = "5"
+
+
+def server_lost_message(reason: str) -> str:
+    import mlflow
+
+    budget = os.environ.get(SERVER_RETRY_ENV, SERVER_RETRY_SECONDS)
+    return (f"lost the tracking server {mlflow.get_tracking_uri()} ({reason}; retried "
+            f"for about {budget} s, {SERVER_RETRY_ENV} to change). Run the same command again "
+            "once it is back: finished steps are reused and runs left RUNNING are settled.")
 
 
 # --- databases --------------------------------------------------------------------------------

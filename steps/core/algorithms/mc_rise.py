@@ -43,7 +43,7 @@ class McRise(SaliencyAlgorithm):
     parameters = (N, S, P1, SEED, FILL_COLORS)
     uses_fill = False
 
-    def check_image(self, image_shape: tuple[int, ...]) -> None:
+    def check_shape(self, image_shape: tuple[int, ...]) -> None:
         channels = image_shape[2] if len(image_shape) == 3 else 1
         width = len(self.fill_colors[0])
         if width not in (1, channels):

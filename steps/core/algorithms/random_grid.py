@@ -16,7 +16,7 @@ class RandomGrid(OcclusionAlgorithm):
     name = "random_grid"
     parameters = (N, CELL_SIZE, P1, SEED, SCORING)
 
-    def check_image(self, image_shape: tuple[int, ...]) -> None:
+    def check_shape(self, image_shape: tuple[int, ...]) -> None:
         check_fits(image_shape, {"cell_size": self.cell_size})
 
     def perturber(self):

@@ -4,7 +4,7 @@ edges, slid over the image) scored by `OcclusionScoring` or `SquaredDifferenceSc
 
 from __future__ import annotations
 
-from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm, check_fits
+from steps.core.algorithm import ALGORITHMS, SCORING, SlidingAlgorithm, check_fits
 from steps.core.algorithms.sliding_window import STRIDE
 from steps.core.parameters import NumberList, Parameter
 
@@ -16,11 +16,11 @@ SIGMA = Parameter("sigma", "", NumberList(minimum=0, min_open=True, length=2, al
 
 
 @ALGORITHMS.register
-class SlidingRadial(OcclusionAlgorithm):
+class SlidingRadial(SlidingAlgorithm):
     name = "sliding_radial"
     parameters = (RADIUS, STRIDE, SIGMA, SCORING)
 
-    def check_image(self, image_shape: tuple[int, ...]) -> None:
+    def check_shape(self, image_shape: tuple[int, ...]) -> None:
         check_fits(image_shape, {"stride": self.stride})
 
     def perturber(self):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from steps.core.algorithm import ALGORITHMS, SCORING, OcclusionAlgorithm, check_fits
+from steps.core.algorithm import ALGORITHMS, SCORING, SlidingAlgorithm, check_fits
 from steps.core.parameters import IntList, Parameter
 
 WINDOW_SIZE = Parameter("window_size", "2,2", IntList(minimum=1, length=2),
@@ -13,11 +13,11 @@ STRIDE = Parameter("stride", "1,1", IntList(minimum=1, length=2),
 
 
 @ALGORITHMS.register
-class SlidingWindow(OcclusionAlgorithm):
+class SlidingWindow(SlidingAlgorithm):
     name = "sliding_window"
     parameters = (WINDOW_SIZE, STRIDE, SCORING)
 
-    def check_image(self, image_shape: tuple[int, ...]) -> None:
+    def check_shape(self, image_shape: tuple[int, ...]) -> None:
         check_fits(image_shape, {"window_size": self.window_size, "stride": self.stride})
 
     def perturber(self):
