@@ -44,6 +44,8 @@ WHOLE_PREDICTION = "prediction"
 
 class MapsDiffer(click.ClickException):
     exit_code = 3
+    #: The new map run is the finding (FAILED, kept to look at), not an unfinished result.
+    keeps_results = True
 
 
 def check_evaluation_runs(image_ids, evaluation_run_ids) -> list[dict[str, str]]:

@@ -82,11 +82,14 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
 
 
 def _hiding_results_on_failure(run: Run) -> Iterator[Run]:
-    """Yield the step run; if the step fails or is interrupted, hide what it wrote."""
+    """Yield the step run; if the step fails or is interrupted, hide what it wrote (unless the
+    error says its results are the finding, `keeps_results`)."""
     try:
         yield run
     except BaseException as error:
         note_failure(error)
+        if getattr(error, "keeps_results", False):
+            raise
         try:
             hide_partial_results(run.info.run_id)
         except Exception:  # the store may be what failed; the next start settles the run
