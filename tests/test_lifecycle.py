@@ -66,13 +66,15 @@ def test_the_first_signal_raises_and_a_second_during_clean_up_does_not(monkeypat
 
 def test_run_context_ends_killed_on_a_signal_and_failed_on_an_error(store):
     client = store.client
+    # Explicit: another test in this worker may have left a fluent experiment set.
+    default = client.get_experiment_by_name("Default").experiment_id
     with pytest.raises(lifecycle.Interrupted):
-        with lifecycle.run_context() as run:
+        with lifecycle.run_context(experiment_id=default) as run:
             raise lifecycle.Interrupted("SIGINT")
     killed = client.get_run(run.info.run_id)
     assert (killed.info.status, killed.data.tags["Interrupted_by"]) == ("KILLED", "SIGINT")
     with pytest.raises(RuntimeError):
-        with lifecycle.run_context() as run:
+        with lifecycle.run_context(experiment_id=default) as run:
             raise RuntimeError("no space left on device")
     failed = client.get_run(run.info.run_id)
     assert failed.info.status == "FAILED"
