@@ -46,6 +46,14 @@ class StepFailed(click.ClickException):
         self.reported = reported
 
 
+def server_gone(entry_point: str) -> StepFailed:
+    """The step stopped because the tracking server went away (the step said so); the driver's
+    own clean-up stops retrying."""
+    stop_retrying()
+    return StepFailed(f"The {entry_point} step stopped: the tracking server is gone (above).",
+                      reported=True)
+
+
 def step_failure(entry_point: str, run) -> StepFailed | None:
     """Wait for a launched step; None if it succeeded, else why not, with its run settled
     (KILLED or FAILED, results hidden)."""
@@ -54,9 +62,7 @@ def step_failure(entry_point: str, run) -> StepFailed | None:
     try:
         check_server_if_any()
     except TrackingStoreError:
-        stop_retrying()
-        return StepFailed(f"The {entry_point} step (run {run.run_id}) stopped: the tracking "
-                          "server is gone (above).", reported=True)
+        return server_gone(entry_point)
     settled = lifecycle.settle(run.run_id)
     tags = settled.data.tags
     again = "run the same command again to continue: finished steps are reused"
@@ -139,9 +145,7 @@ class Driver:
         except MlflowException as error:  # `mlflow.run` could not record the step's end
             if not unreachable_server(error):
                 raise
-            stop_retrying()
-            raise StepFailed(f"The {entry_point} step stopped: the tracking server is gone "
-                             "(above).", reported=True) from None
+            raise server_gone(entry_point) from None
 
     def step(self, entry_point: str, experiment: str, parameters: dict[str, str]) -> str:
         """The run ID of the step: a matching stored run, or a new nested `mlflow.run`."""

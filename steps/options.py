@@ -214,7 +214,8 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
         if "--help" not in argv:
             check_tracking_store()
             lifecycle.watch_parent()
-            lifecycle.reconcile_dead_runs()
+            if not under_driver:  # the driver settled the store when it started
+                lifecycle.reconcile_dead_runs()
         # Not `command.main`: on an interrupt it prints a blank line and hides the signal.
         with command.make_context(command.name, list(argv)) as context:
             command.invoke(context)

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from typing import Iterator
 
 import click
@@ -261,12 +262,11 @@ def watch_parent() -> None:
         return
 
     def watch() -> None:
-        while not _stop_watching.wait(WATCH_SECONDS):
+        while True:
+            time.sleep(WATCH_SECONDS)
             if process_start(owner) != owner_start:
                 os.kill(os.getpid(), signal.SIGHUP)
                 return
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
-
-_stop_watching = threading.Event()
