@@ -12,6 +12,7 @@ parameters, code version, data digest and upstream runs) is reused instead of ru
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 from steps import names, options
 from steps.core.code_version import code_version
 from steps.core.compare import Configuration
+from steps.report import log_report
 from steps.tracking import lifecycle, runs
 from steps.tracking.inputs import absolute_dataset, dataset_digest, load_data, load_model_inputs
 from steps.tracking.models import ResolvedModel, resolve_model_uri
@@ -275,6 +277,23 @@ def check_before_any_run(values: dict, shards: int, image_shape: tuple[int, ...]
             algorithm.check_image(image_shape)
 
 
+def describe_experiment(experiment_id: str) -> None:
+    """Say what the pipeline's runs are in the main run's experiment, unless it says already."""
+    client = MlflowClient()
+    if names.NOTE_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, names.NOTE_TAG, names.PIPELINE_DESCRIPTION)
+
+
+def write_report(main_run_id: str) -> None:
+    """Log the pipeline's report; a failure to write it is a warning, not a lost pipeline."""
+    try:
+        log_report(main_run_id, status="FINISHED")  # its last act: the run ends with it
+    except Exception as error:  # noqa: BLE001 - the results are safe in their runs
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        click.echo(f"Warning: could not write {names.REPORT_ARTIFACT} ({first_line}); rebuild "
+                   f"it with: mlflow run . -e report -P main_run_id={main_run_id}", err=True)
+
+
 def ui_hint(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
@@ -305,7 +324,13 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
     check_before_any_run(values, shards, image_shape)
 
     os.environ[lifecycle.DRIVER_PID_ENV] = str(os.getpid())  # the steps watch this process
-    with lifecycle.run_context(tags=lifecycle.process_tags()) as main_run:
+    with lifecycle.run_context(tags={**lifecycle.process_tags(),
+                                     names.RUN_NAME_TAG: names.PIPELINE_RUN_NAME,
+                                     names.QUERY_TAG: values["query"],
+                                     names.ORDER_BY_TAG: values["order_by"]}) as main_run:
+        mlflow.log_dict(options.as_typed(options.ENTRY_POINTS["main"], sys.argv[1:]),
+                        names.PARAMETERS_ARTIFACT)
+        describe_experiment(main_run.info.experiment_id)
         # MLflow does not pass its environment manager on to nested `mlflow.run` calls.
         driver = Driver(env_manager=main_run.data.tags.get(MLFLOW_PROJECT_ENV, "local"),
                         use_cache=use_cache, version=code_version(),
@@ -329,9 +354,13 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
         mlflow.set_tags(model.lineage_tags())
         summary["Model"] = model.uri + (f" (version {model.version})" if model.version else "")
         data_params = options.values_of(options.DATA, values)
+        split_params = options.values_of(options.SPLIT, values)
 
         if start.evaluation_run_id:
             evaluation_ids = [driver.resume("evaluate", start.evaluation_run_id)]
+            # Its samples are the test images of its own split: the maps' `Split` tags say so.
+            stored = MlflowClient().get_run(start.evaluation_run_id).data.params
+            split_params = {k: stored.get(k, v) for k, v in split_params.items()}
         else:
             shared = {"model_uri": model.uri, **data_params,
                       **options.values_of(options.SPLIT + options.EVALUATE, values),
@@ -353,7 +382,7 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
             image_ids = ",".join(samples[f"tags.{names.IMAGE_ID_TAG}"])
             click.echo(f"Query {values['query']!r} selected images {image_ids}")
             mlflow.set_tag(names.QUERIED_IMAGES_TAG, image_ids)
-            inputs = {"model_uri": model.uri, **data_params, "image_ids": image_ids,
+            inputs = {"model_uri": model.uri, **data_params, **split_params, "image_ids": image_ids,
                       "evaluation_run_ids": ",".join(samples["run_id"])}
             saliency_ids = driver.steps("saliency", names.SALIENCY_EXPERIMENT, [
                 {**inputs, **parameters} for parameters in saliency_parameter_sets(values)])
@@ -365,12 +394,18 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
                                             {"saliency_run_ids": ",".join(saliency_ids)})
                 mlflow.set_tag(names.COMPARISON_RUN_TAG, comparison_id)
                 summary["Comparison run"] = comparison_id
+        runs.describe("Pipeline: " + ", ".join(f"{label.lower()} `{value}`"
+                                                for label, value in summary.items()
+                                                if label != "Main run")
+                      + f". Results on one page: `{names.REPORT_ARTIFACT}`.")
+        write_report(main_run.info.run_id)
 
     uri = mlflow.get_tracking_uri()
     click.echo("\nPipeline finished.")
     for label, run_id in summary.items():
         click.echo(f"  {label + ':':18}{run_id}")
     click.echo(f"  {'Tracking URI:':18}{uri}")
+    click.echo(f"  {'Report:':18}{names.REPORT_ARTIFACT} in the main run")
     click.echo(f"  {'Open the UI:':18}{ui_hint(uri)}")
 
 

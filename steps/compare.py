@@ -16,7 +16,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 
 from steps import names, options
 from steps.core import plots
@@ -28,14 +27,6 @@ from steps.tracking import runs
 PARAM = "saliency_run_ids"
 #: The agreement measure the pictures and the console show.
 CAPTION_MEASURE = CrossCorrelation.name
-
-
-def map_runs(step_run: Run) -> dict[str, Run]:
-    """The step run's map runs by image ID."""
-    found = MlflowClient().search_runs(
-        [step_run.info.experiment_id],
-        f"tags.{names.SALIENCY_PARENT_TAG} = '{step_run.info.run_id}'", max_results=10000)
-    return {run.data.tags[names.IMAGE_ID_TAG]: run for run in found}
 
 
 def saliency_step_runs(run_ids) -> list[Run]:
@@ -60,28 +51,43 @@ def saliency_step_runs(run_ids) -> list[Run]:
 
 def algorithm_params(run: Run) -> dict[str, str]:
     """What a map run logged of its algorithm: `algorithm` and the parameters it uses."""
-    data = {d.name for d in options.DATA}
+    data = {d.name for d in options.DATA + options.SPLIT}
     return {k: v for k, v in run.data.params.items() if k not in data and k != BATCH_PARAM}
 
 
 def comparison_rows(facts: ImageFacts, maps: dict[str, np.ndarray], class_names,
                     captions: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
     """Each configuration's map of the predicted class (its panel titled with its label and
-    caption), and of the true class when it differs, by row title."""
-    rows = {f"predicted class {class_names[facts.predicted_column]}": {
+    caption), and of the true class when it differs, by row title (the class and the model's
+    confidence in it)."""
+    def row_title(kind: str, column: int) -> str:
+        confidence = ("" if facts.confidences is None
+                      else f" ({float(facts.confidences[column]):.2f})")
+        return f"{kind} class {class_names[column]}{confidence}"
+
+    rows = {row_title("predicted", facts.predicted_column): {
         f"{label}{captions.get(label, '')}": class_map(m, facts.predicted_column)
         for label, m in maps.items()}}
     if facts.true_column is not None and facts.true_column != facts.predicted_column:
-        rows[f"true class {class_names[facts.true_column]}"] = {
+        rows[row_title("true", facts.true_column)] = {
             label: class_map(m, facts.true_column) for label, m in maps.items()}
     return rows
+
+
+def map_meaning(configurations: list[dict[str, str]]) -> plots.MapMeaning:
+    """What the compared maps' values mean, when they all mean the same (else `COMPARED`)."""
+    kinds = {"filling" if c.get("algorithm") == "mc_rise" else
+             "occluding" if c.get("scoring") == "squared_difference" else "showing"
+             for c in configurations}
+    known = {"showing": plots.SHOWING, "occluding": plots.OCCLUDING}
+    return known.get(kinds.pop(), plots.COMPARED) if len(kinds) == 1 else plots.COMPARED
 
 
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["compare"])
 def compare(saliency_run_ids):
     step_runs = saliency_step_runs(saliency_run_ids)
-    by_run = [map_runs(run) for run in step_runs]
+    by_run = [runs.map_runs(run) for run in step_runs]
     image_ids = [i for i in step_runs[0].data.tags[names.IMAGE_IDS_TAG].split(",")
                  if all(i in maps for maps in by_run)]
     if not image_ids:
@@ -90,8 +96,8 @@ def compare(saliency_run_ids):
     configurations = [algorithm_params(maps[image_ids[0]]) for maps in by_run]
     labels = configuration_labels(configurations)
     first = by_run[0][image_ids[0]]
-    explainer = stored_explainer(first, "combined", int(first.data.params[BATCH_PARAM]),
-                                 image_ids, PARAM)
+    explainer = stored_explainer(first, plots.PictureStyle("combined"),
+                                 int(first.data.params[BATCH_PARAM]), image_ids, PARAM)
     class_names = explainer.inputs.classes.names
     rows, metrics = [], {}
     with runs.step_run(names.SALIENCY_EXPERIMENT, "compare"):
@@ -116,7 +122,7 @@ def compare(saliency_run_ids):
             fig = plots.comparison_figure(
                 facts.image, comparison_rows(facts, maps, class_names, captions),
                 f"image {image_id}: true {facts.tags[names.GT_CLASS_TAG]}, predicted "
-                f"{facts.tags[names.PREDICTED_CLASS_TAG]}")
+                f"{facts.tags[names.PREDICTED_CLASS_TAG]}", map_meaning(configurations))
             mlflow.log_figure(fig, f"{names.COMPARISON_DIR}/image_{names.metric_safe(image_id)}.png")
             plots.plt.close(fig)
         table = pd.DataFrame(rows)

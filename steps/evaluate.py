@@ -12,6 +12,7 @@ import numpy as np
 
 from steps import names, options
 from steps.core import plots
+from steps.core.classification import Evaluated, classifier_metrics, curve_figures
 from steps.core.data import DatasetError, split_dataset
 from steps.tracking import runs
 from steps.tracking.datasets import log_dataset
@@ -36,23 +37,41 @@ def sample_runs(image_ids, true_names, predicted_names, confidences, column_name
                 names.GT_CLASS_TAG: str(truth),
                 names.PREDICTED_CLASS_TAG: str(pred),
                 names.CORRECT_TAG: str(bool(truth == pred)).lower(),
+                names.SPLIT_TAG: names.TEST_SPLIT,  # only test images are evaluated
             },
         ))
     return runs
 
 
-def aggregate_metrics(true_classes, predicted_classes, class_names) -> dict[str, float]:
-    from sklearn.metrics import precision_recall_fscore_support
+def named_metrics(result: Evaluated) -> dict[str, float]:
+    """The evaluation's metrics as logged: overall ones, and `Class_<name>_<kind>` per class."""
+    overall, per_class = classifier_metrics(result)
+    return {**overall, **{f"Class_{names.metric_safe(name)}_{kind}": value
+                          for name, values in per_class.items() for kind, value in values.items()}}
 
-    indices = list(range(len(class_names)))
-    precision, recall, _, _ = precision_recall_fscore_support(
-        true_classes, predicted_classes, labels=indices, zero_division=0)
-    metrics = {"accuracy": float(np.mean(true_classes == predicted_classes)),
-               "num_samples": len(true_classes)}
-    for name, p, r in zip(class_names, precision, recall):
-        metrics[f"Class_{names.metric_safe(name)}_precision"] = float(p)
-        metrics[f"Class_{names.metric_safe(name)}_recall"] = float(r)
-    return metrics
+
+def results_table(samples: list[SampleRun], run_ids: list[str]) -> dict[str, list]:
+    """One row per sample: what its run records, and the run's ID (for `mlflow.load_table`)."""
+    return {
+        "image_id": [s.tags[names.IMAGE_ID_TAG] for s in samples],
+        "true_class": [s.tags[names.GT_CLASS_TAG] for s in samples],
+        "predicted_class": [s.tags[names.PREDICTED_CLASS_TAG] for s in samples],
+        "confidence": [s.metrics[names.PREDICTED_CONF_METRIC] for s in samples],
+        "correct": [s.tags[names.CORRECT_TAG] == "true" for s in samples],
+        "run_id": list(run_ids),
+    }
+
+
+def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[str]) -> None:
+    """The parent run's summary: metrics, per-sample table, confusion matrix and curves."""
+    mlflow.log_metrics(named_metrics(result))
+    mlflow.log_table(results_table(samples, run_ids), names.RESULTS_TABLE)
+    figures = {names.CONFUSION_MATRIX_ARTIFACT: plots.confusion_matrix_figure(
+        result.truth, result.predicted, result.class_names), **{
+        f"{names.CURVES_DIR}/{file}": fig for file, fig in curve_figures(result).items()}}
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+        plots.plt.close(fig)
 
 
 @click.command(help=__doc__)
@@ -93,26 +112,27 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
                     {"test_fraction": test_fraction, "split_seed": split_seed,
                      "image_size": image_size})
-        truth = data.labels[test_rows]
-        predicted = inputs.classes.predicted(confidences)
+        result = Evaluated(data.labels[test_rows], np.asarray(confidences),
+                           inputs.classes.column_classes, tuple(data.class_names))
         class_names = np.asarray(data.class_names)
         samples = sample_runs(
-            [data.image_ids[row] for row in test_rows], class_names[truth],
-            class_names[predicted], confidences, inputs.classes.names, {
+            [data.image_ids[row] for row in test_rows], class_names[result.truth],
+            class_names[result.predicted], confidences, inputs.classes.names, {
                 **lineage,
                 names.EVALUATION_PARENT_TAG: parent_id,
                 names.PARENT_RUN_TAG: parent_id,
                 names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
             })
         writer = SampleRunWriter(parent.info.experiment_id)
-        writer.write_all(samples, label=f"Logging {len(samples)} evaluation runs")
-
-        mlflow.log_metrics(aggregate_metrics(truth, predicted, data.class_names))
-        fig = plots.confusion_matrix_figure(truth, predicted, data.class_names)
-        mlflow.log_figure(fig, names.CONFUSION_MATRIX_ARTIFACT)
-        plots.plt.close(fig)
+        run_ids = writer.write_all(samples, label=f"Logging {len(samples)} evaluation runs")
+        log_evaluation(result, samples, run_ids)
+        accuracy = float(np.mean(result.correct))
+        runs.describe(f"Evaluated model `{inputs.resolved.uri}` on {len(samples)} test images "
+                      f"of `{data.name}`: accuracy {accuracy:.2%}, "
+                      f"{int((~result.correct).sum())} wrong. One run per image below; "
+                      f"the table `{names.RESULTS_TABLE}` lists them.")
         click.echo(f"Evaluation run {parent_id}: {len(samples)} samples, "
-                   f"accuracy {np.mean(truth == predicted):.4f}")
+                   f"accuracy {accuracy:.4f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,28 @@ SALIENCY_EXPERIMENT = "Saliency Map Generation"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+#: A run's or an experiment's description, shown by the MLflow UI (Markdown).
+NOTE_TAG = "mlflow.note.content"
+
+#: What each stage experiment holds, as its description in the MLflow UI.
+EXPERIMENT_DESCRIPTIONS = {
+    "Train": "saliency-flow **train** step: one run per trained classifier, with its "
+             "parameters, data, loss curve and model.",
+    "Evaluation": "saliency-flow **evaluate** step: a parent run per evaluation (metrics, "
+                  "confusion matrix, curves, the `results.json` table) and, under it, one run "
+                  "per test image (`Image_id`, `GT_class`, `Predicted_class`, `Correct`, class "
+                  "confidences): find them with `tags.Evaluation_parent_run_id = '<run ID>'`.",
+    "Saliency Map Generation": "saliency-flow **saliency** step: a run per algorithm "
+                               "configuration (summary grid, metric averages) and, under it, "
+                               "one run per explained image (map, pictures, faithfulness "
+                               "metrics, the configuration that regenerates it); "
+                               "**compare** runs measure how far configurations agree.",
+}
+#: The driver's (main) run: its name, and the description of its experiment if it has none.
+PIPELINE_RUN_NAME = "pipeline"
+PIPELINE_DESCRIPTION = ("saliency-flow **pipeline** runs (`mlflow run .`): each links its "
+                        "train, evaluate and saliency runs by tags and holds `report.html`, the "
+                        "pipeline's results on one page.")
 
 # An image's identity and outcome, on every per-sample and per-map run.
 IMAGE_ID_TAG = "Image_id"
@@ -20,6 +42,12 @@ GT_CLASS_TAG = "GT_class"
 PREDICTED_CLASS_TAG = "Predicted_class"
 CORRECT_TAG = "Correct"
 PREDICTED_CONF_METRIC = "Predicted_class_conf"
+#: Which part of the dataset's train/test split (the run's `test_fraction`, `split_seed`) the
+#: image is in: `test` for every evaluation sample; on a map run `train` means the model was
+#: explained on an image it was trained on.
+SPLIT_TAG = "Split"
+TRAIN_SPLIT = "train"
+TEST_SPLIT = "test"
 
 
 def class_conf_metric(class_name: str) -> str:
@@ -66,6 +94,11 @@ RESULTS_DELETED_TAG = "Unfinished_results_deleted"
 # Driver (main run) tags.
 QUERIED_IMAGES_TAG = "Queried_image_ids"
 QUERY_MATCHES_TAG = "Query_matches"
+#: The query and its order as the user typed them (MLflow logs string params shell-quoted).
+QUERY_TAG = "Query"
+ORDER_BY_TAG = "Order_by"
+#: On a run of the `report` entry point: the pipeline whose report it rebuilt.
+REPORT_OF_TAG = "Report_of_run_id"
 REUSED_TAG_PREFIX = "Reused_"
 RESUMED_TAG_PREFIX = "Resumed_"
 
@@ -73,8 +106,15 @@ RESUMED_TAG_PREFIX = "Resumed_"
 ALGORITHM_TAG = "Algorithm"
 IMAGE_IDS_TAG = "Image_ids"
 REPRODUCED_TAG = "Reproduced_from"
+#: Read only, of runs amended by older versions (whose `Image_id` then named the newest added
+#: image): every image the run had held, its own first.
 HISTORY_TAG = "Image_id_history"
 UPDATES_TAG = "Update_count"
+#: An amended map run keeps its identity tags on its own image; the images added to it are
+#: listed here (comma-separated, in order) and described by `Update_<k>_...` tags and metrics.
+ADDED_IMAGES_TAG = "Added_image_ids"
+UPDATE_IMAGE_ID = "image_id"
+UPDATES_DIR = "updates"
 MODIFIED_TAG = "Modified_run"
 MODIFIED_BY_TAG = "Modified_by_run_id"
 UPDATED_RUN_TAG = "Updated_run_id"
@@ -85,6 +125,17 @@ BEATING_RANDOM_METRIC = "Maps_beating_random"
 COMPARED_RUNS_TAG = "Compared_saliency_run_ids"
 COMPARISON_RUN_TAG = "Comparison_run_id"
 CONFIGURATIONS_TAG = "Compared_configurations"
+
+
+def update_tag(k: int, name: str) -> str:
+    """`Update_<k>_<name>`: a tag or metric of the `k`-th image added to a map run, e.g.
+    `Update_1_image_id`, `Update_1_GT_class`, `Update_1_Predicted_class_conf`."""
+    return f"Update_{k}_{name}"
+
+
+def update_prefix(k: int, image_id: str) -> str:
+    """`updates/<k>_image_<Image_id>/`: where the `k`-th added image's map and pictures go."""
+    return f"{UPDATES_DIR}/{k}_image_{metric_safe(image_id)}/"
 
 
 def agreement_metric(measure: str, first: str, second: str, image_id: str | None = None) -> str:
@@ -98,6 +149,10 @@ MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "generator_config.json"
 MAP_ARTIFACT = "saliency_map.npy"
 CONFUSION_MATRIX_ARTIFACT = "confusion_matrix.png"
+RESULTS_TABLE = "results.json"
+CURVES_DIR = "curves"
+REPORT_ARTIFACT = "report.html"
+PARAMETERS_ARTIFACT = "pipeline_parameters.json"
 QUERY_RESULT_ARTIFACT = "query/query_result.csv"
 ENVIRONMENT_ARTIFACT_DIR = "environment"
 PICTURES_DIR = "pictures"

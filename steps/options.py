@@ -29,6 +29,7 @@ from steps.tracking.store_check import (bound_server_retries, check_tracking_sto
 DEBUG_ENV = "SALIENCY_FLOW_DEBUG"
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 PICTURE_MODES = ("both", "combined", "per_class")
+PICTURE_SCALES = ("shared", "per_class")  # as steps/core/plots.py's SCALES
 option = Parameter
 
 
@@ -128,6 +129,13 @@ ALGORITHM = option("algorithm", "rise", click.Choice(ALGORITHMS.names()), "Salie
 MAP_MAKING = [
     option("picture_mode", "both", click.Choice(PICTURE_MODES),
            "Pictures: one file per class, one combined file, or both."),
+    option("top_classes", 0, click.IntRange(min=0),
+           "Picture the K most confident classes (the panels of all_classes.png, the "
+           "class_<k>.png files), most confident first, and the true class after them when it "
+           "is not among them (0: all classes, up to 10)."),
+    option("picture_scale", "shared", click.Choice(PICTURE_SCALES),
+           "Colour scale of a picture's class panels: one symmetric scale shared by all "
+           "(`shared`), or each panel its own (`per_class`)."),
     option("predict_batch_size", PREDICT_BATCH_SIZE, click.IntRange(min=1),
            "How many perturbed images the classifier scores per call."),
 ]
@@ -156,6 +164,7 @@ DRIVER = [
 SALIENCY_INPUTS = [
     MODEL_URI,
     *DATA,
+    *SPLIT,  # which images the model was trained on: a map run's `Split` tag
     option("image_ids", "", TextList(),
            "Comma-separated image IDs to explain (or to add, with update_run_id)."),
     option("evaluation_run_ids", "", RunIdList(),
@@ -176,12 +185,24 @@ ENTRY_POINTS = {
         option("saliency_run_ids", "", RunIdList(),
                "Two or more FINISHED saliency step runs of the same model and images."),
     ],
+    "report": [
+        option("main_run_id", "", RunId(),
+               "The main run of the pipeline whose report.html to rebuild (and log in it)."),
+    ],
 }
 
 
 def values_of(declarations, values: dict) -> dict[str, str]:
     """The given declarations' values, as `-P` / MLflow param strings."""
     return {d.name: as_param(values[d.name]) for d in declarations}
+
+
+def as_typed(declarations, argv: list[str]) -> dict[str, str]:
+    """Each declared option's value exactly as the user gave it (`-P name=value`): what the
+    shell handed this process, before any conversion. MLflow logs string `-P` values
+    shell-quoted, so this is where to read them back as typed."""
+    declared = {f"--{d.name}" for d in declarations}
+    return {flag[2:]: value for flag, value in zip(argv, argv[1:]) if flag in declared}
 
 
 def with_options(options: list[Callable]) -> Callable:

@@ -9,25 +9,30 @@ The console shows a progress bar with rate and ETA, not MLflow's "View run" line
 
 Two more modes work on stored runs: `reproduce_run_id` regenerates a stored map from its stored
 configuration, data and batch size and fails when the new map differs; `update_run_id` adds
-maps of more images to a stored run under new artifact paths, deleting nothing.
+maps of more images to a stored run under new artifact paths, deleting nothing: the run keeps
+its identity on its own image, and each added image is recorded in `Update_<k>_...` tags.
+
+Every map run records which part of the dataset's train/test split (`test_fraction`,
+`split_seed`) its image is in (`Split` tag); explaining a training image prints a warning.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
 import mlflow
 import numpy as np
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps import names, options
 from steps.core import plots
 from steps.core.algorithm import make_algorithm
-from steps.core.data import DatasetError
+from steps.core.data import DatasetError, split_dataset
 from steps.core.fast_saliency import engine_from_config
 from steps.core.metrics import MapScores, average_maps, score_map
 from steps.core.saliency import ImageClassifier, generator_config
@@ -97,31 +102,43 @@ def stored_map(run: Run) -> np.ndarray:
 
 
 def original_image_id(run: Run) -> str:
-    """The image of the run's own (root) map, even after updates added others."""
+    """The image of the run's own (root) map: its `Image_id`, or, for a run amended by an older
+    version (whose `Image_id` then named the newest added image), the first of its history."""
     tags = run.data.tags
     return tags.get(names.HISTORY_TAG, tags[names.IMAGE_ID_TAG]).split(",")[0]
 
 
-def log_pictures(image, maps, class_names, title, picture_mode, folder: str) -> None:
-    """Pictures of `[classes, H, W]` maps under `folder`; of `[colours, classes, H, W]` ones
-    (MC-RISE), the pictures of each fill colour's maps under `folder/fill_colour_<i>/`; of one
-    `[H, W]` map for the whole prediction (SquaredDifferenceScoring), one panel `prediction`."""
+def write_pictures(folder: Path, image, maps, class_names, title: str, answer: plots.Answer,
+                   pictures: plots.PictureStyle, prefix: str = "") -> None:
+    """Pictures of `[classes, H, W]` maps as PNG files in `folder`, their names starting with
+    `prefix`; of `[colours, classes, H, W]` ones (MC-RISE), the pictures of each fill colour's
+    maps in `folder/<prefix>fill_colour_<i>/`; of one `[H, W]` map for the whole prediction
+    (SquaredDifferenceScoring), one panel `prediction`, on a scale from 0."""
     if maps.ndim == 2:
-        maps, class_names = maps[np.newaxis], (WHOLE_PREDICTION,)
-    if maps.ndim == 4:
+        plots.write_pictures(folder, image, maps[np.newaxis], (WHOLE_PREDICTION,), title,
+                             plots.Answer(), pictures, plots.OCCLUDING, class_file, prefix)
+    elif maps.ndim == 4:
         for colour, colour_maps in enumerate(maps):
-            log_pictures(image, colour_maps, class_names, f"{title}, fill colour {colour}",
-                         picture_mode, f"{folder}fill_colour_{colour}/")
-        return
-    if picture_mode in ("both", "combined"):
-        fig = plots.all_classes_figure(image, maps, class_names, title)
-        mlflow.log_figure(fig, f"{folder}all_classes.png")
-        plots.plt.close(fig)
-    if picture_mode in ("both", "per_class"):
-        titles = [f"{title}\nclass {name}" for name in class_names]
-        for name, fig in zip(class_names, plots.class_overlay_figures(image, maps, titles),
-                             strict=True):
-            mlflow.log_figure(fig, f"{folder}class_{names.metric_safe(name)}.png")
+            plots.write_pictures(folder / f"{prefix}fill_colour_{colour}", image, colour_maps,
+                                 class_names, f"{title}, fill colour {colour}", answer,
+                                 pictures, plots.FILLING, class_file)
+    else:
+        plots.write_pictures(folder, image, maps, class_names, title, answer, pictures,
+                             plots.SHOWING, class_file, prefix)
+
+
+def class_file(name: str) -> str:
+    return f"class_{names.metric_safe(name)}.png"
+
+
+def log_pictures(image, maps, class_names, title: str, answer: plots.Answer,
+                 pictures: plots.PictureStyle, folder: str) -> None:
+    """`write_pictures` under `folder` of the active run (a folder ending in `/`, or one and a
+    file-name prefix after its last `/`), logged by one `mlflow.log_artifacts` call."""
+    directory, _, prefix = folder.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pictures(Path(tmp), image, maps, class_names, title, answer, pictures, prefix)
+        mlflow.log_artifacts(tmp, directory or None)
 
 
 def log_map(maps: np.ndarray, prefix: str, file_name: str = names.MAP_ARTIFACT) -> None:
@@ -135,7 +152,8 @@ def log_map(maps: np.ndarray, prefix: str, file_name: str = names.MAP_ARTIFACT) 
 class ImageFacts:
     """One image and what the model makes of it, from one prediction: its identity tags, the
     confidence of the predicted class, and the output columns of the predicted and true class
-    (None when the model has no column for the true class)."""
+    (None when the model has no column for the true class); `confidences`, the model's
+    confidence of each of its output columns (the prediction's row)."""
 
     image_id: str
     image: np.ndarray
@@ -143,6 +161,11 @@ class ImageFacts:
     confidence: float
     predicted_column: int
     true_column: int | None
+    confidences: np.ndarray | None = None
+
+    def answer(self) -> plots.Answer:
+        """What the pictures title, order and mark the class panels by."""
+        return plots.Answer(self.confidences, self.predicted_column, self.true_column)
 
 
 @dataclass
@@ -152,14 +175,18 @@ class Explainer:
     inputs: ModelInputs
     classifier: ImageClassifier
     engine: object  # FastSaliency, or xaitk's generator where it does not apply
-    picture_mode: str
+    pictures: plots.PictureStyle
     data_params: dict[str, str]
     #: What the console calls the algorithm, e.g. `rise(s=8)`.
     label: str = ""
+    #: The images of the test split (`data_params`' test_fraction and split_seed).
+    test_ids: frozenset = frozenset()
 
     @classmethod
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
-              picture_mode: str, predict_batch_size: int, image_ids=()) -> Explainer:
+              pictures: plots.PictureStyle, predict_batch_size: int, image_ids=(), *,
+              split: tuple[float, int]) -> Explainer:
+        """`split`: the test_fraction and split_seed that tell training from test images."""
         dataset = absolute_dataset(dataset)
         inputs = load_model_inputs(model_uri, dataset, image_size)
         if not image_ids:
@@ -168,10 +195,39 @@ class Explainer:
             inputs.dataset.rows(image_ids)
         except DatasetError as error:
             raise click.BadParameter(str(error), param_hint="'--image_ids'") from None
+        test_fraction, split_seed = split
+        try:
+            test_rows = split_dataset(inputs.dataset, test_fraction, split_seed).test_rows
+        except DatasetError as error:
+            raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
         classifier = ImageClassifier(inputs.model, batch_size=predict_batch_size,
                                      classes=len(inputs.classes.names))
-        return cls(inputs, classifier, engine_from_config(config), picture_mode,
-                   options.values_of(options.DATA, {"dataset": dataset, "image_size": image_size}))
+        return cls(inputs, classifier, engine_from_config(config), pictures,
+                   options.values_of(options.DATA + options.SPLIT, {
+                       "dataset": dataset, "image_size": image_size,
+                       "test_fraction": test_fraction, "split_seed": split_seed}),
+                   test_ids=frozenset(inputs.dataset.image_ids[row] for row in test_rows))
+
+    def split_of(self, image_id: str) -> str:
+        """`test` or `train`: the part of the train/test split the image is in."""
+        return names.TEST_SPLIT if image_id in self.test_ids else names.TRAIN_SPLIT
+
+    def training_images(self, image_ids) -> list[str]:
+        return [i for i in image_ids if self.split_of(i) == names.TRAIN_SPLIT]
+
+    def split_description(self) -> str:
+        """`test_fraction 0.25, split_seed 0`."""
+        return ", ".join(f"{d.name} {self.data_params[d.name]}" for d in options.SPLIT)
+
+    def warn_about_training_images(self, image_ids) -> None:
+        """One `Warning:` line naming the images of the training split, if any."""
+        seen = self.training_images(image_ids)
+        if seen:
+            one = len(seen) == 1
+            click.echo(f"Warning: image{'' if one else 's'} {', '.join(seen)} "
+                       f"{'is' if one else 'are'} in the training split "
+                       f"({self.split_description()}): the model has seen "
+                       f"{'it' if one else 'them'}", err=True)
 
     def facts(self, image_id: str) -> ImageFacts:
         """The image of `image_id` and the model's answer on it (one prediction)."""
@@ -185,7 +241,8 @@ class Explainer:
             names.IMAGE_ID_TAG: image_id,
             names.GT_CLASS_TAG: data.class_names[data.labels[row]],
             names.PREDICTED_CLASS_TAG: data.class_names[predicted],
-        }, float(confidences[0].max()), predicted_column, int(true[0]) if len(true) else None)
+        }, float(confidences[0].max()), predicted_column, int(true[0]) if len(true) else None,
+            np.asarray(confidences, dtype=float)[0])
 
     def step_tags(self) -> dict[str, str]:
         """What every run of this step records about its model and data."""
@@ -200,13 +257,15 @@ class Explainer:
         log_map(maps, prefix)
         title = (f"image {facts.image_id}: true {facts.tags[names.GT_CLASS_TAG]}, "
                  f"predicted {facts.tags[names.PREDICTED_CLASS_TAG]}")
-        log_pictures(facts.image, maps, self.inputs.classes.names, title, self.picture_mode,
-                     f"{prefix}{names.PICTURES_DIR}/")
+        log_pictures(facts.image, maps, self.inputs.classes.names, title, facts.answer(),
+                     self.pictures, f"{prefix}{names.PICTURES_DIR}/")
         return maps
 
     def log_averages(self, made: list[tuple[ImageFacts, np.ndarray]]) -> None:
         """Mean maps by true class and by confusion cell (true → predicted), as `.npy` and
-        pictures over the mean image, under `averages/` of the active (step) run."""
+        pictures over the mean image, under `averages/` of the active (step) run: the classes
+        in the model's order (a mean has no one confidence), the group's true class and, of a
+        confusion cell, its predicted class marked."""
         groups = average_maps([maps for _, maps in made], [facts.image for facts, _ in made],
                               [facts.tags[names.GT_CLASS_TAG] for facts, _ in made],
                               [facts.tags[names.PREDICTED_CLASS_TAG] for facts, _ in made])
@@ -215,8 +274,11 @@ class Explainer:
                 f"_predicted_{names.metric_safe(predicted)}" if predicted is not None else "")
             what = f"true {true}" + (f", predicted {predicted}" if predicted is not None else "")
             log_map(mean_maps, f"{names.AVERAGES_DIR}/", f"{name}.npy")
+            column = {n: k for k, n in enumerate(self.inputs.classes.names)}.get
             log_pictures(mean_image, mean_maps, self.inputs.classes.names,
-                         f"mean of {count} map{'s' if count != 1 else ''}: {what}", "combined",
+                         f"mean of {count} map{'s' if count != 1 else ''}: {what}",
+                         plots.Answer(None, column(predicted), column(true)),
+                         replace(self.pictures, mode="combined", top_classes=0),
                          f"{names.AVERAGES_DIR}/{name}_")
 
     def map_run(self, facts: ImageFacts, parent: Run, params: dict, config: dict,
@@ -226,6 +288,7 @@ class Explainer:
         with lifecycle.run_context(run_name=f"image-{image_id}", nested=True,
                                    experiment_id=parent.info.experiment_id) as run:
             mlflow.set_tags({**facts.tags, **self.step_tags(),
+                             names.SPLIT_TAG: self.split_of(image_id),
                              names.SALIENCY_PARENT_TAG: parent.info.run_id,
                              names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
                              **extra_tags})
@@ -251,15 +314,25 @@ def map_progress(total: int, label: str) -> Progress:
     return Progress(total, label, unit="maps")
 
 
-def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algorithm,
-             picture_mode, predict_batch_size) -> None:
+def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_ids, algorithm,
+             pictures, predict_batch_size) -> None:
     """The normal mode: one new map run per image."""
     config = generator_config(algorithm.generator())
-    explainer = Explainer.build(model_uri, dataset, image_size, config, picture_mode,
-                                predict_batch_size, image_ids)
+    explainer = Explainer.build(model_uri, dataset, image_size, config, pictures,
+                                predict_batch_size, image_ids, split=split)
     algorithm.check_image(explainer.inputs.dataset.image_shape)
     explainer.label = str(algorithm)
     lineage = check_evaluation_runs(image_ids, evaluation_run_ids)
+    trained_on = explainer.training_images(image_ids)
+    if evaluation_run_ids and trained_on:  # an evaluation's samples are its test images
+        one = len(trained_on) == 1
+        raise click.BadParameter(
+            f"with {explainer.split_description()}, image{'' if one else 's'} "
+            f"{', '.join(trained_on)} {'is' if one else 'are'} in the training split, but "
+            f"{'its evaluation run' if one else 'their evaluation runs'} evaluated "
+            f"{'it as a test image' if one else 'them as test images'}; give the evaluation's "
+            "test_fraction and split_seed", param_hint="'--split_seed'")
+    explainer.warn_about_training_images(image_ids)
     logged = {**{k: options.as_param(v) for k, v in algorithm.used_params().items()},
               BATCH_PARAM: str(predict_batch_size)}
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency") as parent:
@@ -276,8 +349,11 @@ def generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids, algo
                 made.append((facts, maps))
         mlflow.log_metrics(aggregate_scores(scores))
         explainer.log_averages(made)
+        beating = sum(s.beats_random() for s in scores)
+        runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
+                      f"of them beat a random map. One run per image below.")
         click.echo(f"Saliency run {parent.info.run_id} ({algorithm}): {len(image_ids)} maps, "
-                   f"{sum(s.beats_random() for s in scores)} beating a random map")
+                   f"{beating} beating a random map")
 
 
 def aggregate_scores(scores: list[MapScores]) -> dict[str, float]:
@@ -301,9 +377,24 @@ def log_scores(scores: MapScores) -> None:
     plots.plt.close(fig)
 
 
-def stored_explainer(run: Run, picture_mode: str, predict_batch_size: int, image_ids,
+def stored_split(run: Run) -> tuple[float, int]:
+    """The test_fraction and split_seed of a stored map run: its own parameters; for a run made
+    before it recorded them, its evaluation's, else the defaults."""
+    params = run.data.params
+    if not all(d.name in params for d in options.SPLIT):
+        evaluation = run.data.tags.get(names.EVALUATION_PARENT_TAG)
+        try:
+            params = MlflowClient().get_run(evaluation).data.params if evaluation else {}
+        except MlflowException:  # the evaluation was purged
+            params = {}
+    values = {d.name: params.get(d.name, d.default) for d in options.SPLIT}
+    return float(values["test_fraction"]), int(values["split_seed"])
+
+
+def stored_explainer(run: Run, pictures: plots.PictureStyle, predict_batch_size: int, image_ids,
                      param: str) -> Explainer:
-    """The explainer of a stored map run: its model, data, configuration and batch size."""
+    """The explainer of a stored map run: its model, data, split, configuration and batch
+    size."""
     tags, params = run.data.tags, run.data.params
     if names.MODEL_URI_TAG not in tags:
         raise click.BadParameter(f"run {run.info.run_id} records no model URI; it was made by "
@@ -312,8 +403,8 @@ def stored_explainer(run: Run, picture_mode: str, predict_batch_size: int, image
         tags[names.MODEL_URI_TAG], params.get("dataset", "digits"),
         options.IntList(minimum=1, length=2, allow_empty=True).convert(
             params.get("image_size", ""), None, None),
-        stored_config(run), picture_mode, int(params.get(BATCH_PARAM, predict_batch_size)),
-        image_ids)
+        stored_config(run), pictures, int(params.get(BATCH_PARAM, predict_batch_size)),
+        image_ids, split=stored_split(run))
     stored_digest = tags.get(names.DATASET_DIGEST_TAG)
     if stored_digest and stored_digest != explainer.inputs.data.digest:
         raise click.BadParameter(
@@ -323,12 +414,13 @@ def stored_explainer(run: Run, picture_mode: str, predict_batch_size: int, image
     return explainer
 
 
-def reproduce(source_id: str, picture_mode: str, predict_batch_size: int) -> None:
+def reproduce(source_id: str, pictures: plots.PictureStyle, predict_batch_size: int) -> None:
     """Regenerate a stored map from its stored configuration and compare with it."""
     source = require_map_run(source_id, "reproduce_run_id")
     image_id = original_image_id(source)
-    explainer = stored_explainer(source, picture_mode, predict_batch_size, (image_id,),
+    explainer = stored_explainer(source, pictures, predict_batch_size, (image_id,),
                                  "reproduce_run_id")
+    explainer.warn_about_training_images((image_id,))
     expected = stored_map(source)
     tags = source.data.tags
     lineage = {k: tags[k] for k in (names.EVALUATION_RUN_TAG, names.EVALUATION_PARENT_TAG)
@@ -354,52 +446,107 @@ def reproduce(source_id: str, picture_mode: str, predict_batch_size: int) -> Non
                    f"(largest absolute difference 0)")
 
 
-def update(target_id: str, image_ids, picture_mode: str, predict_batch_size: int) -> None:
-    """Add maps of more images to a stored map run, under new artifact paths, deleting nothing."""
+def update_record(k: int, facts: ImageFacts, split: str
+                  ) -> tuple[dict[str, str], dict[str, float]]:
+    """The tags and metric that describe the `k`-th image added to a map run:
+    `Update_<k>_image_id`, `..._GT_class`, `..._Predicted_class`, `..._Split` and
+    `Update_<k>_Predicted_class_conf`."""
+    tags = {names.update_tag(k, names.UPDATE_IMAGE_ID): facts.image_id,
+            names.update_tag(k, names.SPLIT_TAG): split}
+    for name in (names.GT_CLASS_TAG, names.PREDICTED_CLASS_TAG):
+        tags[names.update_tag(k, name)] = facts.tags[name]
+    return tags, {names.update_tag(k, names.PREDICTED_CONF_METRIC): facts.confidence}
+
+
+def settled_identity(explainer: Explainer, tags: dict[str, str], own: str, added: list[str]
+                     ) -> tuple[dict[str, str], dict[str, float]]:
+    """What a run made by an older version lacks to read as this version's do: its identity
+    tags back on its own image (older updates set them to the newest added image), its `Split`,
+    and the `Update_<k>_...` records and `Added_image_ids` of images added before."""
+    fixed, metrics = {}, {}
+    if tags[names.IMAGE_ID_TAG] != own:
+        facts = explainer.facts(own)
+        fixed.update({k: facts.tags[k] for k in (names.IMAGE_ID_TAG, names.GT_CLASS_TAG,
+                                                 names.PREDICTED_CLASS_TAG)})
+    if names.SPLIT_TAG not in tags:
+        fixed[names.SPLIT_TAG] = explainer.split_of(own)
+    for k, image_id in enumerate(added, 1):
+        if names.update_tag(k, names.UPDATE_IMAGE_ID) not in tags:
+            record, metric = update_record(k, explainer.facts(image_id),
+                                           explainer.split_of(image_id))
+            fixed.update(record)
+            metrics.update(metric)
+    if added and names.ADDED_IMAGES_TAG not in tags:
+        fixed[names.ADDED_IMAGES_TAG] = ",".join(added)
+    return fixed, metrics
+
+
+def update(target_id: str, image_ids, pictures: plots.PictureStyle,
+           predict_batch_size: int) -> None:
+    """Add maps of more images to a stored map run, under new artifact paths, deleting nothing.
+
+    The run stays the map of its own image: its name, top-level map, identity tags, metrics and
+    evaluation sample are left as they are. The `k`-th image added is recorded beside them:
+    its map and pictures under `updates/<k>_image_<Image_id>/`, `Update_<k>_...` tags and
+    metric, and its ID appended to `Added_image_ids`.
+    """
     target = require_map_run(target_id, "update_run_id")
     if not image_ids:
         raise click.BadParameter("give the images to add to the run", param_hint="'--image_ids'")
-    explainer = stored_explainer(target, picture_mode, predict_batch_size, image_ids,
+    explainer = stored_explainer(target, pictures, predict_batch_size, image_ids,
                                  "update_run_id")
     tags = target.data.tags
-    history = tags.get(names.HISTORY_TAG, tags[names.IMAGE_ID_TAG]).split(",")
+    own = original_image_id(target)
+    added = [i for i in tags.get(names.ADDED_IMAGES_TAG, "").split(",") if i]
+    if not added and names.HISTORY_TAG in tags:  # amended by an older version
+        added = tags[names.HISTORY_TAG].split(",")[1:]
     count = int(tags.get(names.UPDATES_TAG, "0"))
+    explainer.warn_about_training_images(image_ids)
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-update") as parent:
         mlflow.set_tags({names.UPDATED_RUN_TAG: target_id,
                          names.IMAGE_IDS_TAG: ",".join(image_ids)})
         with mlflow.start_run(run_id=target_id, nested=True):
+            fixed, metrics = settled_identity(explainer, tags, own, added)
+            if fixed:
+                mlflow.set_tags(fixed)
+            if metrics:
+                mlflow.log_metrics(metrics)
             with map_progress(len(image_ids), f"Adding maps to run {target_id}") as bar:
                 for image_id in image_ids:
                     count += 1
                     facts = explainer.facts(image_id)
-                    prefix = f"updates/{count}_image_{names.metric_safe(image_id)}/"
-                    explainer.explain(facts, prefix)
-                    history.append(image_id)
-                    mlflow.set_tags({**facts.tags, names.HISTORY_TAG: ",".join(history),
+                    explainer.explain(facts, names.update_prefix(count, image_id))
+                    added.append(image_id)
+                    record, metric = update_record(count, facts, explainer.split_of(image_id))
+                    mlflow.set_tags({**record, names.ADDED_IMAGES_TAG: ",".join(added),
                                      names.UPDATES_TAG: str(count), names.MODIFIED_TAG: "true",
                                      names.MODIFIED_BY_TAG: parent.info.run_id})
+                    mlflow.log_metrics(metric)
                     bar.advanced(image_id)
-        click.echo(f"Added {len(image_ids)} maps to run {target_id} (images it has held: "
-                   f"{','.join(history)})")
+        click.echo(f"Added {len(image_ids)} maps to run {target_id}, the map of image {own} "
+                   f"(images added to it: {','.join(added)})")
 
 
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["saliency"])
-def saliency(model_uri, dataset, image_size, image_ids, evaluation_run_ids, reproduce_run_id,
-             update_run_id, algorithm, picture_mode, predict_batch_size, **algorithm_values):
+def saliency(model_uri, dataset, image_size, test_fraction, split_seed, image_ids,
+             evaluation_run_ids, reproduce_run_id, update_run_id, algorithm, picture_mode,
+             top_classes, picture_scale, predict_batch_size, **algorithm_values):
+    pictures = plots.PictureStyle(picture_mode, top_classes, picture_scale)
     if reproduce_run_id:
         if image_ids or update_run_id or model_uri:
             raise click.BadParameter("reproduce_run_id takes everything from the stored run; "
                                      "give it alone", param_hint="'--reproduce_run_id'")
-        reproduce(reproduce_run_id, picture_mode, predict_batch_size)
+        reproduce(reproduce_run_id, pictures, predict_batch_size)
     elif update_run_id:
-        update(update_run_id, image_ids, picture_mode, predict_batch_size)
+        update(update_run_id, image_ids, pictures, predict_batch_size)
     else:
         if not model_uri:
             raise click.BadParameter("give the model to explain (or reproduce_run_id, or "
                                      "update_run_id)", param_hint="'--model_uri'")
-        generate(model_uri, dataset, image_size, image_ids, evaluation_run_ids,
-                 make_algorithm(algorithm, **algorithm_values), picture_mode, predict_batch_size)
+        generate(model_uri, dataset, image_size, (test_fraction, split_seed), image_ids,
+                 evaluation_run_ids, make_algorithm(algorithm, **algorithm_values), pictures,
+                 predict_batch_size)
 
 
 if __name__ == "__main__":

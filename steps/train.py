@@ -146,6 +146,11 @@ def train(dataset, image_size, test_fraction, split_seed, register_as, **model_a
             mlflow.log_artifact(str(pickle_path))
         for name in ENVIRONMENT_FILES:
             mlflow.log_artifact(str(PROJECT_DIR / name), artifact_path=names.ENVIRONMENT_ARTIFACT_DIR)
+        runs.describe(
+            f"Trained MLPClassifier{model_params.hidden_layer_sizes} on {len(train_labels)} "
+            f"images of `{data.dataset.name}` for {len(trained.loss_curve)} epochs"
+            f"{'' if trained.converged else ' (did not converge)'}: test accuracy "
+            f"{test_acc:.2%}. Model: `{model_info.model_uri}`.")
         click.echo(f"Train run {run_id}: train accuracy {train_acc:.4f}, test accuracy {test_acc:.4f}")
 
 

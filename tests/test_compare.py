@@ -88,3 +88,15 @@ def test_agreements_are_xaitk_s_measures_for_every_pair():
     same = agreements({"a": maps["a"], "twice": 2 * maps["a"]})[("a", "twice")]
     assert same["Xcorr"] == pytest.approx(1.0)
     assert agreements({"a": maps["a"], "b": maps["a"]})[("a", "b")]["Ssd"] == 0.0
+
+
+def test_comparison_pictures_say_what_the_compared_maps_mean():
+    from steps.compare import map_meaning
+    from steps.core import plots
+
+    rise, window = {"algorithm": "rise"}, {"algorithm": "sliding_window", "scoring": "occlusion"}
+    squared = {"algorithm": "sliding_window", "scoring": "squared_difference"}
+    assert map_meaning([rise, window]) == plots.SHOWING
+    assert map_meaning([squared, {**squared, "stride": "1,1"}]) == plots.OCCLUDING
+    assert map_meaning([rise, squared]) == plots.COMPARED
+    assert map_meaning([rise, {"algorithm": "mc_rise"}]) == plots.COMPARED

@@ -104,14 +104,19 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
                         "algorithm": "sliding_window", "window_size": "3,3", "stride": "2,2",
                         "fill": "0.5", "picture_mode": "per_class"}, entry_point="saliency")
     assert result.returncode == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "training split" in line]
+    assert warnings == ["Warning: images 3, 1000 are in the training split (test_fraction 0.25, "
+                        "split_seed 0): the model has seen them"], result.stderr
     maps = [r for r in store.runs("Saliency Map Generation") if "Image_id" in r.data.tags]
     assert sorted(r.data.tags["Image_id"] for r in maps) == ["1000", "3"]
     for run in maps:
         assert run.data.params == {"algorithm": "sliding_window", "window_size": "3,3",
                                    "stride": "2,2", "scoring": "occlusion", "fill": "0.5",
                                    "predict_batch_size": "256",
-                                   "dataset": "digits", "image_size": ""}
+                                   "dataset": "digits", "image_size": "",
+                                   "test_fraction": "0.25", "split_seed": "0"}
         assert run.data.tags["Evaluation_run_id"] == ""
+        assert run.data.tags["Split"] == "train"
         assert {"Deletion_auc", "Insertion_auc", "Entropy"} <= set(run.data.metrics)
         assert run.data.tags["Model_uri"] == model_uri
         assert run.data.tags["Train_run_id"] == train_id

@@ -296,7 +296,8 @@ def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, alg
     (run,) = store.runs("Saliency Map Generation",
                         f"params.algorithm = '{algorithm}' AND tags.Image_id = '{image_id}'")
     assert run.data.params == {"algorithm": algorithm, **logged, "predict_batch_size": "256",
-                               "dataset": str(folder), "image_size": SIZE}
+                               "dataset": str(folder), "image_size": SIZE,
+                               "test_fraction": "0.25", "split_seed": "0"}
     stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
     assert stored.shape == shape and np.isfinite(stored).all()
     assert picture in artifact_paths(store.client, run.info.run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import re
@@ -11,15 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from steps.core.data import load_dataset, split_dataset
 from steps.core.models import ProbaModel
 from steps.core.saliency import ImageClassifier, compute_saliency, generator_from_config
 from steps.tracking.sqlite_journal import journal_mode
+from tests.browser import render_page
 from tests.conftest import FAST_SALIENCY, FAST_TRAIN, Store
 
 NUM_SAMPLES = 40
-QUERY = "metrics.Predicted_class_conf < 0.99"
+# Quotes inside: MLflow logs it shell-quoted as a param; the driver keeps it as typed.
+QUERY = "metrics.Predicted_class_conf < 0.99 AND tags.Correct != 'maybe'"
 MAX_IMAGES = 3
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -241,7 +245,8 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         assert run.data.params == {"algorithm": "rise", "n": FAST_SALIENCY["n"], "s": "4",
                                    "p1": "0.5", "seed": "0", "debiased": "true", "fill": "0.0",
                                    "predict_batch_size": "256", "dataset": "digits",
-                                   "image_size": ""}
+                                   "image_size": "", "test_fraction": "0.25", "split_seed": "0"}
+        assert tags["Split"] == "test" and sample.data.tags["Split"] == "test"
         paths = artifact_paths(store.client, run_id)
         assert {"saliency_map.npy", "generator_config.json", "pictures/all_classes.png"} <= paths
         assert {f"pictures/class_{k}.png" for k in range(10)} <= paths
@@ -321,3 +326,98 @@ def test_the_step_run_holds_mean_maps_by_class_and_confusion_cell(pipeline, runs
         mean = np.load(store.client.download_artifacts(step_id, f"{name}.npy"))
         np.testing.assert_allclose(mean, np.mean(members, axis=0), atol=1e-12)
         assert f"{name}_all_classes.png" in paths
+
+
+def test_every_run_and_experiment_says_what_it_is(pipeline, runs):
+    store, _ = pipeline
+    names = {key: runs[key].data.tags["mlflow.runName"]
+             for key in ("main", "train", "evaluation", "saliency")}
+    assert names == {"main": "pipeline", "train": "train", "evaluation": "evaluate",
+                     "saliency": "saliency"}
+    for run in runs["samples"] + runs["maps"]:
+        assert run.data.tags["mlflow.runName"] == f"image-{run.data.tags['Image_id']}"
+    for key in ("main", "train", "evaluation", "saliency"):
+        assert len(runs[key].data.tags.get("mlflow.note.content", "")) > 20, key
+    assert "accuracy" in runs["evaluation"].data.tags["mlflow.note.content"]
+    for experiment in ("Default", "Train", "Evaluation", "Saliency Map Generation"):
+        tags = store.client.get_experiment_by_name(experiment).tags
+        assert len(tags.get("mlflow.note.content", "")) > 20, experiment
+
+
+def test_the_query_is_kept_as_typed(pipeline, runs):
+    store, _ = pipeline
+    main = runs["main"]
+    typed = json.loads(read_artifact(store.client, main.info.run_id, "pipeline_parameters.json"))
+    assert typed["query"] == QUERY
+    assert typed["max_images"] == str(MAX_IMAGES)
+    assert main.data.tags["Query"] == QUERY
+    found = store.client.search_runs([main.info.experiment_id],
+                                     f"tags.Query = \"{QUERY}\"")
+    assert [r.info.run_id for r in found] == [main.info.run_id]
+
+
+def test_the_evaluation_logs_its_samples_as_a_table_and_classifier_metrics(pipeline, runs):
+    store, _ = pipeline
+    parent = runs["evaluation"]
+    table = store.client.load_table(parent.info.experiment_id, "results.json",
+                                    run_ids=[parent.info.run_id])
+    samples = {r.info.run_id: r for r in runs["samples"]}
+    assert sorted(table["run_id"]) == sorted(samples)
+    for row in table.itertuples():
+        sample = samples[row.run_id]
+        # load_table reads digit strings back as numbers
+        assert str(row.image_id) == sample.data.tags["Image_id"]
+        assert str(row.true_class) == sample.data.tags["GT_class"]
+        assert str(row.predicted_class) == sample.data.tags["Predicted_class"]
+        assert row.correct == (sample.data.tags["Correct"] == "true")
+        assert row.confidence == pytest.approx(sample.data.metrics["Predicted_class_conf"])
+    metrics = parent.data.metrics
+    truth = [int(r.data.tags["GT_class"]) for r in runs["samples"]]
+    confidences = np.array([[r.data.metrics[f"Class_{k}_conf"] for k in range(10)]
+                            for r in runs["samples"]])
+    from sklearn.metrics import log_loss
+    assert metrics["log_loss"] == pytest.approx(log_loss(truth, confidences, labels=range(10)),
+                                                rel=1e-5)
+    assert 0.5 < metrics["roc_auc_ovr_macro"] <= 1
+    assert 0 <= metrics["expected_calibration_error"] <= 1
+    assert 0 <= metrics["f1_macro"] <= 1
+    assert all(0 <= metrics[f"Class_{k}_f1"] <= 1 for k in range(10))
+    paths = artifact_paths(store.client, parent.info.run_id)
+    for picture in ("roc_curves.png", "precision_recall_curves.png", "calibration_curve.png"):
+        assert read_artifact(store.client, parent.info.run_id,
+                             f"curves/{picture}").startswith(PNG_MAGIC)
+    assert "results.json" in paths
+
+
+def test_the_report_renders_in_a_browser_with_every_image(pipeline, runs, tmp_path):
+    store, _ = pipeline
+    main_id = runs["main"].info.run_id
+    page = tmp_path / "report.html"
+    page.write_bytes(read_artifact(store.client, main_id, "report.html"))
+    text = page.read_text()
+    assert "<script" not in text.lower()
+    for run in [runs["train"], runs["evaluation"], runs["saliency"], *runs["maps"]]:
+        assert run.info.run_id in text
+    assert html.escape(QUERY) in text
+    assert f"{runs['evaluation'].data.metrics['accuracy']:.4g}" in text
+    rendered = render_page(page, tmp_path)
+    # The confusion matrix, the calibration curve, one picture per map.
+    assert rendered.images == 2 + len(runs["maps"])
+    assert rendered.decoded == rendered.images
+    assert rendered.errors == 0 and rendered.external == 0
+    screenshot = np.asarray(Image.open(rendered.screenshot).convert("L"))
+    assert screenshot.shape == (3000, 1280)
+    assert (screenshot < 128).mean() > 0.01  # text and pictures, not a blank page
+
+
+def test_the_report_entry_point_rebuilds_the_same_page_from_the_store(pipeline, runs):
+    store, _ = pipeline
+    main_id = runs["main"].info.run_id
+    before = read_artifact(store.client, main_id, "report.html")
+    result = store.run({"main_run_id": main_id}, entry_point="report")
+    assert result.returncode == 0, result.output
+    assert read_artifact(store.client, main_id, "report.html") == before
+    (rebuild,) = [r for r in store.runs("Default")
+                  if r.data.tags.get("mlflow.project.entryPoint") == "report"]
+    assert rebuild.data.tags["Report_of_run_id"] == main_id
+    assert rebuild.data.tags["mlflow.runName"] == "report"

@@ -197,10 +197,12 @@ def test_clis_list_algorithms_and_datasets_without_heavy_imports():
 
 
 def test_per_class_pictures_are_one_figure_redrawn_and_equal_new_figures(digits):
-    """Each class's picture from the redrawn figure is the picture a new figure gives."""
+    """Each class's picture from the redrawn figure is the picture a new figure gives, in
+    order of confidence."""
     image = digits.images[5]
     maps = np.random.default_rng(0).uniform(-1, 1, size=(3, *image.shape))
-    titles = [f"image 5\nclass {k}" for k in range(3)]
+    names = ["a", "b", "c"]
+    answer = plots.Answer(np.array([0.2, 0.7, 0.1]), 1, 0)
 
     def png(fig) -> bytes:
         buffer = io.BytesIO()
@@ -208,10 +210,12 @@ def test_per_class_pictures_are_one_figure_redrawn_and_equal_new_figures(digits)
         return buffer.getvalue()
 
     open_before = plt.get_fignums()
-    redrawn = [png(fig) for fig in plots.class_overlay_figures(image, maps, titles)]
+    redrawn = [(column, png(fig)) for column, fig in
+               plots.class_overlay_figures(image, maps, names, "image 5", answer)]
     assert plt.get_fignums() == open_before  # closed once all are drawn
-    assert len(set(redrawn)) == 3
-    for saliency, title, picture in zip(maps, titles, redrawn):
-        fig = plots.class_overlay_figure(image, saliency, title)
+    assert [column for column, _ in redrawn] == [1, 0, 2]
+    assert len({picture for _, picture in redrawn}) == 3
+    for column, picture in redrawn:
+        fig = plots.class_overlay_figure(image, maps, names, "image 5", column, answer)
         assert png(fig) == picture
         plt.close(fig)

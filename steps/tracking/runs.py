@@ -16,7 +16,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from steps.core.code_version import code_version
-from steps.names import CODE_VERSION_TAG, RUN_NAME_TAG, STEP_RUN_TAG
+from steps.names import (CODE_VERSION_TAG, EXPERIMENT_DESCRIPTIONS, IMAGE_ID_TAG, NOTE_TAG,
+                         RUN_NAME_TAG, SALIENCY_PARENT_TAG, STEP_RUN_TAG)
 from steps.tracking.lifecycle import hide_partial_results, note_failure, process_tags, run_context
 
 
@@ -41,13 +42,22 @@ def experiment_id(name: str) -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if NOTE_TAG not in experiment.tags:  # made by an older version; a user's own stays
+            client.set_experiment_tag(experiment.experiment_id, NOTE_TAG,
+                                      EXPERIMENT_DESCRIPTIONS[name])
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(client, name))
+        return client.create_experiment(name, artifact_location=_artifact_location(client, name),
+                                        tags={NOTE_TAG: EXPERIMENT_DESCRIPTIONS[name]})
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
         return client.get_experiment_by_name(name).experiment_id
+
+
+def describe(text: str) -> None:
+    """The active run's description in the MLflow UI (Markdown)."""
+    mlflow.set_tag(NOTE_TAG, text)
 
 
 @contextlib.contextmanager
@@ -74,10 +84,13 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
         with run_context(run_id=launched_id, tags={**tags, RUN_NAME_TAG: run_name}) as run:
             yield from _hiding_results_on_failure(run)
     else:
-        with run_context(run_id=launched_id, tags=process_tags()):
+        with run_context(run_id=launched_id, tags={**process_tags(), RUN_NAME_TAG: run_name}):
             with run_context(experiment_id=stage_experiment, run_name=run_name, nested=True,
                              tags=tags) as run:
-                MlflowClient().set_tag(launched_id, STEP_RUN_TAG, run.info.run_id)
+                client = MlflowClient()
+                client.set_tag(launched_id, STEP_RUN_TAG, run.info.run_id)
+                client.set_tag(launched_id, NOTE_TAG, f"The {run_name} step's results are in "
+                               f"its run {run.info.run_id}, experiment {experiment_name!r}.")
                 yield from _hiding_results_on_failure(run)
 
 
@@ -98,9 +111,10 @@ def _hiding_results_on_failure(run: Run) -> Iterator[Run]:
         raise
 
 
-def require_run(run_id: str, experiment_name: str, param: str) -> Run:
-    """A FINISHED, not deleted run of the named experiment, or a click error naming the
-    parameter."""
+def require_run(run_id: str, experiment_name: str | None, param: str,
+                finished: bool = True) -> Run:
+    """A not deleted run (of the named experiment, if one is named; FINISHED, if `finished`),
+    or a click error naming the parameter."""
     hint = f"'--{param}'"
     client = MlflowClient()
     try:
@@ -114,13 +128,13 @@ def require_run(run_id: str, experiment_name: str, param: str) -> Run:
             f"run {run_id} is deleted; restore it first with `mlflow runs restore --run-id "
             f"{run_id}` (or choose another run)", param_hint=hint)
     experiment = client.get_experiment(run.info.experiment_id)
-    if experiment.name != experiment_name:
+    if experiment_name is not None and experiment.name != experiment_name:
         raise click.BadParameter(
             f"run {run_id} belongs to experiment {experiment.name!r}; "
             f"expected a run of experiment {experiment_name!r}",
             param_hint=hint,
         )
-    if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
+    if finished and run.info.status != RunStatus.to_string(RunStatus.FINISHED):
         raise click.BadParameter(
             f"run {run_id} is {run.info.status}; expected a FINISHED run", param_hint=hint
         )
@@ -135,3 +149,11 @@ def finished_run_tagged(experiment_names: list[str], key: str, value: str) -> Ru
         ids, f"tags.`{key}` = '{value}' AND attributes.status = 'FINISHED'", max_results=1,
         order_by=["attributes.start_time DESC"])
     return found[0] if found else None
+
+
+def map_runs(step_run: Run) -> dict[str, Run]:
+    """A saliency step run's map runs by image ID."""
+    found = MlflowClient().search_runs(
+        [step_run.info.experiment_id],
+        f"tags.{SALIENCY_PARENT_TAG} = '{step_run.info.run_id}'", max_results=10000)
+    return {run.data.tags[IMAGE_ID_TAG]: run for run in found}

@@ -1,0 +1,195 @@
+"""A pipeline's results on one self-contained HTML page: pictures embedded, no network, no
+JavaScript, readable in a browser, a mail attachment or the MLflow UI's artifact view."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
+       max-width: 1200px; padding: 1.5em; color: #1f2328; background: #fff; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em;
+     border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; }
+.sub { color: #59636e; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { text-align: left; padding: 0.25em 0.8em 0.25em 0; vertical-align: top; }
+th { color: #59636e; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code { font-size: 0.9em; background: #f6f8fa; padding: 0.1em 0.3em; border-radius: 4px; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.figures figure { margin: 0; }
+.figures img { width: 460px; max-width: 100%; height: auto; border: 1px solid #d0d7de; }
+.gallery { display: flex; flex-direction: column; gap: 1em; }
+.card { border: 1px solid #d0d7de; border-radius: 6px; padding: 0.8em; display: grid;
+        grid-template-columns: minmax(0, 3fr) minmax(260px, 1fr); gap: 1em; }
+.card figure { margin: 0; }
+.card.wrong { border-left: 5px solid #cf222e; } .card.right { border-left: 5px solid #1a7f37; }
+.card img { width: 100%; height: auto; }
+.card h3 { margin: 0 0 0.3em 0; font-size: 1em; }
+.bad { color: #cf222e; font-weight: 600; } .good { color: #1a7f37; font-weight: 600; }
+.warn { color: #9a6700; }
+"""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A PNG and what it shows (its alt text and caption)."""
+
+    png: bytes
+    caption: str
+
+    def html(self, captioned: bool = True) -> str:
+        data = base64.b64encode(self.png).decode("ascii")
+        alt = html.escape(self.caption)
+        caption = f'<figcaption class="sub">{alt}</figcaption>' if captioned else ""
+        return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">{caption}</figure>'
+
+
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run named on the page: its ID, and a link to it when the MLflow UI's address is known."""
+
+    run_id: str
+    url: str | None = None
+
+    def html(self) -> str:
+        text = f"<code>{html.escape(self.run_id)}</code>"
+        return f'<a href="{html.escape(self.url)}">{text}</a>' if self.url else text
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    """One explained image: what the model made of it, its picture and its map's metrics."""
+
+    image_id: str
+    true_class: str
+    predicted_class: str
+    confidence: float | None
+    split: str | None
+    picture: Picture | None
+    metrics: dict[str, float]
+    run: RunRef
+    beats_random: bool | None = None
+
+
+@dataclass(frozen=True)
+class ExplanationSet:
+    """One saliency step run: its algorithm, aggregates and images."""
+
+    title: str
+    run: RunRef
+    aggregates: dict[str, float]
+    images: list[ExplainedImage]
+
+
+@dataclass
+class PipelineReport:
+    """Everything the page shows, in order."""
+
+    title: str
+    run: RunRef
+    status: str
+    facts: dict[str, str]  # model and data: label -> text
+    links: dict[str, RunRef] = field(default_factory=dict)  # step label -> run
+    evaluation_metrics: dict[str, float] = field(default_factory=dict)
+    evaluation_pictures: list[Picture] = field(default_factory=list)
+    query: dict[str, str] = field(default_factory=dict)
+    explanations: list[ExplanationSet] = field(default_factory=list)
+    comparison: dict[str, float] = field(default_factory=dict)  # pair -> mean agreement
+    notes: list[str] = field(default_factory=list)
+
+
+def _number(value: float) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4g}"
+    return f"{int(value):,}" if abs(value) < 1e15 else f"{value:g}"
+
+
+def _table(rows: dict[str, str], numeric: bool = False) -> str:
+    cells = "".join(
+        f"<tr><th>{html.escape(k)}</th><td{' class=num' if numeric else ''}>{v}</td></tr>"
+        for k, v in rows.items())
+    return f"<table>{cells}</table>"
+
+
+def _metrics_table(metrics: dict[str, float]) -> str:
+    return _table({k: _number(v) for k, v in metrics.items()}, numeric=True)
+
+
+#: Faithfulness metrics that have a random map's value to beat: name -> (label, lower is better).
+AGAINST_RANDOM = {"Deletion_auc": ("Deletion AUC", True), "Insertion_auc": ("Insertion AUC", False)}
+
+
+def _faithfulness_table(metrics: dict[str, float]) -> str:
+    """This map's deletion and insertion areas against a random map's, then the rest."""
+    rows, shown = [], set()
+    for name, (label, lower_better) in AGAINST_RANDOM.items():
+        random_name = f"Random_{name[0].lower()}{name[1:]}"
+        if name not in metrics or random_name not in metrics:
+            continue
+        value, random = metrics[name], metrics[random_name]
+        better = value < random if lower_better else value > random
+        mark = '<span class="good">better</span>' if better else '<span class="bad">worse</span>'
+        rows.append(f"<tr><th>{label} ({'lower' if lower_better else 'higher'} is better)</th>"
+                    f"<td class=num>{value:.3f}</td><td class=num>{random:.3f}</td>"
+                    f"<td>{mark}</td></tr>")
+        shown |= {name, random_name}
+    head = ("<tr><th></th><th>this map</th><th>random map</th><th></th></tr>" if rows else "")
+    rest = {k: v for k, v in metrics.items() if k not in shown}
+    return f"<table>{head}{''.join(rows)}</table>" + (_metrics_table(rest) if rest else "")
+
+
+def _image_card(image: ExplainedImage) -> str:
+    right = image.true_class == image.predicted_class
+    outcome = ('<span class="good">correct</span>' if right
+               else '<span class="bad">wrong</span>')
+    confidence = f", confidence {image.confidence:.3f}" if image.confidence is not None else ""
+    split = ("" if image.split in (None, "test")
+             else f' <span class="warn">({html.escape(image.split)} image: the model saw it '
+                  f'in training)</span>')
+    trust = ""
+    if image.beats_random is not None:
+        trust = ('<p class="good">The map beats a random map (deletion and insertion).</p>'
+                 if image.beats_random else
+                 '<p class="bad">The map does not beat a random map: do not trust it.</p>')
+    picture = (image.picture.html(captioned=False) if image.picture
+               else "<p class=sub>(no picture)</p>")
+    return (f'<div class="card {"right" if right else "wrong"}"><div>{picture}</div><div>'
+            f"<h3>Image <code>{html.escape(image.image_id)}</code>{split}</h3>"
+            f"<p>true <b>{html.escape(image.true_class)}</b>, predicted "
+            f"<b>{html.escape(image.predicted_class)}</b>{confidence}: {outcome}</p>"
+            f"{trust}{_faithfulness_table(image.metrics)}"
+            f"<p class=sub>map run {image.run.html()}</p></div></div>")
+
+
+def render(report: PipelineReport) -> str:
+    """The page, as one HTML document."""
+    parts = [f"<h1>{html.escape(report.title)}</h1>",
+             f"<p class=sub>Main run {report.run.html()}, {html.escape(report.status)}</p>"]
+    parts += [f'<p class="warn">{html.escape(note)}</p>' for note in report.notes]
+    parts.append("<h2>Model and data</h2>" + _table(
+        {k: html.escape(v) for k, v in report.facts.items()}
+        | {k: ref.html() for k, ref in report.links.items()}))
+    if report.evaluation_metrics or report.evaluation_pictures:
+        parts.append("<h2>Evaluation</h2>" + _metrics_table(report.evaluation_metrics)
+                     + '<div class="figures">'
+                     + "".join(p.html() for p in report.evaluation_pictures) + "</div>")
+    if report.query:
+        parts.append("<h2>Query</h2>" + _table(
+            {k: f"<code>{html.escape(v)}</code>" for k, v in report.query.items()}))
+    for explanation in report.explanations:
+        parts.append(f"<h2>{html.escape(explanation.title)}</h2>"
+                     f"<p class=sub>saliency run {explanation.run.html()}</p>"
+                     + _metrics_table(explanation.aggregates)
+                     + '<div class="gallery">'
+                     + "".join(_image_card(image) for image in explanation.images) + "</div>")
+    if report.comparison:
+        parts.append("<h2>How far the configurations agree (mean over images)</h2>"
+                     + _metrics_table(report.comparison))
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(report.title)}</title><style>{STYLE}</style></head>"
+            f"<body>{''.join(parts)}</body></html>\n")

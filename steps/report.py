@@ -1,0 +1,189 @@
+"""Report step: a pipeline's results on one page, `report.html`, rebuilt from the store alone.
+
+The driver logs the report in its main run when the pipeline ends; `mlflow run . -e report -P
+main_run_id=<ID>` rebuilds it for an earlier pipeline (e.g. after a newer version of this
+project, or once the tracking server's address is known) and logs it in that main run again.
+Runs are linked to the MLflow UI when the tracking URI is a server's address.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from steps import names, options
+from steps.core.report import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
+                               render)
+from steps.tracking import lifecycle, runs
+
+#: The evaluation's headline metrics, in the order the page shows them.
+HEADLINE_METRICS = ("accuracy", "num_samples", "f1_macro", "log_loss", "roc_auc_ovr_macro",
+                    "expected_calibration_error")
+#: A saliency step run's aggregates the page shows, beside any `*_mean`.
+SALIENCY_AGGREGATES = (names.BEATING_RANDOM_METRIC,)
+
+
+class StoreReader:
+    """The runs and artifacts a report reads, and links to them in the MLflow UI."""
+
+    def __init__(self) -> None:
+        self.client = MlflowClient()
+        uri = mlflow.get_tracking_uri()
+        self.ui = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+    def ref(self, run: Run) -> RunRef:
+        url = (f"{self.ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+               if self.ui else None)
+        return RunRef(run.info.run_id, url)
+
+    def run(self, run_id: str) -> Run | None:
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            return None
+
+    def picture(self, run: Run, path: str, caption: str) -> Picture | None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run.info.run_id, path, tmp)
+            except (MlflowException, OSError):
+                return None
+            return Picture(Path(local).read_bytes(), caption)
+
+    def first_picture(self, run: Run, paths: list[str], caption: str) -> Picture | None:
+        """The first of `paths` the run has (listing once, not trying each)."""
+        have = set()
+        for folder in {p.rsplit("/", 1)[0] for p in paths if "/" in p}:
+            have |= {f.path for f in self.client.list_artifacts(run.info.run_id, folder)}
+        for path in paths:
+            if path in have:
+                return self.picture(run, path, caption)
+        return None
+
+
+def explained_image(reader: StoreReader, run: Run) -> ExplainedImage:
+    tags, metrics = run.data.tags, run.data.metrics
+    predicted = tags.get(names.PREDICTED_CLASS_TAG, "")
+    pictures = names.PICTURES_DIR
+    picture = reader.first_picture(run, [
+        f"{pictures}/all_classes.png", f"{pictures}/class_{names.metric_safe(predicted)}.png",
+        f"{pictures}/class_prediction.png", f"{pictures}/fill_colour_0/all_classes.png"],
+        f"saliency of image {tags.get(names.IMAGE_ID_TAG)}")
+    shown = {k: v for k, v in sorted(metrics.items())
+             if k != names.PREDICTED_CONF_METRIC and not k.startswith("Update_")}
+    beats = (metrics["Deletion_auc"] < metrics["Random_deletion_auc"]
+             and metrics["Insertion_auc"] > metrics["Random_insertion_auc"]
+             if {"Deletion_auc", "Random_deletion_auc", "Insertion_auc",
+                 "Random_insertion_auc"} <= metrics.keys() else None)
+    return ExplainedImage(tags.get(names.IMAGE_ID_TAG, ""), tags.get(names.GT_CLASS_TAG, ""),
+                          predicted, metrics.get(names.PREDICTED_CONF_METRIC),
+                          tags.get(names.SPLIT_TAG), picture, shown, reader.ref(run), beats)
+
+
+def explanation_set(reader: StoreReader, step: Run) -> ExplanationSet:
+    by_image = runs.map_runs(step)
+    order = step.data.tags.get(names.IMAGE_IDS_TAG, "").split(",")
+    images = [by_image[i] for i in order if i in by_image]
+    images += [r for i, r in by_image.items() if i not in order]
+    aggregates = {k: v for k, v in sorted(step.data.metrics.items())
+                  if k in SALIENCY_AGGREGATES or k.endswith("_mean")}
+    algorithm = step.data.tags.get(names.ALGORITHM_TAG, "saliency")
+    settings = images[0].data.params if images else {}
+    not_algorithm = {d.name for d in options.SALIENCY_INPUTS + options.MAP_MAKING} | {
+        "algorithm"}
+    used = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k not in not_algorithm)
+    return ExplanationSet(f"Saliency: {algorithm}" + (f" ({used})" if used else ""),
+                          reader.ref(step), aggregates,
+                          [explained_image(reader, run) for run in images])
+
+
+def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
+    """What the page of pipeline `main_run_id` shows, read from the store. `status`: the main
+    run's, when the page is written before it ends (by the driver, as its last act)."""
+    reader = StoreReader()
+    main = reader.client.get_run(main_run_id)
+    tags = main.data.tags
+    status = status or main.info.status
+    started = datetime.fromtimestamp(main.info.start_time / 1000, timezone.utc)
+    report = PipelineReport(f"saliency-flow pipeline of {started:%Y-%m-%d %H:%M} UTC",
+                            reader.ref(main), status, {})
+    if status != "FINISHED":
+        report.notes.append(f"This pipeline's main run is {main.info.status}: its results "
+                            "may be incomplete.")
+    train = reader.run(tags[names.TRAIN_RUN_TAG]) if names.TRAIN_RUN_TAG in tags else None
+    if train is not None:
+        report.links["Train run"] = reader.ref(train)
+        for metric in ("train_accuracy", "test_accuracy"):
+            if metric in train.data.metrics:
+                report.facts[metric.replace("_", " ").capitalize()] = \
+                    f"{train.data.metrics[metric]:.4f}"
+        if train.data.tags.get("Converged") == "false":
+            report.notes.append("Training did not converge: the model may be weaker than it "
+                                "could be.")
+    for evaluation_id in filter(None, tags.get(names.EVALUATION_RUN_TAG, "").split(",")):
+        evaluation = reader.run(evaluation_id)
+        if evaluation is None:
+            continue
+        report.links["Evaluation run"] = reader.ref(evaluation)
+        report.facts |= {label: evaluation.data.tags[tag] for label, tag in (
+            ("Model", names.MODEL_URI_TAG), ("Model version", names.MODEL_VERSION_TAG),
+            ("Dataset", names.DATASET_TAG), ("Image shape", names.IMAGE_SHAPE_TAG),
+            ("Dataset digest", names.DATASET_DIGEST_TAG)) if tag in evaluation.data.tags}
+        report.evaluation_metrics |= {k: evaluation.data.metrics[k] for k in HEADLINE_METRICS
+                                      if k in evaluation.data.metrics}
+        for path, caption in ((names.CONFUSION_MATRIX_ARTIFACT, "confusion matrix"),
+                              (f"{names.CURVES_DIR}/calibration_curve.png", "calibration")):
+            picture = reader.picture(evaluation, path, caption)
+            if picture is not None:
+                report.evaluation_pictures.append(picture)
+    report.query = {label: tags[tag] for label, tag in (
+        ("Filter", names.QUERY_TAG), ("Order by", names.ORDER_BY_TAG),
+        ("Matched samples", names.QUERY_MATCHES_TAG),
+        ("Explained images", names.QUERIED_IMAGES_TAG)) if tag in tags}
+    for step_id in filter(None, tags.get(names.SALIENCY_RUN_TAG, "").split(",")):
+        step = reader.run(step_id)
+        if step is not None:
+            report.explanations.append(explanation_set(reader, step))
+    comparison = (reader.run(tags[names.COMPARISON_RUN_TAG])
+                  if names.COMPARISON_RUN_TAG in tags else None)
+    if comparison is not None:
+        report.comparison = {k.removesuffix("_mean"): v
+                             for k, v in sorted(comparison.data.metrics.items())
+                             if k.endswith("_mean")}
+    return report
+
+
+def log_report(main_run_id: str, status: str | None = None) -> str:
+    """Build the page of pipeline `main_run_id` and log it in that run; returns the page."""
+    page = render(collect(main_run_id, status))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, names.REPORT_ARTIFACT)
+        path.write_text(page, encoding="utf-8")
+        MlflowClient().log_artifact(main_run_id, str(path))
+    return page
+
+
+@click.command(help=__doc__)
+@options.with_options(options.ENTRY_POINTS["report"])
+def report(main_run_id):
+    main = runs.require_run(main_run_id, None, "main_run_id", finished=False)
+    if names.EVALUATION_RUN_TAG not in main.data.tags:
+        raise click.BadParameter(f"run {main_run_id} is not a pipeline's main run (it has no "
+                                 f"{names.EVALUATION_RUN_TAG} tag)", param_hint="'--main_run_id'")
+    with lifecycle.run_context(tags={names.RUN_NAME_TAG: "report", names.REPORT_OF_TAG: main_run_id,
+                                     names.NOTE_TAG: f"Rebuilt the report of pipeline "
+                                                     f"{main_run_id}; it is logged there."}):
+        log_report(main_run_id)
+    click.echo(f"Report of pipeline {main_run_id} logged as {names.REPORT_ARTIFACT} in it "
+               f"({mlflow.get_tracking_uri()})")
+
+
+if __name__ == "__main__":
+    options.run_cli(report)

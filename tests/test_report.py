@@ -1,0 +1,111 @@
+"""The report page and the classifier metrics, as functions of their inputs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import log_loss, roc_auc_score
+
+from steps.core.classification import Evaluated, classifier_metrics, curve_figures, \
+    expected_calibration_error
+from steps.core.report import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
+                               render)
+from tests.browser import render_page
+
+
+def png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def page(ui: str | None = None) -> PipelineReport:
+    link = (lambda run_id: RunRef(run_id, f"{ui}/#/experiments/1/runs/{run_id}" if ui else None))
+    images = [
+        ExplainedImage("cat/<1>.png", "cat", "cat", 0.93, "test", Picture(png("red"), "a"),
+                       {"Deletion_auc": 0.1, "Random_deletion_auc": 0.3, "Insertion_auc": 0.6,
+                        "Random_insertion_auc": 0.4, "Entropy": 5.0}, link("a" * 32), True),
+        ExplainedImage("dog/2.png", "dog", "cat", 0.51, "train", Picture(png("blue"), "b"),
+                       {"Deletion_auc": 0.5, "Random_deletion_auc": 0.3}, link("b" * 32), False),
+    ]
+    return PipelineReport(
+        "pipeline & co", link("c" * 32), "FINISHED", {"Model": "models:/m/1"},
+        {"Train run": link("d" * 32)}, {"accuracy": 0.9, "num_samples": 450.0},
+        [Picture(png("green"), "confusion matrix")],
+        {"Filter": "tags.Correct = 'false'", "Matched samples": "2"},
+        [ExplanationSet("Saliency: rise", link("e" * 32), {"Maps_beating_random": 0.5}, images)],
+        {"Xcorr_rise_vs_sliding_window": 0.8})
+
+
+def test_the_page_is_self_contained_escaped_and_says_which_maps_to_trust():
+    text = render(page())
+    assert "<script" not in text and "http" not in text
+    assert text.count("data:image/png;base64,") == 3
+    assert "cat/&lt;1&gt;.png" in text and "pipeline &amp; co" in text
+    assert "tags.Correct = &#x27;false&#x27;" in text
+    assert "The map beats a random map" in text
+    assert "does not beat a random map" in text
+    assert "the model saw it in training" in text  # the train-split image, said so
+    assert text.count('class="card wrong"') == 1 and text.count('class="card right"') == 1
+    for run_id in ("a", "b", "c", "d", "e"):
+        assert run_id * 32 in text
+
+
+def test_runs_link_to_the_ui_when_its_address_is_known():
+    text = render(page("http://127.0.0.1:5000"))
+    assert f'href="http://127.0.0.1:5000/#/experiments/1/runs/{"a" * 32}"' in text
+    assert "<a " not in render(page())
+
+
+def test_the_page_renders_in_chromium_with_every_picture_decoded(tmp_path):
+    path = tmp_path / "report.html"
+    path.write_text(render(page()), encoding="utf-8")
+    rendered = render_page(path, tmp_path, height=1200)
+    assert (rendered.images, rendered.decoded, rendered.errors, rendered.external) == (3, 3, 0, 0)
+    shot = np.asarray(Image.open(rendered.screenshot).convert("RGB"))
+    # The red picture of the first card is on screen, as drawn.
+    assert ((shot[..., 0] > 200) & (shot[..., 1] < 60) & (shot[..., 2] < 60)).sum() > 500
+
+
+def evaluated() -> Evaluated:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[truth]
+    confidences = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return Evaluated(truth, confidences, np.array([0, 1, 2]), ("a", "b", "c"))
+
+
+def test_classifier_metrics_equal_scikit_learns():
+    result = evaluated()
+    overall, per_class = classifier_metrics(result)
+    assert overall["accuracy"] == pytest.approx(np.mean(result.confidences.argmax(1) == result.truth))
+    assert overall["log_loss"] == pytest.approx(log_loss(result.truth, result.confidences))
+    assert overall["roc_auc_ovr_macro"] == pytest.approx(
+        roc_auc_score(result.truth, result.confidences, multi_class="ovr"))
+    assert set(per_class) == {"a", "b", "c"}
+    assert all(0 < v["f1"] < 1 for v in per_class.values())
+
+
+def test_a_model_without_a_column_for_a_true_class_gets_no_log_loss():
+    result = evaluated()
+    partial = Evaluated(result.truth, result.confidences[:, :2], np.array([0, 1]),
+                        ("a", "b", "c"))
+    overall, _ = classifier_metrics(partial)
+    assert "log_loss" not in overall and "roc_auc_ovr_macro" in overall
+
+
+def test_expected_calibration_error():
+    # Always 0.8 confident and right 8 times in 10: perfectly calibrated.
+    assert expected_calibration_error(np.full(10, 0.8), np.arange(10) < 8) == pytest.approx(0)
+    # Always 0.9 confident and right half the time: off by 0.4.
+    assert expected_calibration_error(np.full(10, 0.9), np.arange(10) < 5) == pytest.approx(0.4)
+
+
+def test_curve_figures_draw_one_curve_per_class():
+    figures = curve_figures(evaluated())
+    assert set(figures) == {"roc_curves.png", "precision_recall_curves.png",
+                            "calibration_curve.png"}
+    assert len(figures["roc_curves.png"].axes[0].get_lines()) >= 3
