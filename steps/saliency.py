@@ -34,7 +34,7 @@ from steps.core import plots
 from steps.core.algorithm import make_algorithm
 from steps.core.data import DatasetError, split_dataset
 from steps.core.fast_saliency import engine_from_config
-from steps.core.metrics import MapScores, average_maps, score_map
+from steps.core.metrics import MapScores, average_maps, class_map, score_map
 from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import lifecycle, runs
 from steps.tracking.console import Progress, quiet_run_links
@@ -43,6 +43,8 @@ from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inpu
 # Stored with each map: the model's float32 confidences round by batch shape, so regenerating
 # the very same map takes the same batches.
 BATCH_PARAM = "predict_batch_size"
+#: Images in the step run's `summary.png`, one row each.
+SUMMARY_MAX_IMAGES = 30
 # The panel of a map that is not any one class's (SquaredDifferenceScoring's).
 WHOLE_PREDICTION = "prediction"
 
@@ -281,6 +283,32 @@ class Explainer:
                          replace(self.pictures, mode="combined", top_classes=0),
                          f"{names.AVERAGES_DIR}/{name}_")
 
+    def log_summary(self, made: list[tuple[ImageFacts, np.ndarray]]) -> None:
+        """One picture of the step's maps (`summary.png` of the active, step run): a row per
+        image (the first `SUMMARY_MAX_IMAGES`), its map of the predicted class and, where the
+        model was wrong, of the true class, all on one scale."""
+        class_names, rows = self.inputs.classes.names, []
+        for facts, maps in made[:SUMMARY_MAX_IMAGES]:
+            def label(kind: str, column: int) -> str:
+                return (f"{kind} {class_names[column]}  "
+                        f"{plots.confidence_text(facts.confidences[column])}")
+            if maps.ndim == 2:
+                row = {WHOLE_PREDICTION: maps}
+            else:
+                row = {label("predicted", facts.predicted_column):
+                       class_map(maps, facts.predicted_column)}
+                if facts.true_column not in (None, facts.predicted_column):
+                    row[label("true", facts.true_column)] = class_map(maps, facts.true_column)
+            rows.append((facts.image, f"{facts.image_id}: true {facts.tags[names.GT_CLASS_TAG]}",
+                         row))
+        shown = (f"the first {len(rows)} of {len(made)}" if len(rows) < len(made)
+                 else f"{len(made)}")
+        fig = plots.rows_figure(rows, f"{shown} maps by {self.label or 'the algorithm'}: the "
+                                      "predicted class, and the true class where it differs",
+                                plots.meaning_of(made[0][1]))
+        mlflow.log_figure(fig, names.SUMMARY_PICTURE)
+        plots.plt.close(fig)
+
     def map_run(self, facts: ImageFacts, parent: Run, params: dict, config: dict,
                 extra_tags: dict[str, str]) -> tuple[Run, np.ndarray, MapScores]:
         """A nested per-image run with its tags, params, config, map, pictures and metrics."""
@@ -349,6 +377,7 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
                 made.append((facts, maps))
         mlflow.log_metrics(aggregate_scores(scores))
         explainer.log_averages(made)
+        explainer.log_summary(made)
         beating = sum(s.beats_random() for s in scores)
         runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
                       f"of them beat a random map. One run per image below.")

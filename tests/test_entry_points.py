@@ -51,6 +51,10 @@ def test_train_alone_logs_overrides_into_the_train_experiment(store, train_run):
     assert train_run.data.tags["mlflow.parentRunId"] == outer.info.run_id
     assert outer.data.tags["Step_run_id"] == train_run.info.run_id
     assert outer.info.status == "FINISHED"
+    # Named as in a pipeline, and saying where its results are.
+    assert outer.data.tags["mlflow.runName"] == train_run.data.tags["mlflow.runName"] == "train"
+    assert train_run.info.run_id in outer.data.tags["mlflow.note.content"]
+    assert "test accuracy" in train_run.data.tags["mlflow.note.content"]
 
 
 def test_evaluate_alone(store, train_run, model_uri):

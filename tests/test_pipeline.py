@@ -311,6 +311,7 @@ def test_the_step_run_holds_mean_maps_by_class_and_confusion_cell(pipeline, runs
     store, _ = pipeline
     step_id = runs["saliency"].info.run_id
     paths = artifact_paths(store.client, step_id)
+    assert read_artifact(store.client, step_id, "summary.png").startswith(PNG_MAGIC)
     by_cell = {}
     for run in runs["maps"]:
         key = (run.data.tags["GT_class"], run.data.tags["Predicted_class"])

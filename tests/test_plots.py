@@ -203,6 +203,23 @@ def test_comparison_shares_one_scale_over_the_figure(image, maps):
     assert norms == {(-4.0, 4.0)}
 
 
+def test_a_summary_has_a_row_per_image_with_its_own_image_and_one_scale(image, maps):
+    other = 1 - image
+    fig = plots.rows_figure([(image, "7: true 1", {"predicted 1": maps[1]}),
+                             (other, "9: true 3", {"predicted 2": maps[2], "true 3": maps[3]})],
+                            "summary", plots.meaning_of(maps))
+    panels = [ax for ax in fig.axes if ax.images]
+    shown = [ax.images[0].get_array() for ax in panels if ax.get_title().startswith("image")]
+    assert len(shown) == 2 and not np.allclose(shown[0], shown[1])
+    titles = [ax.get_title() for ax in panels]
+    assert titles == ["image\n7: true 1", "predicted 1", "image\n9: true 3", "predicted 2",
+                      "true 3"]
+    norms = {(img.norm.vmin, img.norm.vmax) for ax in panels for img in ax.images[1:]}
+    assert norms == {(-4.0, 4.0)}
+    assert plots.meaning_of(maps[0]) is plots.OCCLUDING
+    assert plots.meaning_of(maps[np.newaxis]) is plots.FILLING
+
+
 def test_confusion_matrix_shows_counts_rates_and_accuracy():
     truth = np.array([0] * 8 + [1] * 4 + [2] * 3)
     predicted = np.array([0] * 7 + [2] + [1] * 3 + [0] + [2] * 3)

@@ -72,6 +72,14 @@ OCCLUDING = MapMeaning(False, "map value: how much occluding a region\n"
 #: Maps of different algorithms side by side.
 COMPARED = MapMeaning(True, "map value: red positive, blue negative\n"
                             "(what it means depends on the algorithm: see the README)")
+
+
+def meaning_of(maps: np.ndarray) -> MapMeaning:
+    """What a map's values mean, by its shape: `[H, W]`, SquaredDifferenceScoring's whole
+    prediction; `[colours, classes, H, W]`, MC-RISE's fill colours; else a map per class."""
+    return {2: OCCLUDING, 4: FILLING}.get(np.ndim(maps), SHOWING)
+
+
 RELATIVE_NOTE = "\n(each panel on its own scale: ± the value in its title)"
 
 #: How much of the image shows under a map (the rest is white), as SHAP's faint grey image.
@@ -157,7 +165,8 @@ def color_scales(maps, scale: str = "shared") -> list[float]:
     return [top if top > 0 and np.isfinite(top) else 1.0 for top in tops]
 
 
-def _confidence(value: float) -> str:
+def confidence_text(value: float) -> str:
+    """A confidence as a panel title shows it: two decimals, `<0.01` for the smallest."""
     return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
 
 
@@ -167,7 +176,7 @@ def panel_title(name: str, column: int, answer: Answer = Answer(),
     `predicted`) and, given `top`, its own scale; and its frame's colour (None: no frame)."""
     first = str(name)
     if answer.confidences is not None:
-        first += f"  {_confidence(float(answer.confidences[column]))}"
+        first += f"  {confidence_text(float(answer.confidences[column]))}"
     marks = [mark for mark, at in (("true", answer.true), ("predicted", answer.predicted))
              if at == column]
     second = [f"({', '.join(marks)})"] if marks else []
@@ -457,17 +466,26 @@ def comparison_figure(image: np.ndarray, rows: dict[str, dict[str, np.ndarray]],
     configuration's map of that class over it, side by side on one scale for the whole
     figure, with a colour bar labelled by `meaning` (None: `SHOWING`, or `OCCLUDING` when no
     map has a negative value)."""
-    maps = [m for row in rows.values() for m in row.values()]
+    return rows_figure([(image, title, maps) for title, maps in rows.items()], suptitle,
+                       meaning)
+
+
+def rows_figure(rows: list[tuple[np.ndarray, str, dict[str, np.ndarray]]], suptitle: str,
+                meaning: MapMeaning | None = None) -> Figure:
+    """One row per (image, row title, label -> `[H, W]` map): the image, then each map over
+    it, on one scale for the whole figure (as `comparison_figure`); the images of all rows
+    have one shape."""
+    maps = [m for _, _, row in rows for m in row.values()]
     if meaning is None:
         meaning = SHOWING if any(np.nanmin(m) < 0 for m in maps) else OCCLUDING
     signed = meaning.signed
     (top, *_) = color_scales(maps, "shared")
-    columns = 1 + max(len(row) for row in rows.values())
-    lines = max([2] + [label.count("\n") + 1 for row in rows.values() for label in row])
+    columns = 1 + max(len(row) for _, _, row in rows)
+    lines = max([2] + [label.count("\n") + 1 for _, _, row in rows for label in row])
     fig, axes, bar_axes = _grid(len(rows), columns, lines, suptitle.count("\n") + 1, 2)
-    shape, layers = np.shape(_pixels(image)), _layers(image)
     panel = None
-    for row_axes, (row_title, row) in zip(axes, rows.items()):
+    for row_axes, (image, row_title, row) in zip(axes, rows):
+        shape, layers = np.shape(_pixels(image)), _layers(image)
         row_axes[0].imshow(_pixels(image), cmap="gray", vmin=0, vmax=1)
         _title(row_axes[0], f"image\n{row_title}")
         for ax, (label, saliency) in zip(row_axes[1:], row.items()):
