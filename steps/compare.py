@@ -134,10 +134,12 @@ def compare(saliency_run_ids):
                                 pairs[measure].agg(statistic).items()})
         mlflow.log_metrics(metrics)
         mlflow.log_table(table, names.AGREEMENT_TABLE)
+        agreement = "; ".join(f"{a} vs {b} {value:.3f}"
+                              for (a, b), value in pairs[CAPTION_MEASURE].mean().items())
+        runs.describe(f"Compared the maps of {', '.join(labels)} on {len(image_ids)} images; "
+                      f"mean {CAPTION_MEASURE}: {agreement}.")
         click.echo(f"Compared {', '.join(labels)} on {len(image_ids)} images; mean "
-                   f"{CAPTION_MEASURE}: " + "; ".join(
-                       f"{a} vs {b} {value:.3f}"
-                       for (a, b), value in pairs[CAPTION_MEASURE].mean().items()))
+                   f"{CAPTION_MEASURE}: {agreement}")
 
 
 if __name__ == "__main__":

@@ -190,6 +190,12 @@ def test_compare_runs_each_configuration_once_and_compares_their_maps(project, f
     artifacts = {a.path for a in client.list_artifacts(comparison.info.run_id, "comparison")}
     assert {f"comparison/image_{i}.png" for i in images} | {
         "comparison/agreement.json", "comparison/configurations.json"} == artifacts
+    assert "rise vs sliding_window" in comparison.data.tags["mlflow.note.content"]
+    # The pipeline's report shows both configurations' maps and how far they agree.
+    main_id = comparison.data.tags["mlflow.parentRunId"]
+    report = open(client.download_artifacts(main_id, "report.html")).read()
+    assert report.count("<h2>Saliency: ") == 2
+    assert f"{metrics[f'Xcorr_{pair}_mean']:.4g}" in report
     mlflow.set_tracking_uri(project.uri)  # load_table searches with the fluent API
     try:
         table = client.load_table(comparison.info.experiment_id, "comparison/agreement.json",

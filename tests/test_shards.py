@@ -55,6 +55,13 @@ def test_three_shards_write_the_same_samples_as_one(store):
         for tag in ("GT_class", "Predicted_class", "Correct", "Train_run_id", "Model_uri"):
             assert run.data.tags[tag] == sharded[image_id].data.tags[tag]
 
+    # The sharded pipeline's report gives the whole evaluation's accuracy and log loss.
+    report = open(store.client.download_artifacts(main.info.run_id, "report.html")).read()
+    whole = store.client.get_run(single_ids[0]).data.metrics
+    assert "ran in 3 shards" in report
+    for name in ("accuracy", "log_loss"):
+        assert f"<th>{name}</th><td class=num>{whole[name]:.4g}</td>" in report
+
 
 def test_shard_index_outside_the_shards_is_a_clear_error(store):
     train_id = store.train()
