@@ -14,7 +14,6 @@ naive metrics differ from ours by more than float32 rounding.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,12 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's `s
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from steps.core.algorithm import make_algorithm  # noqa: E402
-from steps.core.data import load_dataset, split_dataset  # noqa: E402
-from steps.core.fast_saliency import engine_from_config  # noqa: E402
+from digits_setup import digits_setup  # noqa: E402
 from steps.core.metrics import score_map  # noqa: E402
-from steps.core.models import ModelParams, ProbaModel, train_classifier  # noqa: E402
-from steps.core.saliency import ImageClassifier, generator_config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,16 +48,8 @@ class OneAtATime:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data = load_dataset("digits")
-    split = split_dataset(data, 0.25, 0)
-    model = ProbaModel(train_classifier(ModelParams(epochs=args.epochs),
-                                        data.images[split.train_rows],
-                                        data.labels[split.train_rows]).classifier)
-    classifier = ImageClassifier(model)
-    engine = engine_from_config(json.loads(json.dumps(generator_config(
-        make_algorithm("rise", n=args.n).generator()))))
-    rows = split.test_rows[:args.images]
-    images, labels = data.images[rows], data.labels[rows]
+    setup = digits_setup(args.epochs, args.images, n=args.n)
+    classifier, engine, images, labels = setup.classifier, setup.engine, setup.images, setup.labels
     predicted = classifier.classify_array(images).argmax(axis=1)
     engine(images[0], classifier)  # masks made once, outside the timings
 
@@ -73,7 +60,7 @@ def main(argv=None) -> int:
         return [score_map(engine(image, classifier), image, classifier.classify_array, p, t)
                 for image, p, t in zip(images, predicted, labels)]
 
-    naive_predict = OneAtATime(model)
+    naive_predict = OneAtATime(setup.model)
 
     def naive_metrics():
         return [score_map(engine(image, classifier), image, naive_predict, p, t)

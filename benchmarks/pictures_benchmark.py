@@ -32,11 +32,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from steps.core import plots  # noqa: E402
-from steps.core.algorithm import make_algorithm  # noqa: E402
-from steps.core.data import load_dataset, split_dataset  # noqa: E402
-from steps.core.fast_saliency import engine_from_config  # noqa: E402
-from steps.core.models import ModelParams, ProbaModel, train_classifier  # noqa: E402
-from steps.core.saliency import ImageClassifier, generator_config  # noqa: E402
+from digits_setup import digits_setup  # noqa: E402
 
 plt = plots.plt
 
@@ -159,15 +155,9 @@ def ours_logged_per_image(image, maps, class_names, title, answer, style) -> Non
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*tight_layout.*")
-    data = load_dataset("digits")
-    split = split_dataset(data, 0.25, 0)
-    model = ProbaModel(train_classifier(ModelParams(epochs=args.epochs),
-                                        data.images[split.train_rows],
-                                        data.labels[split.train_rows]).classifier)
-    classifier = ImageClassifier(model)
-    engine = engine_from_config(generator_config(make_algorithm("rise").generator()))
-    rows = split.test_rows[:args.images]
-    images, labels = data.images[rows], data.labels[rows]
+    setup = digits_setup(args.epochs, args.images)
+    data, classifier, engine = setup.data, setup.classifier, setup.engine
+    rows, images, labels = setup.rows, setup.images, setup.labels
     confidences = classifier.classify_array(images)
     class_names = list(data.class_names)
     style = plots.PictureStyle(args.mode, args.top_classes)

@@ -128,3 +128,12 @@ def test_a_new_dataset_or_algorithm_is_one_new_file(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["PerturbationOcclusion", "(6,", "8,", "8)"]
+
+
+def test_a_list_with_an_empty_item_is_one_line_naming_it():
+    import click
+
+    from steps.core.parameters import TextList
+
+    with pytest.raises(click.BadParameter, match=r"'3,,4' has an empty item"):
+        TextList().convert("3,,4", None, None)

@@ -236,3 +236,16 @@ def test_confusion_matrix_shows_counts_rates_and_accuracy():
     red, green, blue = colours[0, 0, :3]
     assert blue > red
     np.testing.assert_array_equal(colours[0, 1, :3], [1, 1, 1])
+
+
+def test_pictures_benchmark_runs_on_tiny_sizes():
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_DIR
+
+    result = subprocess.run([sys.executable, "benchmarks/pictures_benchmark.py", "--images", "1",
+                             "--epochs", "3", "--repeats", "1"], cwd=PROJECT_DIR,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ours / naive:" in result.stdout and "pictures/s" in result.stdout

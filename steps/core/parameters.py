@@ -109,7 +109,7 @@ class TextList(ItemList):
     def items(self, text, param, ctx):
         parts = tuple(part.strip() for part in text.split(","))
         if not all(parts):
-            self.fail(f"{value!r} has an empty item; give comma-separated values", param, ctx)
+            self.fail(f"{text!r} has an empty item; give comma-separated values", param, ctx)
         return parts
 
 
