@@ -132,6 +132,7 @@ def test_a_new_dataset_or_algorithm_is_one_new_file(tmp_path):
 
 def test_a_list_with_an_empty_item_is_one_line_naming_it():
     import click
+    import pytest
 
     from steps.core.parameters import TextList
 
