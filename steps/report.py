@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps import names, options
+from steps.core.metrics import beats_random
 from steps.core.report import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
                                render)
 from steps.tracking import lifecycle, runs
@@ -78,13 +79,10 @@ def explained_image(reader: StoreReader, run: Run) -> ExplainedImage:
         f"saliency of image {tags.get(names.IMAGE_ID_TAG)}")
     shown = {k: v for k, v in sorted(metrics.items())
              if k != names.PREDICTED_CONF_METRIC and not k.startswith("Update_")}
-    beats = (metrics["Deletion_auc"] < metrics["Random_deletion_auc"]
-             and metrics["Insertion_auc"] > metrics["Random_insertion_auc"]
-             if {"Deletion_auc", "Random_deletion_auc", "Insertion_auc",
-                 "Random_insertion_auc"} <= metrics.keys() else None)
     return ExplainedImage(tags.get(names.IMAGE_ID_TAG, ""), tags.get(names.GT_CLASS_TAG, ""),
                           predicted, metrics.get(names.PREDICTED_CONF_METRIC),
-                          tags.get(names.SPLIT_TAG), picture, shown, reader.ref(run), beats)
+                          tags.get(names.SPLIT_TAG), picture, shown, reader.ref(run),
+                          beats_random(metrics))
 
 
 def explanation_set(reader: StoreReader, step: Run) -> ExplanationSet:

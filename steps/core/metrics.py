@@ -146,6 +146,19 @@ class Entropy(MapMetric):
         return XaitkEntropy().compute(np.asarray(context.saliency)), None
 
 
+#: The metrics `beats_random` compares.
+AGAINST_RANDOM = ("Deletion_auc", "Random_deletion_auc", "Insertion_auc", "Random_insertion_auc")
+
+
+def beats_random(metrics: dict[str, float]) -> bool | None:
+    """Whether a map's deletion area is below a random map's and its insertion area above;
+    None when the metrics do not say."""
+    if not set(AGAINST_RANDOM) <= metrics.keys():
+        return None
+    return (metrics["Deletion_auc"] < metrics["Random_deletion_auc"]
+            and metrics["Insertion_auc"] > metrics["Random_insertion_auc"])
+
+
 @dataclass
 class MapScores:
     """A map's metrics by name, the curves by name, and whether it beats a random map."""
@@ -154,9 +167,7 @@ class MapScores:
     curves: dict[str, np.ndarray]
 
     def beats_random(self) -> bool:
-        m = self.metrics
-        return (m["Deletion_auc"] < m["Random_deletion_auc"]
-                and m["Insertion_auc"] > m["Random_insertion_auc"])
+        return bool(beats_random(self.metrics))
 
 
 def score_map(maps: np.ndarray, image: np.ndarray, predict, predicted_column: int,
