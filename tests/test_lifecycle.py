@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import click
 import mlflow
@@ -52,7 +51,6 @@ def test_signals_are_named_through_click_s_wrapping_and_errors_by_their_first_li
 def test_the_first_signal_raises_and_a_second_during_clean_up_does_not(monkeypatch):
     monkeypatch.setattr(lifecycle, "_received", [])
     previous = signal.getsignal(signal.SIGTERM)
-    previous_alarm = signal.getsignal(signal.SIGALRM)  # pytest-timeout's
     lifecycle.install_signal_handlers()
     try:
         with pytest.raises(lifecycle.Interrupted) as raised:
@@ -64,35 +62,6 @@ def test_the_first_signal_raises_and_a_second_during_clean_up_does_not(monkeypat
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
-        signal.signal(signal.SIGALRM, previous_alarm)
-
-
-def test_a_signal_inside_a_store_transaction_is_raised_once_it_has_ended(monkeypatch):
-    """Raised inside, it would skip MLflow's rollback and could leave SQLite locked."""
-    monkeypatch.setattr(lifecycle, "_received", [])
-    events = []
-    # Code that the handler takes for SQLAlchemy's, by its file name.
-    transaction = compile("import os, signal, time\n"
-                          "os.kill(os.getpid(), signal.SIGTERM)\n"
-                          "time.sleep(0.2)\n"
-                          "events.append('transaction ended')\n",
-                          "/venv/site-packages/sqlalchemy/orm/session.py", "exec")
-    previous = signal.getsignal(signal.SIGTERM)
-    previous_alarm = signal.getsignal(signal.SIGALRM)  # pytest-timeout's
-    lifecycle.install_signal_handlers()
-    try:
-        with pytest.raises(lifecycle.Interrupted) as raised:
-            exec(transaction, {"events": events})
-            time.sleep(1)  # the deferred interruption lands here
-            events.append("not interrupted")
-        assert events == ["transaction ended"]
-        assert raised.value.signal_name == "SIGTERM"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
-        signal.signal(signal.SIGALRM, previous_alarm)
 
 
 def test_run_context_ends_killed_on_a_signal_and_failed_on_an_error(store):

@@ -52,50 +52,20 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[str] = []
-#: Code that must not be interrupted halfway: a database transaction of the tracking store. An
-#: exception raised inside it skips MLflow's rollback (it catches `Exception` only) and can
-#: leave a connection holding SQLite's write lock, which the process's own clean-up then waits
-#: on in vain ("database is locked").
-UNINTERRUPTIBLE_CODE = ("/sqlalchemy/", "/mlflow/store/db/", "/sqlalchemy_store.py")
-#: How often a deferred interruption looks again whether the transaction has ended.
-DEFERRED_CHECK_SECONDS = 0.02
 
 
-def _in_transaction(frame) -> bool:
-    while frame is not None:
-        if any(part in frame.f_code.co_filename for part in UNINTERRUPTIBLE_CODE):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _raise_when_safe(frame) -> None:
-    """Raise `Interrupted` for the first signal received, now or, inside a store transaction,
-    as soon as it has ended (SIGALRM looks again)."""
-    if _in_transaction(frame):
-        signal.setitimer(signal.ITIMER_REAL, DEFERRED_CHECK_SECONDS)
-        return
-    raise Interrupted(_received[0])
-
-
-def _handle(signum, frame) -> None:
-    _received.append(signal.Signals(signum).name)
+def _handle(signum, _frame) -> None:
+    name = signal.Signals(signum).name
+    _received.append(name)
     if len(_received) == 1:
-        _raise_when_safe(frame)
-
-
-def _recheck(_signum, frame) -> None:
-    if _received:
-        _raise_when_safe(frame)
+        raise Interrupted(name)
 
 
 def install_signal_handlers() -> None:
-    """Turn the stop signals into `Interrupted`, raised once in the main thread, never in the
-    middle of a tracking-store transaction (deferred until it has ended)."""
+    """Turn the stop signals into `Interrupted`, raised once in the main thread."""
     for name in HANDLED_SIGNALS:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _handle)
-    signal.signal(signal.SIGALRM, _recheck)
 
 
 def interruption(error: BaseException) -> str | None:
