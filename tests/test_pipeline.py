@@ -5,12 +5,16 @@ from __future__ import annotations
 import html
 import io
 import json
+import platform
 import re
+from importlib import metadata
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -19,7 +23,7 @@ from steps.core.models import ProbaModel
 from steps.core.saliency import ImageClassifier, compute_saliency, generator_from_config
 from steps.tracking.sqlite_journal import journal_mode
 from tests.browser import render_page
-from tests.conftest import FAST_SALIENCY, FAST_TRAIN, Store
+from tests.conftest import FAST_SALIENCY, FAST_TRAIN, PROJECT_DIR, Store
 
 NUM_SAMPLES = 40
 # Quotes inside: MLflow logs it shell-quoted as a param; the driver keeps it as typed.
@@ -154,6 +158,17 @@ def test_train_run_artifacts_model_pickle_and_environment(pipeline, runs):
     # The pyfunc answers with probabilities, one per class.
     assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 10)
     assert info.saved_input_example_info is not None
+    # Its requirements pin what wrote it (as requirements.txt does), not MLflow's inference.
+    installed = {f"{name}=={metadata.version(name)}"
+                 for name in ("mlflow", "numpy", "scikit-learn", "skops")}
+    pinned = set((PROJECT_DIR / "requirements.txt").read_text().split())
+    assert installed <= pinned
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}"))
+    assert set((model_dir / "requirements.txt").read_text().split()) == installed
+    conda = yaml.safe_load((model_dir / "conda.yaml").read_text())
+    assert set(next(d for d in conda["dependencies"] if isinstance(d, dict))["pip"]) == installed
+    python_env = yaml.safe_load((model_dir / "python_env.yaml").read_text())
+    assert python_env["python"] == platform.python_version()
     model = mlflow.sklearn.load_model(runs["train"].data.tags["Model_uri"])
     data = load_dataset("digits")
     rows = data.images[:50].reshape(50, -1)
