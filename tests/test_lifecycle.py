@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 
 import click
 import mlflow
 import pytest
+import sqlalchemy
+from mlflow.entities import Metric
 
 from steps.tracking import lifecycle
 
@@ -62,6 +65,39 @@ def test_the_first_signal_raises_and_a_second_during_clean_up_does_not(monkeypat
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def test_a_signal_inside_a_store_write_ends_it_then_raises_and_leaves_no_lock(store, monkeypatch):
+    """Raised inside the write's transaction, it could skip MLflow's rollback and leave the
+    SQLite file locked for the process's own clean-up; it lands as the store call returns."""
+    monkeypatch.setattr(lifecycle, "_received", [])
+    client = store.client
+    run_id = client.create_run(client.get_experiment_by_name("Default").experiment_id).info.run_id
+
+    def signal_mid_insert(_conn, _cursor, statement, *_):
+        if statement.lstrip().upper().startswith("INSERT INTO METRICS"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", signal_mid_insert)
+    lifecycle.install_signal_handlers()
+    try:
+        with pytest.raises(lifecycle.Interrupted):
+            client.log_batch(run_id, metrics=[Metric(f"m{k}", k, 0, 0) for k in range(3)])
+        assert sys.gettrace() is None
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute",
+                                signal_mid_insert)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    assert client.get_run(run_id).data.metrics == {"m0": 0, "m1": 1, "m2": 2}
+    other = sqlite3.connect(store.dir / "mlflow.db", timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" if a write was left open
+        other.rollback()
+    finally:
+        other.close()
 
 
 def test_run_context_ends_killed_on_a_signal_and_failed_on_an_error(store):

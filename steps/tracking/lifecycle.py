@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Iterator
@@ -52,17 +53,53 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[str] = []
+#: Code that must not be interrupted halfway: the tracking store's database work. An exception
+#: raised inside a transaction can skip MLflow's rollback (it catches `Exception` only) and leave
+#: a connection holding SQLite's write lock, which the process's own clean-up then waits on in
+#: vain ("database is locked").
+DATABASE_CODE = ("/sqlalchemy/", "/mlflow/store/db/", "sqlalchemy_store.py")
 
 
-def _handle(signum, _frame) -> None:
+def _outermost_database_frame(frame):
+    outermost = None
+    while frame is not None:
+        if any(part in frame.f_code.co_filename for part in DATABASE_CODE):
+            outermost = frame
+        frame = frame.f_back
+    return outermost
+
+
+def _raise_on_return(frame, signal_name: str) -> None:
+    """Raise `Interrupted` the moment `frame` returns (or unwinds), through a trace function on
+    that frame alone: the store call completes, its caller sees the interruption at once."""
+    previous = sys.gettrace()
+
+    def on_return(traced, event, _arg):
+        if event == "return" and traced is frame:
+            sys.settrace(previous)
+            raise Interrupted(signal_name)
+        return on_return
+
+    frame.f_trace_lines = False
+    frame.f_trace = on_return
+    # Frame tracing needs a global trace function; this one traces no new frame.
+    sys.settrace(previous or (lambda *_: None))
+
+
+def _handle(signum, frame) -> None:
     name = signal.Signals(signum).name
     _received.append(name)
-    if len(_received) == 1:
+    if len(_received) > 1:
+        return
+    database = _outermost_database_frame(frame)
+    if database is None:
         raise Interrupted(name)
+    _raise_on_return(database, name)
 
 
 def install_signal_handlers() -> None:
-    """Turn the stop signals into `Interrupted`, raised once in the main thread."""
+    """Turn the stop signals into `Interrupted`, raised once in the main thread; inside the
+    tracking store's database work, as soon as that call returns."""
     for name in HANDLED_SIGNALS:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _handle)
