@@ -23,7 +23,8 @@ from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
 from steps.tracking import lifecycle
 from steps.tracking.store_check import (bound_server_retries, check_tracking_store,
-                                        server_lost_message, unreachable_server)
+                                        disk_error_message, server_lost_message,
+                                        unreachable_server)
 
 #: Set to show the traceback of an unexpected error instead of its one line.
 DEBUG_ENV = "SALIENCY_FLOW_DEBUG"
@@ -261,8 +262,10 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
         if os.environ.get(DEBUG_ENV):
             raise
         lost = unreachable_server(error)
-        if lost:
-            click.echo(f"Error: {server_lost_message(lost)}", err=True)
+        known = (server_lost_message(lost) if lost else
+                 disk_error_message(error, lifecycle.failed_artifact_uri()))
+        if known:
+            click.echo(f"Error: {known}", err=True)
             sys.exit(1)
         message = str(error).strip().splitlines()
         click.echo(f"Error: {type(error).__name__}: {message[0] if message else ''} (set "

@@ -6,14 +6,13 @@ SALIENCY_FLOW_REQUIRE_CHROMIUM=1 (CI sets it) makes a missing browser a failure.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.conftest import unavailable
 
 REQUIRE_CHROMIUM_ENV = "SALIENCY_FLOW_REQUIRE_CHROMIUM"
 
@@ -41,9 +40,7 @@ def chromium() -> str:
     if found:
         return found
     reason = "Chromium is not installed (Debian: apt-get install chromium)"
-    if os.environ.get(REQUIRE_CHROMIUM_ENV) == "1":
-        pytest.fail(f"{reason}, and {REQUIRE_CHROMIUM_ENV}=1 requires it")
-    pytest.skip(reason)
+    unavailable(reason, REQUIRE_CHROMIUM_ENV)
 
 
 def _headless(*args: str) -> subprocess.CompletedProcess:

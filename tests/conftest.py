@@ -34,6 +34,14 @@ class Completed:
         return self.stdout + self.stderr
 
 
+def unavailable(reason: str, require_env: str):
+    """Skip a test for want of something this machine lacks, or fail where the environment
+    variable `require_env` is 1 (CI sets it for what it must test)."""
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{reason}, and {require_env}=1 requires it")
+    pytest.skip(reason)
+
+
 def project_env(tracking_uri: str | None) -> dict[str, str]:
     """The environment for `mlflow run`: this interpreter's tools first on PATH."""
     env = dict(os.environ)

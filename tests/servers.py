@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import PROJECT_DIR, Completed, project_env
+from tests.conftest import PROJECT_DIR, Completed, project_env, unavailable
 
 POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
@@ -368,9 +368,7 @@ def postgres_or_skip():
     except psycopg2.OperationalError as error:
         reason = (f"no PostgreSQL server reachable at {POSTGRES_USER}@{POSTGRES_HOST}:"
                   f"{POSTGRES_PORT} ({str(error).strip().splitlines()[0]})")
-        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
-            pytest.fail(f"{reason}, and {REQUIRE_POSTGRES_ENV}=1 requires it")
-        pytest.skip(reason)
+        unavailable(reason, REQUIRE_POSTGRES_ENV)
     connection.autocommit = True
     return connection
 

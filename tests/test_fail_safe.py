@@ -17,6 +17,7 @@ import pytest
 from mlflow.entities import ViewType
 
 from steps.tracking import lifecycle
+from tests import disks
 from tests.conftest import PROJECT_DIR, Completed, Store, project_env
 from tests.servers import free_port, mlflow_server, server_env, stop_group
 
@@ -281,3 +282,20 @@ def test_a_lost_server_is_one_line_in_bounded_time_and_a_restart_is_ridden_out(t
         finally:
             for process in restarted:
                 stop_group(process)
+
+
+def test_a_full_artifact_disk_is_one_line_and_no_run_is_left_running_or_half_written(tmp_path):
+    """`mlflow run` started in a directory on a small disk: the store's artifacts go there."""
+    with disks.small_disk(tmp_path / "disk", 300) as disk:
+        store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}", disk)
+        done = complete_run(store, {"num_samples": "30", "picture_mode": "both"})
+        assert done.returncode == 1, done.stdout
+        assert "Traceback" not in done.stdout
+        errors = error_lines(done.stdout)
+        assert len(errors) == 1 and f"cannot write {disk}" in errors[0], done.stdout
+        assert "no space left on the device" in errors[0]
+        failed = [run for run in store.client.search_runs(
+            [e.experiment_id for e in store.client.search_experiments()],
+            "attributes.status = 'FAILED'")]
+        assert any(run.data.tags.get("Error", "").startswith("OSError") for run in failed)
+        assert_store_is_sound(store)

@@ -15,7 +15,7 @@ from steps.tracking import sqlite_journal, store_check
 from steps.tracking.sqlite_journal import WAL_ENV, journal_mode
 from steps.tracking.store_check import TrackingStoreError, absolute_local_uri, local_path
 from tests.conftest import PROJECT_DIR
-from tests import servers
+from tests import disks, servers
 
 
 @pytest.mark.parametrize("uri, expected", [
@@ -145,3 +145,47 @@ def test_a_locked_sqlite_file_is_left_as_it_is_with_a_warning(tmp_path, monkeypa
 def test_no_sqlite_file_is_created_by_the_switch(tmp_path):
     assert sqlite_journal.use_wal(tmp_path / "missing.db") is None
     assert not (tmp_path / "missing.db").exists()
+
+
+# --- a SQLite store that cannot be used ---------------------------------------------------------
+
+def pipeline_on(uri: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The driver on its own (`mlflow run` opens the store itself first, and its own errors are
+    MLflow's), with the store `uri`."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(PROJECT_DIR)}
+    env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.run([sys.executable, str(PROJECT_DIR / "main.py")], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line(out: subprocess.CompletedProcess, expected: str) -> None:
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and expected in errors[0], out.stderr
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: (d / "notes.txt").write_text("not a database\n") and d / "notes.txt",
+     "is not a SQLite database"),
+    (lambda d: d, "is a directory, not a SQLite file"),
+    (lambda d: d / "missing" / "mlflow.db", "the directory {d}/missing does not exist"),
+])
+def test_an_unusable_sqlite_store_is_one_line_before_any_work(tmp_path, make, expected):
+    path = make(tmp_path)
+    out = pipeline_on(f"sqlite:///{path}", tmp_path)
+    assert_one_line(out, expected.format(d=tmp_path))
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_store_on_a_read_only_disk_is_one_line(tmp_path):
+    """A good store whose disk became read-only, and a new store there."""
+    with disks.small_disk(tmp_path / "disk", 16384) as disk:
+        ready = prepare_store(f"sqlite:///{disk / 'mlflow.db'}", tmp_path)
+        assert ready.returncode == 0, ready.stderr
+        disks.make_read_only(disk)
+        assert_one_line(pipeline_on(f"sqlite:///{disk / 'mlflow.db'}", tmp_path),
+                        f"cannot write the tracking store {disk / 'mlflow.db'}: it is on a "
+                        "read-only file system")
+        assert_one_line(pipeline_on(f"sqlite:///{disk / 'new.db'}", tmp_path),
+                        "it is on a read-only file system")

@@ -178,6 +178,7 @@ def run_context(**start_run_kwargs) -> Iterator:
             except BaseException as error:
                 failure = error
                 note_failure(error)
+                _failed_artifact_uris.append(run.info.artifact_uri)
                 active = mlflow.active_run()
                 if active is not None and active.info.run_id == run.info.run_id:
                     mlflow.set_tags(end_reason(error))
@@ -187,6 +188,14 @@ def run_context(**start_run_kwargs) -> Iterator:
         if failure is not None and cleanup_error is not failure:
             raise failure from None
         raise
+
+
+_failed_artifact_uris: list[str] = []
+
+
+def failed_artifact_uri() -> str | None:
+    """Where the innermost run that failed in this process keeps its artifacts, if any failed."""
+    return _failed_artifact_uris[0] if _failed_artifact_uris else None
 
 
 def record_early_failure(error: BaseException) -> None:

@@ -24,6 +24,7 @@ file: MLflow's `mlflow run` creates a new store's tables without a lock).
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -63,6 +64,8 @@ def check_tracking_store() -> str:
         check_server(uri, run_id)
     elif scheme.split("+")[0] in DATABASE_SCHEMES:
         check_database(uri)
+    elif scheme == "sqlite" and local_path(uri) is not None:
+        check_sqlite_file(local_path(uri)[0])
     if run_id and scheme not in SERVER_SCHEMES:
         check_run_exists(uri, run_id)
     use_wal_if_sqlite(uri)
@@ -246,6 +249,82 @@ def first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+# --- a store's disk ------------------------------------------------------------------------
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: The errors of a disk that cannot take a write, as users know them.
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+#: SQLite's own words for the same faults.
+SQLITE_DISK_ERRORS = {"database or disk is full": "no space left on the device",
+                      "attempt to write a readonly database": "the file is read-only",
+                      "disk I/O error": "a disk I/O error"}
+
+
+def why_not_writable(path: Path) -> str | None:
+    """Why this process cannot write `path` (a file or directory), or None if it can."""
+    if os.access(path, os.W_OK):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        pass
+    return "this user may not write it"
+
+
+def check_sqlite_file(path: str) -> None:
+    """A SQLite store's file is a SQLite database this process can write, or can be created:
+    one line naming what is wrong, instead of MLflow's retries and traceback."""
+    file = Path(path)
+    shown = f"the tracking store {file}"
+    if file.is_dir():
+        raise TrackingStoreError(f"{shown} is a directory, not a SQLite file. Name a file, e.g. "
+                                 f"{TRACKING_URI_ENV}=sqlite:///{file / 'mlflow.db'}")
+    if file.exists():
+        with open(file, "rb") as head:
+            start = head.read(len(SQLITE_HEADER))
+        if start and start != SQLITE_HEADER:
+            raise TrackingStoreError(f"{shown} is not a SQLite database (it is a file of another "
+                                     "kind). Point MLFLOW_TRACKING_URI at an MLflow SQLite file "
+                                     "or at a new path.")
+        # SQLite writes a journal (or WAL) file beside it, so its directory must be writable too.
+        for place in (file, file.parent):
+            reason = why_not_writable(place)
+            if reason:
+                raise TrackingStoreError(f"cannot write {shown}: {reason} ({place}). Use a "
+                                         "store on a writable disk.")
+        return
+    if not file.parent.is_dir():
+        raise TrackingStoreError(f"cannot create {shown}: the directory {file.parent} does not "
+                                 "exist. Create it, or give another path.")
+    reason = why_not_writable(file.parent)
+    if reason:
+        raise TrackingStoreError(f"cannot create {shown} in {file.parent}: {reason}. Use a "
+                                 "directory on a writable disk.")
+
+
+def disk_error_message(error: BaseException, artifact_uri: str | None) -> str | None:
+    """One line for a write that a full, read-only or forbidden disk refused (an artifact, or
+    the SQLite store), naming where; None for any other error."""
+    import mlflow
+
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in DISK_ERRORS:
+            where = error.filename or artifact_uri or "a run's artifacts"
+            return (f"cannot write {where}: {DISK_ERRORS[error.errno]}. Free space there, or "
+                    "make it writable, and run the same command again: finished steps are "
+                    "reused.")
+        for words, meaning in SQLITE_DISK_ERRORS.items():
+            if words in str(error):
+                return (f"cannot write the tracking store {mlflow.get_tracking_uri()}: "
+                        f"{meaning}. Free space there, or make it writable, and run the same "
+                        "command again.")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 # --- a server lost mid-step -----------------------------------------------------------------
 
 #: How long MLflow's requests to a tracking server keep retrying before the step gives up.
@@ -379,3 +458,9 @@ if __name__ == "__main__":
     except click.ClickException as error:
         click.echo(f"Error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
+    except Exception as error:
+        disk = disk_error_message(error, None)
+        if disk is None:
+            raise
+        click.echo(f"Error: {disk}", err=True)
+        sys.exit(1)
