@@ -22,7 +22,7 @@ from steps.core.compare import Configurations
 from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
 from steps.tracking import lifecycle
-from steps.tracking.store_check import (bound_server_retries, check_tracking_store,
+from steps.tracking.store_check import (RUN_ID_ENV, bound_server_retries, check_tracking_store,
                                         disk_error_message, server_lost_message,
                                         unreachable_server)
 
@@ -232,6 +232,7 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     lifecycle.install_signal_handlers()
     bound_server_retries()
     under_driver = os.environ.get(lifecycle.DRIVER_PID_ENV) not in (None, str(os.getpid()))
+    launched_run_id = os.environ.get(RUN_ID_ENV)  # the command may take it out of the environment
     try:
         if "--help" not in argv:
             check_tracking_store()
@@ -250,6 +251,8 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
         sys.exit(error.exit_code)
     except (click.Abort, KeyboardInterrupt) as error:
         lifecycle.record_early_failure(error)
+        if not under_driver:
+            lifecycle.keep_killed_after_launcher(launched_run_id)
         signal_name = lifecycle.interruption(error) or "SIGINT"
         what = "the pipeline" if command.name == "main" else f"the {command.name} step"
         click.echo(f"{'' if under_driver else 'Error: '}{what} was interrupted by {signal_name}; "

@@ -20,9 +20,11 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 import click
@@ -30,7 +32,7 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from steps.tracking.store_check import stop_retrying, unreachable_server
+from steps.tracking.store_check import launcher_pid, stop_retrying, unreachable_server
 from steps.names import (ERROR_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG, PROCESS_HOST_TAG,
                          PROCESS_ID_TAG, PROCESS_START_TAG, RESULTS_DELETED_TAG)
 
@@ -38,6 +40,8 @@ from steps.names import (ERROR_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG, PROCESS_HOS
 DRIVER_PID_ENV = "SALIENCY_FLOW_DRIVER_PID"
 HANDLED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 WATCH_SECONDS = 1.0
+#: How long a run's settler waits for `mlflow run` to exit before giving up.
+SETTLE_WAIT_SECONDS = 60.0
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)
@@ -265,6 +269,32 @@ def settle(run_id: str, client: MlflowClient | None = None):
     return client.get_run(run_id)
 
 
+def keep_killed_after_launcher(run_id: str | None) -> None:
+    """Put KILLED back on the run `mlflow run` started for this process once `mlflow run` has
+    exited: on a non-zero exit or its own Ctrl-C it marks its run FAILED whatever the run's
+    status (it hands `RunStatus.is_terminated` a status name where a number is expected), after
+    this process has ended the run KILLED. A detached settler waits for it, then sets KILLED
+    again where the run records an interruption (`python -m steps.tracking.lifecycle`)."""
+    launcher = launcher_pid(run_id) if run_id else None
+    started = process_start(launcher) if launcher else None
+    if not started:
+        return
+    subprocess.Popen([sys.executable, "-m", "steps.tracking.lifecycle", run_id, str(launcher),
+                      started], cwd=Path(__file__).resolve().parents[2],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _settle_after(run_id: str, launcher: int, started: str) -> None:
+    deadline = time.monotonic() + SETTLE_WAIT_SECONDS
+    while process_start(launcher) == started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    if run.info.status == FAILED and INTERRUPTED_TAG in run.data.tags:
+        client.set_terminated(run_id, KILLED)
+
+
 def reconcile_dead_runs(client: MlflowClient | None = None) -> list[str]:
     """Settle the unfinished runs of this host's processes that ended without a word: left
     RUNNING, or marked FAILED by `mlflow run` with no error recorded (KILLED, results hidden;
@@ -316,3 +346,8 @@ def watch_parent() -> None:
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
+
+
+if __name__ == "__main__":  # the settler of keep_killed_after_launcher
+    with contextlib.suppress(Exception):  # best effort: the next start settles the run anyway
+        _settle_after(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -133,7 +133,16 @@ def rebuild(uri: str, path: str, query: str) -> str:
 
 
 def launcher_dir(run_id: str) -> Path | None:
-    """The working directory of the process that started this run (`mlflow run`), or None.
+    """The working directory of the process that started this run (`mlflow run`), or None."""
+    pid = launcher_pid(run_id)
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) if pid else None
+    except OSError:
+        return None
+
+
+def launcher_pid(run_id: str) -> int | None:
+    """The process that started this run (`mlflow run`), or None.
 
     It is the nearest ancestor process whose environment does not carry this run's ID: the
     processes between it and this one (a shell, an environment's activation) inherit it.
@@ -147,7 +156,7 @@ def launcher_dir(run_id: str) -> Path | None:
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             if marker not in environ:
-                return Path(os.readlink(f"/proc/{pid}/cwd"))
+                return pid
             stat = Path(f"/proc/{pid}/stat").read_text()
             pid = int(stat.rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
