@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 
-from steps import names, options
+from steps import names, options, phases
 from steps.core import plots
 from steps.core.compare import AGREEMENTS, CrossCorrelation, agreements, configuration_labels
 from steps.core.metrics import class_map
@@ -119,12 +119,14 @@ def compare(saliency_run_ids):
                                 for measure, value in values.items()})
                 if a == labels[0]:
                     captions[b] = f"\n{CAPTION_MEASURE} {values[CAPTION_MEASURE]:.2f} with {a}"
-            fig = plots.comparison_figure(
-                facts.image, comparison_rows(facts, maps, class_names, captions),
-                f"image {image_id}: true {facts.tags[names.GT_CLASS_TAG]}, predicted "
-                f"{facts.tags[names.PREDICTED_CLASS_TAG]}", map_meaning(configurations))
-            mlflow.log_figure(fig, f"{names.COMPARISON_DIR}/image_{names.metric_safe(image_id)}.png")
-            plots.plt.close(fig)
+            with phases.phase(names.PICTURES_PHASE):
+                fig = plots.comparison_figure(
+                    facts.image, comparison_rows(facts, maps, class_names, captions),
+                    f"image {image_id}: true {facts.tags[names.GT_CLASS_TAG]}, predicted "
+                    f"{facts.tags[names.PREDICTED_CLASS_TAG]}", map_meaning(configurations))
+                mlflow.log_figure(fig, f"{names.COMPARISON_DIR}/image_"
+                                       f"{names.metric_safe(image_id)}.png")
+                plots.plt.close(fig)
         table = pd.DataFrame(rows)
         pairs = table.groupby(["first", "second"], sort=False)
         for measure in AGREEMENTS.names():

@@ -10,7 +10,7 @@ import click
 import mlflow
 import numpy as np
 
-from steps import names, options
+from steps import names, options, phases
 from steps.core import plots
 from steps.core.classification import Evaluated, classifier_metrics, curve_figures
 from steps.core.data import DatasetError, split_dataset
@@ -64,14 +64,17 @@ def results_table(samples: list[SampleRun], run_ids: list[str]) -> dict[str, lis
 
 def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[str]) -> None:
     """The parent run's summary: metrics, per-sample table, confusion matrix and curves."""
-    mlflow.log_metrics(named_metrics(result))
+    with phases.phase(names.COMPUTE_PHASE):
+        metrics = named_metrics(result)
+    mlflow.log_metrics(metrics)
     mlflow.log_table(results_table(samples, run_ids), names.RESULTS_TABLE)
-    figures = {names.CONFUSION_MATRIX_ARTIFACT: plots.confusion_matrix_figure(
-        result.truth, result.predicted, result.class_names), **{
-        f"{names.CURVES_DIR}/{file}": fig for file, fig in curve_figures(result).items()}}
-    for path, fig in figures.items():
-        mlflow.log_figure(fig, path)
-        plots.plt.close(fig)
+    with phases.phase(names.PICTURES_PHASE):
+        figures = {names.CONFUSION_MATRIX_ARTIFACT: plots.confusion_matrix_figure(
+            result.truth, result.predicted, result.class_names), **{
+            f"{names.CURVES_DIR}/{file}": fig for file, fig in curve_figures(result).items()}}
+        for path, fig in figures.items():
+            mlflow.log_figure(fig, path)
+            plots.plt.close(fig)
 
 
 @click.command(help=__doc__)
@@ -99,6 +102,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
                                  f"leave shards with nothing to evaluate; use at most "
                                  f"{len(test_rows)}", param_hint="'--num_shards'")
     shard = slice(shard_index, None, num_shards)
+    phases.enter(names.COMPUTE_PHASE)
     confidences = inputs.model.predict_proba(data.images[test_rows])[shard]
     test_rows = test_rows[shard]
 

@@ -91,6 +91,23 @@ ERROR_TAG = "Error"
 #: On a step run that did not finish: how many of its sample or map runs were soft-deleted.
 RESULTS_DELETED_TAG = "Unfinished_results_deleted"
 
+# Where a step run's process spent its time: each phase as metric `Duration_<phase>_s`
+# (seconds): `Duration_startup_s` (from the process's start to the step's own work: Python,
+# imports, the tracking-store check), `Duration_load_s` (data, model, stored runs),
+# `Duration_compute_s`, `Duration_write_s` (MLflow records and artifacts), `Duration_pictures_s`.
+STARTUP_PHASE = "startup"
+LOAD_PHASE = "load"
+COMPUTE_PHASE = "compute"
+WRITE_PHASE = "write"
+PICTURES_PHASE = "pictures"
+PHASES = (STARTUP_PHASE, LOAD_PHASE, COMPUTE_PHASE, WRITE_PHASE, PICTURES_PHASE)
+
+
+def duration_metric(phase: str) -> str:
+    """`Duration_<phase>_s`: the metric of a step run's time in one phase, in seconds."""
+    return f"Duration_{phase}_s"
+
+
 # Driver (main run) tags.
 QUERIED_IMAGES_TAG = "Queried_image_ids"
 QUERY_MATCHES_TAG = "Query_matches"

@@ -17,6 +17,7 @@ from typing import Callable
 
 import click
 
+from steps import phases
 from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_parameters
 from steps.core.compare import Configurations
 from steps.core.models import MLP_PARAMETERS
@@ -241,6 +242,7 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
                 lifecycle.reconcile_dead_runs()
         # Not `command.main`: on an interrupt it prints a blank line and hides the signal.
         with command.make_context(command.name, list(argv)) as context:
+            phases.body_begins()
             command.invoke(context)
     except click.exceptions.Exit as done:  # --help
         sys.exit(done.exit_code)
@@ -274,3 +276,5 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
         click.echo(f"Error: {type(error).__name__}: {message[0] if message else ''} (set "
                    f"{DEBUG_ENV}=1 for the traceback)", err=True)
         sys.exit(1)
+    finally:  # everything is written and every run ended: a quick shutdown
+        phases.quick_exit()

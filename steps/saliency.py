@@ -29,7 +29,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps import names, options
+from steps import names, options, phases
 from steps.core import plots
 from steps.core.algorithm import make_algorithm
 from steps.core.data import DatasetError, split_dataset
@@ -139,7 +139,8 @@ def log_pictures(image, maps, class_names, title: str, answer: plots.Answer,
     file-name prefix after its last `/`), logged by one `mlflow.log_artifacts` call."""
     directory, _, prefix = folder.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
-        write_pictures(Path(tmp), image, maps, class_names, title, answer, pictures, prefix)
+        with phases.phase(names.PICTURES_PHASE):
+            write_pictures(Path(tmp), image, maps, class_names, title, answer, pictures, prefix)
         mlflow.log_artifacts(tmp, directory or None)
 
 
@@ -255,7 +256,8 @@ class Explainer:
     def explain(self, facts: ImageFacts, prefix: str = "") -> np.ndarray:
         """Make the image's map and log it with its pictures (under `prefix`) in the active
         run."""
-        maps = self.engine(facts.image, self.classifier)
+        with phases.phase(names.COMPUTE_PHASE):
+            maps = self.engine(facts.image, self.classifier)
         log_map(maps, prefix)
         title = (f"image {facts.image_id}: true {facts.tags[names.GT_CLASS_TAG]}, "
                  f"predicted {facts.tags[names.PREDICTED_CLASS_TAG]}")
@@ -323,8 +325,9 @@ class Explainer:
             mlflow.log_params({**params, **self.data_params})
             mlflow.log_dict(config, names.CONFIG_ARTIFACT)
             maps = self.explain(facts)
-            scores = score_map(maps, facts.image, self.classifier.classify_array,
-                               facts.predicted_column, facts.true_column)
+            with phases.phase(names.COMPUTE_PHASE):
+                scores = score_map(maps, facts.image, self.classifier.classify_array,
+                                   facts.predicted_column, facts.true_column)
             log_scores(scores)
             mlflow.log_metrics({names.PREDICTED_CONF_METRIC: facts.confidence, **scores.metrics})
             if not scores.beats_random():
@@ -376,8 +379,9 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
                 scores.append(map_scores)
                 made.append((facts, maps))
         mlflow.log_metrics(aggregate_scores(scores))
-        explainer.log_averages(made)
-        explainer.log_summary(made)
+        with phases.phase(names.PICTURES_PHASE):
+            explainer.log_averages(made)
+            explainer.log_summary(made)
         beating = sum(s.beats_random() for s in scores)
         runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
                       f"of them beat a random map. One run per image below.")
@@ -401,9 +405,10 @@ def log_scores(scores: MapScores) -> None:
         path = Path(tmp, names.CURVES_ARTIFACT)
         np.savez(path, **scores.curves)
         mlflow.log_artifact(str(path), artifact_path=names.METRICS_DIR)
-    fig = plots.causal_curves_figure(scores.curves, scores.metrics)
-    mlflow.log_figure(fig, f"{names.METRICS_DIR}/{names.CURVES_PICTURE}")
-    plots.plt.close(fig)
+    with phases.phase(names.PICTURES_PHASE):
+        fig = plots.causal_curves_figure(scores.curves, scores.metrics)
+        mlflow.log_figure(fig, f"{names.METRICS_DIR}/{names.CURVES_PICTURE}")
+        plots.plt.close(fig)
 
 
 def stored_split(run: Run) -> tuple[float, int]:

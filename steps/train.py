@@ -20,7 +20,7 @@ from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from steps import names, options
+from steps import names, options, phases
 from steps.core.data import DatasetError, flatten, split_dataset
 from steps.core.models import ModelParams, accuracy, train_classifier
 from steps.tracking import runs
@@ -99,14 +99,15 @@ def train(dataset, image_size, test_fraction, split_seed, register_as, **model_a
         click.echo(f"Training MLPClassifier{model_params.hidden_layer_sizes} on {len(train_labels)} "
                    f"{data.dataset.describe_shape()} images of {data.dataset.name} "
                    f"({model_params.solver}, up to {model_params.epochs} epochs)...")
-        trained = train_classifier(model_params, train_images, train_labels)
+        with phases.phase(names.COMPUTE_PHASE):
+            trained = train_classifier(model_params, train_images, train_labels)
+            classifier = trained.classifier
+            train_acc = accuracy(classifier, train_images, train_labels)
+            test_acc = accuracy(classifier, test_images, test_labels)
         if not trained.converged:
             click.echo(f"Warning: training stopped after {len(trained.loss_curve)} epochs without "
                        "converging; raise -P epochs (or the learning rate) for a better model",
                        err=True)
-        classifier = trained.classifier
-        train_acc = accuracy(classifier, train_images, train_labels)
-        test_acc = accuracy(classifier, test_images, test_labels)
 
         mlflow.set_tags({
             names.DATASET_TAG: data.dataset.name,

@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from steps import names
 from steps.core.data import load_dataset, split_dataset
 from steps.core.models import ProbaModel
 from steps.core.saliency import ImageClassifier, compute_saliency, generator_from_config
@@ -180,6 +181,20 @@ def test_train_run_artifacts_model_pickle_and_environment(pipeline, runs):
     probabilities = mlflow.pyfunc.load_model(f"models:/{logged.model_id}").predict(rows)
     assert np.asarray(probabilities).shape == (50, 10)
     np.testing.assert_allclose(probabilities, model.predict_proba(rows), atol=1e-6)
+
+
+def test_every_step_run_logs_where_its_process_spent_its_time(runs):
+    for step in ("train", "evaluation", "saliency"):
+        metrics = runs[step].data.metrics
+        spent = {phase: metrics[names.duration_metric(phase)] for phase in names.PHASES}
+        assert all(seconds >= 0 for seconds in spent.values()), (step, spent)
+        # Python and its imports take a while; every step loads, computes and writes.
+        assert spent[names.STARTUP_PHASE] > 0.1, (step, spent)
+        for phase in (names.LOAD_PHASE, names.COMPUTE_PHASE, names.WRITE_PHASE):
+            assert spent[phase] > 0, (step, phase, spent)
+    assert runs["train"].data.metrics[names.duration_metric(names.PICTURES_PHASE)] == 0
+    for step in ("evaluation", "saliency"):
+        assert runs[step].data.metrics[names.duration_metric(names.PICTURES_PHASE)] > 0, step
 
 
 def test_evaluation_per_sample_runs(pipeline, runs):

@@ -15,9 +15,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from steps import phases
 from steps.core.code_version import code_version
 from steps.names import (CODE_VERSION_TAG, EXPERIMENT_DESCRIPTIONS, IMAGE_ID_TAG, NOTE_TAG,
-                         RUN_NAME_TAG, SALIENCY_PARENT_TAG, STEP_RUN_TAG)
+                         PHASES, RUN_NAME_TAG, SALIENCY_PARENT_TAG, STEP_RUN_TAG, WRITE_PHASE,
+                         duration_metric)
 from steps.tracking.lifecycle import hide_partial_results, note_failure, process_tags, run_context
 
 
@@ -69,8 +71,11 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
     gets its run in the default experiment: the step's results then go to a run nested under it
     in the stage's experiment, and the outer run is tagged with that run's ID. Either way, the runs
     record this process (`lifecycle.process_tags`); an error ends them FAILED, a signal KILLED,
-    and the sample or map runs the step wrote are then soft-deleted.
+    and the sample or map runs the step wrote are then soft-deleted. From here on the process
+    is writing, but where the step says it computes or draws (`steps/phases.py`); a step that
+    finishes logs the time of each phase of its process as `Duration_<phase>_s` metrics.
     """
+    phases.enter(WRITE_PHASE)
     stage_experiment = experiment_id(experiment_name)
     tags = {CODE_VERSION_TAG: code_version(), **process_tags()}
     # Popped, or every later `start_run(nested=True)` would resume this run instead.
@@ -109,6 +114,15 @@ def _hiding_results_on_failure(run: Run) -> Iterator[Run]:
             click.echo(f"Could not hide the results of unfinished run {run.info.run_id} now; "
                        "the next start will.", err=True)
         raise
+    log_durations(run.info.run_id)
+
+
+def log_durations(run_id: str) -> None:
+    """This process's time so far in each phase, as the run's `Duration_<phase>_s` metrics
+    (seconds; 0 for a phase the step does not have)."""
+    spent = phases.PHASES.durations()
+    mlflow.log_metrics({duration_metric(phase): spent.get(phase, 0.0) for phase in PHASES},
+                       run_id=run_id)
 
 
 def require_run(run_id: str, experiment_name: str | None, param: str,
