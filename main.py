@@ -49,10 +49,10 @@ class StepFailed(click.ClickException):
 
 
 def server_gone(entry_point: str) -> StepFailed:
-    """The step stopped because the tracking server went away (the step said so); the driver's
-    own clean-up stops retrying."""
+    """The step stopped because the tracking server or database went away (the step said so);
+    the driver's own clean-up stops retrying."""
     stop_retrying()
-    return StepFailed(f"The {entry_point} step stopped: the tracking server is gone (above).",
+    return StepFailed(f"The {entry_point} step stopped: the tracking store is gone (above).",
                       reported=True)
 
 

@@ -23,12 +23,10 @@ from steps.core.compare import Configurations
 from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
 from steps.tracking import lifecycle
-from steps.tracking.store_check import (RUN_ID_ENV, bound_server_retries, check_tracking_store,
-                                        disk_error_message, server_lost_message,
-                                        unreachable_server)
+from steps.tracking.store_check import (DEBUG_ENV, RUN_ID_ENV, bound_server_retries,
+                                        check_tracking_store, disk_error_message,
+                                        server_lost_message, unreachable_server)
 
-#: Set to show the traceback of an unexpected error instead of its one line.
-DEBUG_ENV = "SALIENCY_FLOW_DEBUG"
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 PICTURE_MODES = ("both", "combined", "per_class")
 PICTURE_SCALES = ("shared", "per_class")  # as steps/core/plots.py's SCALES

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -392,3 +393,58 @@ def which(tool: str) -> str | None:
     """`tool` on the PATH the projects run with (this interpreter's directory first)."""
     path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     return shutil.which(tool, path=path)
+
+
+@dataclass
+class PostgresInstance:
+    """A PostgreSQL server of the test's own, so that it can be stopped mid-step without
+    touching the machine's shared one."""
+
+    bin_dir: Path
+    data: Path
+    port: int
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql+psycopg2://{POSTGRES_USER}@{POSTGRES_HOST}:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str) -> None:
+        done = subprocess.run(["runuser", "-u", POSTGRES_USER, "--", str(self.bin_dir / "pg_ctl"),
+                               "-D", str(self.data), "-w", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def start(self) -> None:
+        self._pg_ctl("-l", str(self.data.parent / "server.log"), "-o",
+                     f"-p {self.port} -k {self.data.parent} -c listen_addresses={POSTGRES_HOST}",
+                     "start")
+
+    def stop(self) -> None:
+        """As a crash or a lost machine would: no clean shutdown."""
+        self._pg_ctl("-m", "immediate", "stop")
+
+
+@contextlib.contextmanager
+def postgres_instance() -> Iterator[PostgresInstance]:
+    """A new PostgreSQL cluster on 127.0.0.1 (a free port), run as the `postgres` user (so the
+    tests need root and Debian's PostgreSQL server), removed afterwards."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not found or os.geteuid() != 0 or not shutil.which("runuser"):
+        unavailable("no PostgreSQL server binaries to run as root (Debian: postgresql)",
+                    REQUIRE_POSTGRES_ENV)
+    bin_dir = found[-1].parent
+    home = Path(tempfile.mkdtemp(prefix="saliency-flow-pg-"))
+    shutil.chown(home, POSTGRES_USER)
+    instance = PostgresInstance(bin_dir, home / "data", free_port())
+    try:
+        made = subprocess.run(["runuser", "-u", POSTGRES_USER, "--", str(bin_dir / "initdb"),
+                               "-D", str(instance.data), "-A", "trust", "-U", POSTGRES_USER],
+                              capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stdout + made.stderr
+        instance.start()
+        yield instance
+    finally:
+        subprocess.run(["runuser", "-u", POSTGRES_USER, "--", str(bin_dir / "pg_ctl"), "-D",
+                        str(instance.data), "-m", "immediate", "stop"], capture_output=True,
+                       timeout=60)
+        shutil.rmtree(home, ignore_errors=True)

@@ -19,7 +19,7 @@ from mlflow.entities import ViewType
 from steps.tracking import lifecycle
 from tests import disks
 from tests.conftest import PROJECT_DIR, Completed, Store, project_env
-from tests.servers import free_port, mlflow_server, server_env, stop_group
+from tests.servers import free_port, mlflow_server, postgres_instance, server_env, stop_group
 
 # Evaluation long enough to be caught mid-way, the rest quick; training reused after the first.
 PARAMS = {"epochs": "20", "num_samples": "200", "picture_mode": "combined", "n": "200",
@@ -29,6 +29,7 @@ SLOW_SALIENCY = {"query": "tags.Correct = 'true'", "max_images": "5", "n": "2000
                  "picture_mode": "both"}
 EVALUATION_LINE = "Logging 200 evaluation runs:"
 SALIENCY_LINE = "Saliency maps ("
+STORE_GONE_LINE = "The evaluate step stopped: the tracking store is gone (above)."
 MAP_ARTIFACTS = {"saliency_map.npy", "generator_config.json", "metrics", "pictures"}
 
 
@@ -256,8 +257,7 @@ def test_a_lost_server_is_one_line_in_bounded_time_and_a_restart_is_ridden_out(t
     assert result.returncode != 0
     (error,) = error_lines(result.output)
     assert f"lost the tracking server {server.url} (connection refused" in error
-    ours, _, theirs = result.output.partition("The evaluate step stopped: the tracking server is "
-                                              "gone (above).")
+    ours, _, theirs = result.output.partition(STORE_GONE_LINE)
     assert "Traceback" not in ours, ours
     # What follows is `mlflow run`'s own report that it could not record the end of its run.
     assert not theirs.strip() or "_maybe_set_run_terminated" in theirs, theirs
@@ -286,6 +286,26 @@ def test_a_lost_server_is_one_line_in_bounded_time_and_a_restart_is_ridden_out(t
         finally:
             for process in restarted:
                 stop_group(process)
+
+
+def test_a_lost_database_is_one_line_and_the_next_start_settles_its_runs(tmp_path):
+    """The tracking store a PostgreSQL server of the test's own, stopped mid-evaluation as a
+    crash would, then started again."""
+    with postgres_instance() as database:
+        store = Store(database.uri, tmp_path)
+        result = interrupt(store, EVALUATION_LINE, lambda process: database.stop())
+        assert result.returncode != 0
+        (error,) = error_lines(result.output)
+        assert "lost the tracking database postgresql+psycopg2://postgres@127.0.0.1:" in error, error
+        ours, _, theirs = result.output.partition(STORE_GONE_LINE)
+        assert "Traceback" not in ours, ours
+        # What follows is `mlflow run`'s own report that it could not record the end of its run.
+        assert not theirs.strip() or "_maybe_set_run_terminated" in theirs, theirs
+        database.start()
+        again = complete_run(store)
+        assert again.returncode == 0, again.output
+        assert "Marked KILLED" in again.output
+        assert_store_is_sound(store)
 
 
 def test_a_full_artifact_disk_is_one_line_and_no_run_is_left_running_or_half_written(tmp_path):

@@ -25,6 +25,7 @@ file: MLflow's `mlflow run` creates a new store's tables without a lock).
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import sys
@@ -40,6 +41,8 @@ CHECK_TIMEOUT_SECONDS = 10
 SERVER_SCHEMES = ("http", "https")
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 RUN_ID_ENV = "MLFLOW_RUN_ID"
+#: Set to show the traceback of an unexpected error instead of its one line.
+DEBUG_ENV = "SALIENCY_FLOW_DEBUG"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
@@ -66,6 +69,8 @@ def check_tracking_store() -> str:
         check_database(uri)
     elif scheme == "sqlite" and local_path(uri) is not None:
         check_sqlite_file(local_path(uri)[0])
+    if scheme not in SERVER_SCHEMES:
+        quiet_store_error_logs()
     if run_id and scheme not in SERVER_SCHEMES:
         check_run_exists(uri, run_id)
     use_wal_if_sqlite(uri)
@@ -360,9 +365,24 @@ def bound_server_retries() -> None:
             os.environ[name] = str(value)
 
 
+#: What database drivers say when the tracking database went away, as users know it.
+LOST_DATABASE_WORDS = {
+    "server closed the connection unexpectedly": "the server closed the connection",
+    "Connection refused": "connection refused",
+    "could not connect to server": "cannot connect",
+    "terminating connection": "the server ended the connection",
+    "the database system is shutting down": "the server is shutting down",
+    "the database system is starting up": "the server is starting up",
+    "connection already closed": "the connection was closed",
+    "Lost connection to MySQL server": "the server closed the connection",
+    "Can't connect to MySQL server": "cannot connect",
+}
+
+
 def unreachable_server(error: BaseException) -> str | None:
-    """What went wrong, when an exception (or its cause) says the tracking server could not be
-    reached after MLflow's retries; None for any other error."""
+    """What went wrong, when an exception (or its cause) says the tracking store could not be
+    reached: a tracking server after MLflow's retries, or a tracking database's connection
+    lost; None for any other error."""
     while error is not None:
         text = str(error)
         if "API request to" in text and any(words in text for words in (
@@ -370,6 +390,10 @@ def unreachable_server(error: BaseException) -> str | None:
             cause = error.__cause__ or error.__context__
             return describe_network_error(cause or error, int(float(
                 os.environ.get(_RETRY_SETTINGS[2], SERVER_REQUEST_TIMEOUT_SECONDS))))
+        if "OperationalError" in text:
+            for words, meaning in LOST_DATABASE_WORDS.items():
+                if words in text:
+                    return meaning
         error = error.__cause__ or error.__context__
     return None
 
@@ -384,10 +408,39 @@ def stop_retrying() -> None:
 def server_lost_message(reason: str) -> str:
     import mlflow
 
-    budget = os.environ.get(SERVER_RETRY_ENV, SERVER_RETRY_SECONDS)
-    return (f"lost the tracking server {mlflow.get_tracking_uri()} ({reason}; retried "
-            f"for about {budget} s, {SERVER_RETRY_ENV} to change). Run the same command again "
-            "once it is back: finished steps are reused and runs left RUNNING are settled.")
+    uri = mlflow.get_tracking_uri()
+    if scheme_of(uri) in SERVER_SCHEMES:
+        budget = os.environ.get(SERVER_RETRY_ENV, SERVER_RETRY_SECONDS)
+        lost = (f"the tracking server {uri} ({reason}; retried for about {budget} s, "
+                f"{SERVER_RETRY_ENV} to change)")
+    else:
+        lost = f"the tracking database {shown_database(uri)} ({reason})"
+    return (f"lost {lost}. Run the same command again once it is back: finished steps are "
+            "reused and runs left RUNNING are settled.")
+
+
+def shown_database(uri: str) -> str:
+    """A database URI with its password hidden."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: nothing to hide
+        return uri
+
+
+class _WithoutStoreTracebacks(logging.Filter):
+    """Drops the errors MLflow's database layer logs, each with its traceback, before raising
+    them: the step's one `Error:` line says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def quiet_store_error_logs() -> None:
+    """Keep MLflow's logged database tracebacks off the screen (not with SALIENCY_FLOW_DEBUG)."""
+    if not os.environ.get(DEBUG_ENV):
+        logging.getLogger("mlflow.store.db.utils").addFilter(_WithoutStoreTracebacks())
 
 
 # --- databases --------------------------------------------------------------------------------
@@ -398,7 +451,7 @@ def check_database(uri: str) -> None:
     from sqlalchemy.pool import NullPool
 
     url = sqlalchemy.engine.make_url(uri)
-    shown = url.render_as_string(hide_password=True)
+    shown = shown_database(uri)
     connect_args = ({"connect_timeout": check_timeout()}
                     if url.get_backend_name() in ("postgresql", "mysql") else {})
     try:
