@@ -263,11 +263,21 @@ def saliency_configurations(values: dict) -> list:
     return [configuration.algorithm(values) for configuration in configurations]
 
 
+#: Each shard is a whole Python process: a few per core keep the cores busy while others wait
+#: on a tracking server; more only add memory and store contention.
+SHARDS_PER_CORE = 4
+
+
 def check_before_any_run(values: dict, shards: int, image_shape: tuple[int, ...] | None
                          ) -> None:
-    """Settings that cannot work, refused before any run: more shards than samples, and
-    algorithm settings that do not fit the images (when their shape is known here; the
-    saliency step checks them at its start anyway)."""
+    """Settings that cannot work, refused before any run: more shards than CPU cores or than
+    samples, and algorithm settings that do not fit the images (when their shape is known here;
+    the saliency step checks them at its start anyway)."""
+    most = SHARDS_PER_CORE * (os.cpu_count() or 1)
+    if shards > most:
+        raise click.BadParameter(f"{shards} shards would start {shards} step processes at once "
+                                 f"on this machine's {os.cpu_count() or 1} CPU cores; use at "
+                                 f"most {most}", param_hint="'--shards'")
     if values["num_samples"] and shards > values["num_samples"]:
         raise click.BadParameter(f"{shards} shards for {values['num_samples']} samples would "
                                  "leave shards with nothing to evaluate; use at most "

@@ -62,6 +62,7 @@ CASES = [
     ("main", {"p1": "nan"}, "p1", "'nan' is not a finite number"),
     ("main", {"n": "100000000"}, "n", "n 100000000 needs 23.8 GiB of masks for 8×8 images"),
     ("main", {"shards": "4", "num_samples": "2"}, "shards", "4 shards for 2 samples"),
+    ("main", {"shards": "1000"}, "shards", "1000 shards would start 1000 step processes"),
     ("main", {"compare": "rise,gradcam"}, "compare", "'gradcam' is not an algorithm; choose"),
     ("main", {"compare": "rise(s=0),sliding_window"}, "compare", "rise(s=...): 0 is not in"),
     ("compare", {"saliency_run_ids": "{train}"}, "saliency_run_ids", "at least two"),
