@@ -6,18 +6,21 @@ Each per-sample run holds the class confidences as metrics and `Image_id`, `GT_c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 import mlflow
 import numpy as np
 
 from steps import names, options, phases
-from steps.core import plots
-from steps.core.classification import Evaluated, classifier_metrics, curve_figures
 from steps.core.data import DatasetError, split_dataset
 from steps.tracking import runs
 from steps.tracking.datasets import log_dataset
 from steps.tracking.inputs import load_model_inputs
 from steps.tracking.sample_runs import SampleRun, SampleRunWriter
+
+if TYPE_CHECKING:
+    from steps.core.classification import Evaluated
 
 
 def sample_runs(image_ids, true_names, predicted_names, confidences, column_names,
@@ -45,6 +48,8 @@ def sample_runs(image_ids, true_names, predicted_names, confidences, column_name
 
 def named_metrics(result: Evaluated) -> dict[str, float]:
     """The evaluation's metrics as logged: overall ones, and `Class_<name>_<kind>` per class."""
+    from steps.core.classification import classifier_metrics
+
     overall, per_class = classifier_metrics(result)
     return {**overall, **{f"Class_{names.metric_safe(name)}_{kind}": value
                           for name, values in per_class.items() for kind, value in values.items()}}
@@ -64,6 +69,9 @@ def results_table(samples: list[SampleRun], run_ids: list[str]) -> dict[str, lis
 
 def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[str]) -> None:
     """The parent run's summary: metrics, per-sample table, confusion matrix and curves."""
+    from steps.core import plots  # matplotlib: only here
+    from steps.core.classification import curve_figures
+
     with phases.phase(names.COMPUTE_PHASE):
         metrics = named_metrics(result)
     mlflow.log_metrics(metrics)
@@ -116,6 +124,8 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
                     {"test_fraction": test_fraction, "split_seed": split_seed,
                      "image_size": image_size})
+        from steps.core.classification import Evaluated  # scikit-learn's metrics: 0.8 s
+
         result = Evaluated(data.labels[test_rows], np.asarray(confidences),
                            inputs.classes.column_classes, tuple(data.class_names))
         class_names = np.asarray(data.class_names)

@@ -33,7 +33,6 @@ from steps import names, options, phases
 from steps.core import plots
 from steps.core.algorithm import make_algorithm
 from steps.core.data import DatasetError, split_dataset
-from steps.core.fast_saliency import engine_from_config
 from steps.core.metrics import MapScores, average_maps, class_map, score_map
 from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import lifecycle, runs
@@ -205,6 +204,9 @@ class Explainer:
             raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
         classifier = ImageClassifier(inputs.model, batch_size=predict_batch_size,
                                      classes=len(inputs.classes.names))
+        # xaitk's implementations, once the inputs are known to be good.
+        from steps.core.fast_saliency import engine_from_config
+
         return cls(inputs, classifier, engine_from_config(config), pictures,
                    options.values_of(options.DATA + options.SPLIT, {
                        "dataset": dataset, "image_size": image_size,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import click
 import mlflow
-import skops.io
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -43,6 +42,8 @@ def log_new_params(run_id: str, params: dict) -> None:
 
 def sklearn_trusted_types(model) -> list[str]:
     """Types skops does not trust by default but that are scikit-learn's own (e.g. its optimizers)."""
+    import skops.io  # about 0.8 s (it imports every scikit-learn estimator): only to log a model
+
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     return [name for name in untrusted if name.startswith("sklearn.")]
 
@@ -52,6 +53,23 @@ def model_requirements() -> list[str]:
     it; requirements.txt pins the same). Given them, `log_model` does not infer them in a
     subprocess (about 5 to 9 s)."""
     return [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
+
+
+def log_classifier(classifier, name: str, features, infer_requirements: bool = False):
+    """Log the fitted classifier in the active run as model `name` (sklearn flavour through
+    skops; a pyfunc answering with probabilities, as the evaluate and saliency steps need),
+    `features` its input example. `infer_requirements`: let MLflow infer the pip requirements
+    in a subprocess instead of pinning them (only to measure what the pins save)."""
+    return mlflow.sklearn.log_model(
+        classifier,
+        name=name,
+        serialization_format="skops",
+        skops_trusted_types=sklearn_trusted_types(classifier),
+        pyfunc_predict_fn="predict_proba",
+        signature=infer_signature(features, classifier.predict_proba(features)),
+        input_example=features,
+        pip_requirements=None if infer_requirements else model_requirements(),
+    )
 
 
 def loss_metrics(loss_curve: list[float], timestamp: int) -> list[Metric]:
@@ -126,18 +144,9 @@ def train(dataset, image_size, test_fraction, split_seed, register_as, **model_a
             Metric("test_accuracy", test_acc, timestamp, 0),
         ])
 
-        features = flatten(test_images[:5])
-        model_info = mlflow.sklearn.log_model(
-            classifier,
-            name=f"mlp-{re.sub(r'[^A-Za-z0-9_-]+', '-', data.dataset.name)}-{run_id[:8]}",
-            serialization_format="skops",
-            skops_trusted_types=sklearn_trusted_types(classifier),
-            # The pyfunc answers with probabilities, as the evaluate and saliency steps need.
-            pyfunc_predict_fn="predict_proba",
-            signature=infer_signature(features, classifier.predict_proba(features)),
-            input_example=features,
-            pip_requirements=model_requirements(),
-        )
+        model_info = log_classifier(
+            classifier, f"mlp-{re.sub(r'[^A-Za-z0-9_-]+', '-', data.dataset.name)}-{run_id[:8]}",
+            flatten(test_images[:5]))
         # MLflow 3 keeps the model as a LoggedModel linked to this run; the tag finds it.
         mlflow.set_tag(names.MODEL_URI_TAG, model_info.model_uri)
         if register_as:
