@@ -18,6 +18,7 @@ Every map run records which part of the dataset's train/test split (`test_fracti
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -176,7 +177,8 @@ class Explainer:
 
     inputs: ModelInputs
     classifier: ImageClassifier
-    engine: object  # FastSaliency, or xaitk's generator where it does not apply
+    #: The generator's configuration (`generator_config.json`), which makes `engine`.
+    config: dict
     pictures: plots.PictureStyle
     data_params: dict[str, str]
     #: What the console calls the algorithm, e.g. `rise(s=8)`.
@@ -204,14 +206,19 @@ class Explainer:
             raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
         classifier = ImageClassifier(inputs.model, batch_size=predict_batch_size,
                                      classes=len(inputs.classes.names))
-        # xaitk's implementations, once the inputs are known to be good.
-        from steps.core.fast_saliency import engine_from_config
-
-        return cls(inputs, classifier, engine_from_config(config), pictures,
+        return cls(inputs, classifier, config, pictures,
                    options.values_of(options.DATA + options.SPLIT, {
                        "dataset": dataset, "image_size": image_size,
                        "test_fraction": test_fraction, "split_seed": split_seed}),
                    test_ids=frozenset(inputs.dataset.image_ids[row] for row in test_rows))
+
+    @functools.cached_property
+    def engine(self):
+        """FastSaliency, or xaitk's generator where it does not apply; made when the first map
+        is (xaitk's implementations take 0.1 to 0.9 s to import: compare never needs them)."""
+        from steps.core.fast_saliency import engine_from_config
+
+        return engine_from_config(self.config)
 
     def split_of(self, image_id: str) -> str:
         """`test` or `train`: the part of the train/test split the image is in."""
