@@ -116,7 +116,8 @@ class Driver:
         """The ID of a stored run that can stand in for this one, if reuse is on and one exists."""
         if not self.use_cache:
             return None
-        stored = find_reusable_run(experiment_id, entry_point, parameters, self.version,
+        matching = {k: v for k, v in parameters.items() if k not in options.EXECUTION_ONLY}
+        stored = find_reusable_run(experiment_id, entry_point, matching, self.version,
                                    self.required_tags)
         if stored is None:
             return None

@@ -6,6 +6,8 @@ Each per-sample run holds the class confidences as metrics and `Image_id`, `GT_c
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -17,7 +19,10 @@ from steps.core.data import DatasetError, split_dataset
 from steps.tracking import runs
 from steps.tracking.datasets import log_dataset
 from steps.tracking.inputs import load_model_inputs
-from steps.tracking.sample_runs import SampleRun, SampleRunWriter
+from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client, partitions,
+                                    run_partitions)
+from steps.tracking.console import Progress
+from steps.tracking.sample_runs import SampleRun, SampleRunWriter, write_partition
 
 if TYPE_CHECKING:
     from steps.core.classification import Evaluated
@@ -85,15 +90,30 @@ def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[st
             plots.plt.close(fig)
 
 
+def write_on_cluster(cluster: ClusterSpec, samples: list[SampleRun], label: str,
+                     experiment_id: str, parent_id: str) -> list[str]:
+    """The sample runs written by the cluster's workers, a partition at a time; their IDs in
+    the order of `samples`."""
+    with tempfile.TemporaryDirectory() as scratch, dask_client(cluster, Path(scratch)) as client, \
+            Progress(len(samples), label) as progress:
+        parts = run_partitions(client, write_partition, partitions(samples),
+                               lambda ids: progress.advanced(ids, len(ids)),
+                               tracking_uri=mlflow.get_tracking_uri(),
+                               experiment_id=experiment_id, parent_id=parent_id)
+    return [run_id for part in parts for run_id in part]
+
+
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["evaluate"])
-def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples,
+def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples, cluster,
              shard_index, num_shards):
     if shard_index >= num_shards:
         raise click.BadParameter(f"shard {shard_index} does not exist among {num_shards} shards "
                                  f"(0 to {num_shards - 1})", param_hint="'--shard_index'")
     if not model_uri:
         raise click.BadParameter("give the model to evaluate", param_hint="'--model_uri'")
+    if cluster is not None:
+        check_reachable_store(cluster, mlflow.get_tracking_uri())
     inputs = load_model_inputs(model_uri, dataset, image_size)
     data = inputs.dataset
     try:
@@ -120,7 +140,8 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         mlflow.set_tags({**lineage, names.DATASET_TAG: data.name,
                          names.DATASET_DIGEST_TAG: inputs.data.digest,
                          names.IMAGE_SHAPE_TAG: names.image_shape_tag(data.image_shape),
-                         "Num_samples": len(test_rows), "Shard": f"{shard_index}/{num_shards}"})
+                         "Num_samples": len(test_rows), "Shard": f"{shard_index}/{num_shards}",
+                         **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
         log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
                     {"test_fraction": test_fraction, "split_seed": split_seed,
                      "image_size": image_size})
@@ -137,8 +158,12 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
                 names.PARENT_RUN_TAG: parent_id,
                 names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
             })
-        writer = SampleRunWriter(parent.info.experiment_id)
-        run_ids = writer.write_all(samples, label=f"Logging {len(samples)} evaluation runs")
+        label = f"Logging {len(samples)} evaluation runs"
+        if cluster is None:
+            run_ids = SampleRunWriter(parent.info.experiment_id).write_all(samples, label)
+        else:
+            run_ids = write_on_cluster(cluster, samples, label, parent.info.experiment_id,
+                                       parent_id)
         log_evaluation(result, samples, run_ids)
         accuracy = float(np.mean(result.correct))
         runs.describe(f"Evaluated model `{inputs.resolved.uri}` on {len(samples)} test images "

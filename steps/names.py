@@ -90,6 +90,11 @@ INTERRUPTED_TAG = "Interrupted_by"
 ERROR_TAG = "Error"
 #: On a step run that did not finish: how many of its sample or map runs were soft-deleted.
 RESULTS_DELETED_TAG = "Unfinished_results_deleted"
+# A step's work on a Dask cluster (steps/tracking/cluster.py): on each sample or map run, the
+# partition it belongs to and the worker that wrote it; on the step run, the cluster.
+PARTITION_TAG = "Partition"
+WORKER_TAG = "Dask_worker"
+CLUSTER_TAG = "Dask_cluster"
 
 # Where a step run's process spent its time: each phase as metric `Duration_<phase>_s`
 # (seconds): `Duration_startup_s` (from the process's start to the step's own work: Python,

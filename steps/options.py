@@ -23,6 +23,7 @@ from steps.core.compare import Configurations
 from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
 from steps.tracking import lifecycle
+from steps.tracking.cluster import ClusterSpec
 from steps.tracking.store_check import (DEBUG_ENV, RUN_ID_ENV, bound_server_retries,
                                         check_tracking_store, disk_error_message,
                                         server_lost_message, unreachable_server)
@@ -105,9 +106,31 @@ MODEL_URI = option("model_uri", "", ModelUri(),
                    "The model to evaluate and explain: runs:/<run ID>/<path>, "
                    "models:/<name>/<version> or models:/<name>@<alias>.")
 
+class Cluster(click.ParamType):
+    """Where a step's work runs: empty (its own process), local:N or tcp://host:port (Dask)."""
+
+    name = "cluster"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, ClusterSpec) or value is None:
+            return value
+        try:
+            return ClusterSpec.parse(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+CLUSTER = option("cluster", "", Cluster(),
+                 "Run the step's work on a Dask cluster: local:N (N worker processes here) or "
+                 "tcp://host:port (a running scheduler); empty: in the step's own process.")
+#: Parameters that change where a step runs, not what it finds: a stored run stands in for a
+#: new one whatever they were.
+EXECUTION_ONLY = ("cluster",)
+
 EVALUATE = [
     option("num_samples", 0, click.IntRange(min=0),
            "How many test images to evaluate, one run each (0 = the whole test split)."),
+    CLUSTER,
 ]
 
 SHARD = [

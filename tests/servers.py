@@ -382,7 +382,8 @@ def postgres_database() -> Iterator[str]:
     try:
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
+        # SQLAlchemy 2.1 reads plain `postgresql://` as psycopg 3; the pinned driver is psycopg2.
+        yield f"postgresql+psycopg2://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
     finally:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -448,3 +449,50 @@ def postgres_instance() -> Iterator[PostgresInstance]:
                         str(instance.data), "-m", "immediate", "stop"], capture_output=True,
                        timeout=60)
         shutil.rmtree(home, ignore_errors=True)
+
+
+# --- Dask ---------------------------------------------------------------------------------------
+
+@dataclass
+class DaskCluster:
+    address: str
+    workers: list[subprocess.Popen]
+
+
+def _scheduler_up(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((POSTGRES_HOST, port)) == 0
+
+
+@contextlib.contextmanager
+def dask_cluster(directory: Path, workers: int = 2) -> Iterator[DaskCluster]:
+    """`dask scheduler` and `workers` single-threaded `dask worker` processes (no nanny, so a
+    killed worker stays dead) on 127.0.0.1, each in a directory of its own: the project's code
+    reaches them only as the step ships it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = server_env()
+    env.pop("PYTHONPATH", None)
+    scheduler_args = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                      "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"]
+    with contextlib.ExitStack() as stack:
+        scheduler = stack.enter_context(process_group(
+            scheduler_args, directory / "scheduler.log", env=env, cwd=directory))
+        wait_until(lambda: _scheduler_up(port), scheduler, directory / "scheduler.log",
+                   "dask scheduler", 60)
+        procs = []
+        for index in range(workers):
+            place = directory / f"worker-{index}"
+            place.mkdir(exist_ok=True)
+            procs.append(stack.enter_context(process_group(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                 "--no-nanny", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+                 "--local-directory", str(place), "--name", f"worker-{index}"],
+                place / "worker.log", env=env, cwd=place)))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield DaskCluster(address, procs)

@@ -114,9 +114,7 @@ def test_pipeline_with_basic_auth_credentials(auth_server, server_pipelines):
 
 
 def test_pipeline_against_a_server_with_postgresql_backend(tmp_path):
-    with postgres_database() as database_uri:
-        # SQLAlchemy 2.1 reads plain `postgresql://` as psycopg 3; the pinned driver is psycopg2.
-        backend = database_uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+    with postgres_database() as backend:
         with mlflow_server(tmp_path / "server", backend) as server:
             result = run_project(PROJECT_DIR, SMALL, cwd=tmp_path, tracking_uri=server.url)
             assert result.returncode == 0, result.output

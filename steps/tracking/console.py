@@ -63,9 +63,9 @@ class Progress:
             self.file.write("\n")
             self.file.flush()
 
-    def advanced(self, item: T) -> T:
-        """Count one more item done (returned as is), showing progress when due."""
-        self.done += 1
+    def advanced(self, item: T, count: int = 1) -> T:
+        """Count `count` more items done (`item` returned as is), showing progress when due."""
+        self.done += count
         now = time.monotonic()
         quarter = 4 * self.done // self.total
         if self.done == self.total or self._due(now, quarter):

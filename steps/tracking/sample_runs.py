@@ -127,3 +127,48 @@ def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:
             _logger.warning("Tracking store locked; trying again in %.2f s", pause)
             time.sleep(pause)
     return call(*args, **kwargs)
+
+
+def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
+                    experiment_id: str, parent_id: str, stop_event: str | None = None
+                    ) -> list[str]:
+    """On a Dask worker: write one partition of a step's sample runs, under `parent_id`; returns
+    their run IDs in the order of `samples`.
+
+    Safe to run again after a try that died part-way: its FINISHED runs are kept, any other run
+    of the partition (left RUNNING by a dead worker, or FAILED) is ended KILLED and
+    soft-deleted, and only the missing samples are written.
+    """
+    from mlflow.entities import ViewType
+
+    from steps.names import IMAGE_ID_TAG, PARENT_RUN_TAG, PARTITION_TAG, WORKER_TAG
+    from steps.tracking.cluster import PartitionStopped, stop_requested, worker_name
+
+    client = MlflowClient(tracking_uri)
+    earlier = client.search_runs(
+        [experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' AND "
+        f"tags.`{PARTITION_TAG}` = '{index}'", run_view_type=ViewType.ALL,
+        max_results=len(samples) * 4 + 10)
+    kept: dict[str, str] = {}
+    for run in earlier:
+        image_id = run.data.tags.get(IMAGE_ID_TAG, "")
+        if (run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+                and run.info.lifecycle_stage == "active" and image_id not in kept):
+            kept[image_id] = run.info.run_id
+            continue
+        if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        if run.info.lifecycle_stage == "active":
+            client.delete_run(run.info.run_id)
+    writer = SampleRunWriter(experiment_id, client, workers=1)
+    extra = {PARTITION_TAG: str(index), WORKER_TAG: worker_name()}
+    run_ids = []
+    for sample in samples:
+        image_id = sample.tags[IMAGE_ID_TAG]
+        if image_id not in kept:
+            if stop_requested(stop_event):
+                raise PartitionStopped(f"partition {index} stopped: its step has ended")
+            kept[image_id] = writer.write(
+                SampleRun(sample.name, sample.metrics, {**sample.tags, **extra}, sample.params))
+        run_ids.append(kept[image_id])
+    return run_ids

@@ -1,0 +1,100 @@
+"""Scale-out on Dask (`-P cluster=`): a real scheduler and two workers on 127.0.0.1, writing into
+an `mlflow server` with a PostgreSQL backend and proxied artifacts."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FAST_TRAIN, PROJECT_DIR, Store, project_env
+from tests.servers import dask_cluster, mlflow_server, postgres_database
+from tests.test_pipeline import model_uri_of
+
+SAMPLES = 100  # two partitions
+PIPELINE = {**FAST_TRAIN, "num_samples": str(SAMPLES), "n": "50", "max_images": "1",
+            "picture_mode": "combined"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cluster")
+    with postgres_database() as database, \
+            mlflow_server(directory / "server", database) as server, \
+            dask_cluster(directory / "dask") as cluster:
+        yield Store(server.url, directory), cluster
+
+
+def samples_of(store: Store, evaluation_id: str) -> dict[str, object]:
+    runs = store.runs("Evaluation", f"tags.Evaluation_parent_run_id = '{evaluation_id}'")
+    by_image = {run.data.tags["Image_id"]: run for run in runs}
+    assert len(by_image) == len(runs), "an image has two runs"
+    return by_image
+
+
+def test_the_pipeline_on_a_cluster_writes_what_one_process_writes(setup):
+    store, cluster = setup
+    on_cluster = store.run({**PIPELINE, "cluster": cluster.address})
+    assert on_cluster.returncode == 0, on_cluster.output
+    assert f"Dask cluster {cluster.address}: 2 workers, dashboard http://" in on_cluster.output
+    main = store.runs("Default", "tags.`mlflow.project.entryPoint` = 'main'")[0]
+    evaluation_id = main.data.tags["Evaluation_run_id"]
+    assert store.client.get_run(evaluation_id).data.tags["Dask_cluster"] == cluster.address
+    spread = samples_of(store, evaluation_id)
+    assert len(spread) == SAMPLES
+    assert all(run.info.status == "FINISHED" for run in spread.values())
+    assert len({run.data.tags["Dask_worker"] for run in spread.values()}) == 2
+
+    alone = store.run({"model_uri": model_uri_of(store.client, main.data.tags["Train_run_id"]),
+                       "num_samples": str(SAMPLES)}, entry_point="evaluate")
+    assert alone.returncode == 0, alone.output
+    unspread = [run for run in store.runs("Evaluation", "tags.Num_samples != ''")
+                if "Dask_cluster" not in run.data.tags]
+    single = samples_of(store, unspread[0].info.run_id)
+    assert sorted(single) == sorted(spread)
+    for image_id, run in single.items():
+        assert run.data.metrics == spread[image_id].data.metrics
+        for tag in ("GT_class", "Predicted_class", "Correct", "Model_uri", "Split"):
+            assert run.data.tags[tag] == spread[image_id].data.tags[tag]
+
+
+def test_a_worker_killed_mid_evaluation_costs_no_run_and_doubles_none(setup):
+    store, cluster = setup
+    train = store.runs("Train")[0]
+    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local",
+            "-e", "evaluate", "-P", f"model_uri={model_uri_of(store.client, train.info.run_id)}",
+            "-P", "num_samples=200", "-P", f"cluster={cluster.address}"]
+    process = subprocess.Popen(args, cwd=store.dir, env=project_env(store.uri), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "Logging 200 evaluation runs:" in line:  # a quarter written: others under way
+            cluster.workers[0].send_signal(signal.SIGKILL)
+            break
+    lines.append(process.stdout.read())
+    assert process.wait(timeout=300) == 0, "".join(lines)
+    assert cluster.workers[0].poll() is not None
+    evaluation = [r for r in store.runs("Evaluation", "tags.Num_samples = '200'")][0]
+    assert evaluation.info.status == "FINISHED"
+    samples = samples_of(store, evaluation.info.run_id)
+    assert len(samples) == 200
+    assert all(run.info.status == "FINISHED" for run in samples.values())
+    assert not store.runs("Evaluation", "attributes.status = 'RUNNING'")
+
+
+def test_a_remote_cluster_with_a_store_only_this_machine_has_is_one_line(tmp_path):
+    env = {**project_env(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+           "PYTHONPATH": str(PROJECT_DIR)}
+    env.pop("MLFLOW_RUN_ID", None)
+    out = subprocess.run([sys.executable, "-m", "steps.evaluate", "--model_uri", "models:/m-0",
+                          "--cluster", "tcp://127.0.0.1:1"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert [line for line in out.stderr.splitlines() if line.startswith("Error:")] == [
+        f"Error: the workers of the Dask cluster tcp://127.0.0.1:1 cannot write into the "
+        f"tracking store sqlite:///{tmp_path / 'mlflow.db'}, a file on this machine. Use a "
+        "tracking server with proxied artifacts (mlflow server --artifacts-destination ...), "
+        "e.g. MLFLOW_TRACKING_URI=http://host:5000, or use -P cluster=local:N"]
