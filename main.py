@@ -264,25 +264,10 @@ def saliency_configurations(values: dict) -> list:
     return [configuration.algorithm(values) for configuration in configurations]
 
 
-#: Each shard is a whole Python process: a few per core keep the cores busy while others wait
-#: on a tracking server; more only add memory and store contention.
-SHARDS_PER_CORE = 4
-
-
-def check_before_any_run(values: dict, shards: int, image_shape: tuple[int, ...] | None
-                         ) -> None:
-    """Settings that cannot work, refused before any run: more shards than CPU cores or than
-    samples, and algorithm settings that do not fit the images (when their shape is known here;
-    the saliency step checks them at its start anyway)."""
-    most = SHARDS_PER_CORE * (os.cpu_count() or 1)
-    if shards > most:
-        raise click.BadParameter(f"{shards} shards would start {shards} step processes at once "
-                                 f"on this machine's {os.cpu_count() or 1} CPU cores; use at "
-                                 f"most {most}", param_hint="'--shards'")
-    if values["num_samples"] and shards > values["num_samples"]:
-        raise click.BadParameter(f"{shards} shards for {values['num_samples']} samples would "
-                                 "leave shards with nothing to evaluate; use at most "
-                                 f"{values['num_samples']}", param_hint="'--shards'")
+def check_before_any_run(values: dict, image_shape: tuple[int, ...] | None) -> None:
+    """Settings that cannot work, refused before any run: algorithm settings that do not fit
+    the images (when their shape is known here; the saliency step checks them at its start
+    anyway)."""
     if image_shape is not None:
         for algorithm in saliency_configurations(values):
             algorithm.check_image(image_shape)
@@ -313,7 +298,7 @@ def ui_hint(tracking_uri: str) -> str:
 
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["main"])
-def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values):
+def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
     # Fail on a bad filter string, data or starting point now, not after training.
     query_samples(NO_RUN_ID, values["query"], values["order_by"], 1)
     values["dataset"] = absolute_dataset(values["dataset"])
@@ -332,7 +317,7 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
         else:
             shape = seen.data.tags.get(names.IMAGE_SHAPE_TAG)
             image_shape = tuple(map(int, shape.split("x"))) if shape else None
-    check_before_any_run(values, shards, image_shape)
+    check_before_any_run(values, image_shape)
 
     os.environ[lifecycle.DRIVER_PID_ENV] = str(os.getpid())  # the steps watch this process
     with lifecycle.run_context(tags={**lifecycle.process_tags(),
@@ -368,21 +353,18 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, shards, **values
         split_params = options.values_of(options.SPLIT, values)
 
         if start.evaluation_run_id:
-            evaluation_ids = [driver.resume("evaluate", start.evaluation_run_id)]
+            evaluation_id = driver.resume("evaluate", start.evaluation_run_id)
             # Its samples are the test images of its own split: the maps' `Split` tags say so.
             stored = MlflowClient().get_run(start.evaluation_run_id).data.params
             split_params = {k: stored.get(k, v) for k, v in split_params.items()}
         else:
-            shared = {"model_uri": model.uri, **data_params,
-                      **options.values_of(options.SPLIT + options.EVALUATE, values),
-                      "num_shards": str(shards)}
-            evaluation_ids = driver.steps("evaluate", names.EVALUATION_EXPERIMENT, [
-                {**shared, "shard_index": str(index)} for index in range(shards)])
-        evaluation_id = ",".join(evaluation_ids)
+            evaluation_id = driver.step("evaluate", names.EVALUATION_EXPERIMENT, {
+                "model_uri": model.uri, **data_params,
+                **options.values_of(options.SPLIT + options.EVALUATE, values)})
         mlflow.set_tag(names.EVALUATION_RUN_TAG, evaluation_id)
-        summary["Evaluation run" if shards == 1 else "Evaluation runs"] = evaluation_id
+        summary["Evaluation run"] = evaluation_id
 
-        samples = query_samples(evaluation_ids, values["query"], values["order_by"],
+        samples = query_samples(evaluation_id, values["query"], values["order_by"],
                                 values["max_images"])
         mlflow.log_text(samples.to_csv(index=False), names.QUERY_RESULT_ARTIFACT)
         mlflow.set_tag(names.QUERY_MATCHES_TAG, len(samples))

@@ -105,11 +105,7 @@ def write_on_cluster(cluster: ClusterSpec, samples: list[SampleRun], label: str,
 
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["evaluate"])
-def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples, cluster,
-             shard_index, num_shards):
-    if shard_index >= num_shards:
-        raise click.BadParameter(f"shard {shard_index} does not exist among {num_shards} shards "
-                                 f"(0 to {num_shards - 1})", param_hint="'--shard_index'")
+def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples, cluster):
     if not model_uri:
         raise click.BadParameter("give the model to evaluate", param_hint="'--model_uri'")
     if cluster is not None:
@@ -122,17 +118,8 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
     if num_samples:
         test_rows = test_rows[:num_samples]
-    # Every shard predicts the whole sample set and keeps its own slice: float32 products round
-    # differently for batches of other shapes, and a sharded evaluation must give exactly the
-    # confidences of an unsharded one. Writing the runs is what the shards share out.
-    if num_shards > len(test_rows):
-        raise click.BadParameter(f"{num_shards} shards for {len(test_rows)} test samples would "
-                                 f"leave shards with nothing to evaluate; use at most "
-                                 f"{len(test_rows)}", param_hint="'--num_shards'")
-    shard = slice(shard_index, None, num_shards)
     phases.enter(names.COMPUTE_PHASE)
-    confidences = inputs.model.predict_proba(data.images[test_rows])[shard]
-    test_rows = test_rows[shard]
+    confidences = inputs.model.predict_proba(data.images[test_rows])
 
     with runs.step_run(names.EVALUATION_EXPERIMENT, "evaluate") as parent:
         parent_id = parent.info.run_id
@@ -140,7 +127,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         mlflow.set_tags({**lineage, names.DATASET_TAG: data.name,
                          names.DATASET_DIGEST_TAG: inputs.data.digest,
                          names.IMAGE_SHAPE_TAG: names.image_shape_tag(data.image_shape),
-                         "Num_samples": len(test_rows), "Shard": f"{shard_index}/{num_shards}",
+                         "Num_samples": len(test_rows),
                          **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
         log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
                     {"test_fraction": test_fraction, "split_seed": split_seed,

@@ -133,11 +133,6 @@ EVALUATE = [
     CLUSTER,
 ]
 
-SHARD = [
-    option("shard_index", 0, click.IntRange(min=0), "Which slice of the samples this run evaluates."),
-    option("num_shards", 1, click.IntRange(min=1), "How many slices the samples are cut into."),
-]
-
 QUERY = [
     option("query", "tags.Correct = 'false'", str,
            "mlflow.search_runs filter string selecting evaluation samples to explain."),
@@ -179,8 +174,6 @@ DRIVER = [
            "Start from this stored Train run's model instead of training (empty: train or reuse)."),
     option("evaluation_run_id", "", RunId(optional=True),
            "Start from this stored evaluation (its parent run) instead of evaluating."),
-    option("shards", 1, click.IntRange(min=1),
-           "Evaluate in this many concurrent evaluate runs, each over its own slice."),
     COMPARE,
 ]
 
@@ -202,7 +195,7 @@ SALIENCY_INPUTS = [
 ENTRY_POINTS = {
     "main": DRIVER + TRAIN + EVALUATE + QUERY + SALIENCY,
     "train": TRAIN,
-    "evaluate": [MODEL_URI, *DATA, *SPLIT, *EVALUATE, *SHARD],
+    "evaluate": [MODEL_URI, *DATA, *SPLIT, *EVALUATE],
     "saliency": SALIENCY_INPUTS + SALIENCY,
     "compare": [
         option("saliency_run_ids", "", RunIdList(),

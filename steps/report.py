@@ -102,17 +102,6 @@ def explanation_set(reader: StoreReader, step: Run) -> ExplanationSet:
                           [explained_image(reader, run) for run in images])
 
 
-def sharded_metrics(shards: list[dict[str, float]]) -> dict[str, float]:
-    """The metrics of an evaluation in shards that the shards' own give exactly: the number
-    of samples, and the means over samples (accuracy, log loss) weighted by it."""
-    counts = [m.get("num_samples", 0) for m in shards]
-    metrics = {"num_samples": float(sum(counts))}
-    for name in ("accuracy", "log_loss"):
-        if all(name in m for m in shards) and sum(counts):
-            metrics[name] = sum(m[name] * n for m, n in zip(shards, counts)) / sum(counts)
-    return metrics
-
-
 def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
     """What the page of pipeline `main_run_id` shows, read from the store. `status`: the main
     run's, when the page is written before it ends (by the driver, as its last act)."""
@@ -136,17 +125,14 @@ def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
         if train.data.tags.get("Converged") == "false":
             report.notes.append("Training did not converge: the model may be weaker than it "
                                 "could be.")
-    evaluations = [run for run in map(reader.run, filter(None, tags.get(
-        names.EVALUATION_RUN_TAG, "").split(","))) if run is not None]
-    for shard, evaluation in enumerate(evaluations):
-        label = "Evaluation run" + (f" (shard {shard})" if len(evaluations) > 1 else "")
-        report.links[label] = reader.ref(evaluation)
+    evaluation = (reader.run(tags[names.EVALUATION_RUN_TAG])
+                  if names.EVALUATION_RUN_TAG in tags else None)
+    if evaluation is not None:
+        report.links["Evaluation run"] = reader.ref(evaluation)
         report.facts |= {label: evaluation.data.tags[tag] for label, tag in (
             ("Model", names.MODEL_URI_TAG), ("Model version", names.MODEL_VERSION_TAG),
             ("Dataset", names.DATASET_TAG), ("Image shape", names.IMAGE_SHAPE_TAG),
             ("Dataset digest", names.DATASET_DIGEST_TAG)) if tag in evaluation.data.tags}
-    if len(evaluations) == 1:
-        (evaluation,) = evaluations
         report.evaluation_metrics = {k: evaluation.data.metrics[k] for k in HEADLINE_METRICS
                                      if k in evaluation.data.metrics}
         for path, caption in ((names.CONFUSION_MATRIX_ARTIFACT, "confusion matrix"),
@@ -154,11 +140,6 @@ def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
             picture = reader.picture(evaluation, path, caption)
             if picture is not None:
                 report.evaluation_pictures.append(picture)
-    elif evaluations:
-        report.evaluation_metrics = sharded_metrics([e.data.metrics for e in evaluations])
-        report.notes.append(f"The evaluation ran in {len(evaluations)} shards: the accuracy "
-                            "and log loss shown are over all of them; each shard's run has "
-                            "its own confusion matrix and curves.")
     report.query = {label: tags[tag] for label, tag in (
         ("Filter", names.QUERY_TAG), ("Order by", names.ORDER_BY_TAG),
         ("Matched samples", names.QUERY_MATCHES_TAG),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import uuid
 import zipfile
@@ -40,6 +41,9 @@ PARTITION_RETRIES = 3
 CONNECT_TIMEOUT_SECONDS = 30
 #: How long an interrupted step waits for the partitions under way to stop writing.
 CANCEL_WAIT_SECONDS = 30
+#: Each local worker is a whole Python process: a few per core keep the cores busy while others
+#: wait on a tracking server; more only add memory and store contention.
+LOCAL_WORKERS_PER_CORE = 4
 CLUSTER_PATTERN = re.compile(r"^(local:(?P<workers>[1-9][0-9]*)|(?P<address>tcp://[^\s]+:[0-9]+))$")
 PROJECT_PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -66,7 +70,11 @@ class ClusterSpec:
             raise ValueError(f"{text!r} is not a cluster: give local:N (N worker processes on "
                              "this machine) or tcp://host:port (a running Dask scheduler)")
         if match["workers"]:
-            return cls(workers=int(match["workers"]))
+            workers, most = int(match["workers"]), LOCAL_WORKERS_PER_CORE * (os.cpu_count() or 1)
+            if workers > most:
+                raise ValueError(f"{text} would start {workers} worker processes on this "
+                                 f"machine's {os.cpu_count() or 1} CPU cores; use at most {most}")
+            return cls(workers=workers)
         return cls(address=match["address"])
 
     @property

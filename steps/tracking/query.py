@@ -41,37 +41,13 @@ def _search(evaluation_run_id: str, user_filter: str, order: list[str], max_imag
         ) from None
 
 
-def _merge(frames: list[pd.DataFrame], order: list[str], max_images: int) -> pd.DataFrame:
-    """Several evaluations' best matches as one: sorted by the same clauses, cut to the cap.
-
-    Each shard's search already applied `order` and the cap, so the overall first `max_images`
-    are among them.
-    """
-    merged = pd.concat(frames, ignore_index=True)
-    columns, ascending = [], []
-    for clause in order:
-        key, *direction = clause.split()
-        column = key.removeprefix("attributes.").replace("`", "")
-        if column in merged.columns:
-            columns.append(column)
-            ascending.append(not direction or direction[0].upper() != "DESC")
-    if columns:
-        merged = merged.sort_values(columns, ascending=ascending, kind="stable")
-    return merged.head(max_images)
-
-
-def query_samples(evaluation_run_ids: str | list[str], user_filter: str, order_by: str,
+def query_samples(evaluation_run_id: str, user_filter: str, order_by: str,
                   max_images: int) -> pd.DataFrame:
-    """Evaluation samples matching the user's filter, ordered, at most `max_images` of them.
-
-    Takes one evaluation (parent) run ID, or several (the shards of one evaluation). Raises a
-    click error naming `query` when MLflow rejects the filter or order syntax.
-    """
-    ids = [evaluation_run_ids] if isinstance(evaluation_run_ids, str) else evaluation_run_ids
+    """Evaluation samples of one evaluation (parent) run matching the user's filter, ordered, at
+    most `max_images` of them. Raises a click error naming `query` when MLflow rejects the
+    filter or order syntax."""
     order = [clause.strip() for clause in order_by.split(",") if clause.strip()]
-    frames = [_search(run_id, user_filter, order, max_images, order_by) for run_id in ids]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
+    runs = _search(evaluation_run_id, user_filter, order, max_images, order_by)
+    if runs.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    runs = frames[0] if len(frames) == 1 else _merge(frames, order, max_images)
     return runs[[c for c in RESULT_COLUMNS if c in runs.columns]].reset_index(drop=True)
