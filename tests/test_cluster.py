@@ -3,9 +3,11 @@ an `mlflow server` with a PostgreSQL backend and proxied artifacts."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,24 +62,57 @@ def test_the_pipeline_on_a_cluster_writes_what_one_process_writes(setup):
             assert run.data.tags[tag] == spread[image_id].data.tags[tag]
 
 
-def test_a_worker_killed_mid_evaluation_costs_no_run_and_doubles_none(setup):
-    store, cluster = setup
+def evaluate_on(store: Store, cluster, split_seed: int, at_first_progress) -> tuple[int, str]:
+    """`mlflow run -e evaluate` of 200 samples on the cluster, in a process group of its own;
+    `at_first_progress(process)` once a quarter is written (others under way)."""
     train = store.runs("Train")[0]
     args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local",
             "-e", "evaluate", "-P", f"model_uri={model_uri_of(store.client, train.info.run_id)}",
-            "-P", "num_samples=200", "-P", f"cluster={cluster.address}"]
+            "-P", "num_samples=200", "-P", f"split_seed={split_seed}",
+            "-P", f"cluster={cluster.address}"]
     process = subprocess.Popen(args, cwd=store.dir, env=project_env(store.uri), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if "Logging 200 evaluation runs:" in line:  # a quarter written: others under way
-            cluster.workers[0].send_signal(signal.SIGKILL)
+        if "Logging 200 evaluation runs:" in line:
+            at_first_progress(process)
             break
     lines.append(process.stdout.read())
-    assert process.wait(timeout=300) == 0, "".join(lines)
+    return process.wait(timeout=300), "".join(lines)
+
+
+def step_run(store: Store, split_seed: int):
+    """The Evaluation run of the step run alone with this split seed (MLflow's own run of it,
+    in Default, holds the parameters and names it)."""
+    (launched,) = store.runs("Default", f"params.split_seed = '{split_seed}' AND "
+                                        "tags.`mlflow.project.entryPoint` = 'evaluate'")
+    return store.client.get_run(launched.data.tags["Step_run_id"])
+
+
+def test_ctrl_c_stops_the_cluster_s_partitions_before_the_step_ends_its_runs(setup):
+    store, cluster = setup
+    code, output = evaluate_on(store, cluster, 1,
+                               lambda process: os.killpg(process.pid, signal.SIGINT))
+    assert code != 0
+    assert "the evaluate step was interrupted by SIGINT" in output
+    assert "Traceback" not in output, output
+    step = step_run(store, 1)
+    assert step.info.status == "KILLED"
+    time.sleep(2)  # a partition still writing now would show below
+    assert not store.runs("Evaluation",
+                          f"tags.Evaluation_parent_run_id = '{step.info.run_id}'")
+    assert not store.runs("Evaluation", "attributes.status = 'RUNNING'")
+
+
+def test_a_worker_killed_mid_evaluation_costs_no_run_and_doubles_none(setup):
+    store, cluster = setup
+    code, output = evaluate_on(store, cluster, 2,
+                               lambda _: cluster.workers[0].send_signal(signal.SIGKILL))
+    assert code == 0, output
     assert cluster.workers[0].poll() is not None
-    evaluation = [r for r in store.runs("Evaluation", "tags.Num_samples = '200'")][0]
+    evaluation = step_run(store, 2)
     assert evaluation.info.status == "FINISHED"
     samples = samples_of(store, evaluation.info.run_id)
     assert len(samples) == 200

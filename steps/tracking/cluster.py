@@ -22,6 +22,8 @@ import io
 import logging
 import os
 import re
+import signal
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -138,10 +140,17 @@ def dask_client(spec: ClusterSpec, scratch: Path) -> Iterator:
             package.write_bytes(_project_zip())
             client.upload_file(str(package))  # onto sys.path of the scheduler and workers
         else:
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=spec.workers, threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                silence_logs=logging.ERROR))
+            # Its worker processes share the step's process group, so Ctrl-C at a terminal
+            # reaches them too: they ignore it (the disposition is inherited) and are stopped
+            # by the step, which ends its runs first.
+            handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=spec.workers, threads_per_worker=1, processes=True,
+                    host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                    silence_logs=logging.ERROR))
+            finally:
+                signal.signal(signal.SIGINT, handler)
             client = stack.enter_context(Client(cluster))
         click.echo(f"Dask cluster {spec}: {len(client.scheduler_info()['workers'])} workers, "
                    f"dashboard {client.dashboard_link}", err=True)
@@ -154,10 +163,6 @@ def partitions(items: Sequence, size: int = PARTITION_SIZE) -> list[tuple[int, l
             for start in range(0, len(items), size)]
 
 
-class PartitionStopped(Exception):
-    """The step that submitted the partition stopped; nothing more is written."""
-
-
 def run_partitions(client, task: Callable, parts: list[tuple[int, list]], on_done: Callable,
                    **arguments) -> list:
     """`task(index, items, stop_event=<name>, **arguments)` for every partition on the
@@ -167,7 +172,7 @@ def run_partitions(client, task: Callable, parts: list[tuple[int, list]], on_don
     before each write (`stop_requested`), and waits for the partitions to end, so that nothing
     writes after the step has ended its runs. (Cancelling a Dask future does not stop a task
     already running.)"""
-    from distributed import Event, as_completed, wait
+    from distributed import Event, as_completed
 
     stop = Event(f"saliency-flow-stop-{uuid.uuid4().hex}", client=client)
     futures = [client.submit(task, index, items, stop_event=stop.name, **arguments,
@@ -179,9 +184,19 @@ def run_partitions(client, task: Callable, parts: list[tuple[int, list]], on_don
     except BaseException:
         with contextlib.suppress(Exception):
             stop.set()
-            wait(futures, timeout=CANCEL_WAIT_SECONDS)
+            _wait_while_workers(client, futures)
         raise
     return [future.result() for future in futures]
+
+
+def _wait_while_workers(client, futures: list) -> None:
+    """Wait for the partitions to end, while the cluster still has workers to end them (a
+    signal to the whole process group may have stopped a LocalCluster's), at most
+    CANCEL_WAIT_SECONDS."""
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    while (not all(future.done() for future in futures) and time.monotonic() < deadline
+           and client.scheduler_info().get("workers")):
+        time.sleep(0.1)
 
 
 def stop_requested(event_name: str | None) -> bool:
