@@ -71,17 +71,30 @@ class SampleRunWriter:
 
     def write_all(self, samples: list[SampleRun], label: str) -> list[str]:
         """Write every run; returns their IDs in the order of `samples`. Progress goes to stderr."""
-        with quiet_run_links(), Progress(len(samples), label) as progress:
-            if self.workers == 1:
-                return [progress.advanced(self._write(sample)) for sample in samples]
-            return self._write_pooled(samples, progress)
+        with Progress(len(samples), label) as progress:
+            return self.write_batch(samples, progress.advanced)
 
-    def _write_pooled(self, samples: list[SampleRun], progress: Progress) -> list[str]:
+    def write_batch(self, samples: list[SampleRun],
+                    on_written: Callable[[str], object] = lambda run_id: run_id) -> list[str]:
+        """Write the runs (from the pool of threads against a server); returns their IDs in the
+        order of `samples`, calling `on_written(run_id)` as each is written."""
+        with quiet_run_links():
+            if self.workers == 1:
+                return [self._written(self._write(sample), on_written) for sample in samples]
+            return self._write_pooled(samples, on_written)
+
+    @staticmethod
+    def _written(run_id: str, on_written: Callable[[str], object]) -> str:
+        on_written(run_id)
+        return run_id
+
+    def _write_pooled(self, samples: list[SampleRun],
+                      on_written: Callable[[str], object]) -> list[str]:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sample-runs")
         try:
             futures = [pool.submit(self._write, sample) for sample in samples]
             for future in as_completed(futures):
-                progress.advanced(future.result())
+                on_written(future.result())
         finally:
             # On the first failure: drop the runs not started, let the others end, then raise.
             pool.shutdown(wait=True, cancel_futures=True)
@@ -160,15 +173,16 @@ def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         if run.info.lifecycle_stage == "active":
             client.delete_run(run.info.run_id)
-    writer = SampleRunWriter(experiment_id, client, workers=1)
+    # As many runs at a time as the writer has threads (a pool against a server, as the step's
+    # own process writes), checking between batches whether the step has stopped.
+    writer = SampleRunWriter(experiment_id, client)
     extra = {PARTITION_TAG: str(index), WORKER_TAG: worker_name()}
-    run_ids = []
-    for sample in samples:
-        image_id = sample.tags[IMAGE_ID_TAG]
-        if image_id not in kept:
-            if stop_requested(stop_event):
-                return run_ids  # the step is failing and discards it: a quiet end
-            kept[image_id] = writer.write(
-                SampleRun(sample.name, sample.metrics, {**sample.tags, **extra}, sample.params))
-        run_ids.append(kept[image_id])
-    return run_ids
+    missing = [SampleRun(s.name, s.metrics, {**s.tags, **extra}, s.params) for s in samples
+               if s.tags[IMAGE_ID_TAG] not in kept]
+    for start in range(0, len(missing), writer.workers):
+        if stop_requested(stop_event):
+            return []  # the step is failing and discards it: a quiet end
+        batch = missing[start:start + writer.workers]
+        for sample, run_id in zip(batch, writer.write_batch(batch)):
+            kept[sample.tags[IMAGE_ID_TAG]] = run_id
+    return [kept[sample.tags[IMAGE_ID_TAG]] for sample in samples]
