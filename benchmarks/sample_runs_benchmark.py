@@ -201,6 +201,9 @@ def tracking_server(backend_uri: str, directory: Path, workers: int = 4) -> Iter
              "--workers", str(workers), "--backend-store-uri", backend_uri,
              "--artifacts-destination", str(directory / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # No background job runner (MLflow's GenAI jobs): a dozen busy processes that
+            # nothing here uses, competing with what is measured.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     try:
         _wait_until_up(server, url, log_path)

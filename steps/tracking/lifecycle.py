@@ -233,13 +233,18 @@ def end_reason(error: BaseException) -> dict[str, str]:
     return {ERROR_TAG: f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]}
 
 
-def hide_partial_results(run_id: str, client: MlflowClient | None = None) -> int:
+def hide_partial_results(run_id: str, client: MlflowClient | None = None,
+                         running_only: bool = False) -> int:
     """End the child runs of an unfinished step run KILLED where still running, soft-delete
-    them, and record how many on the step run; returns that count."""
+    them, and record how many on the step run; returns that count. `running_only`: only the
+    children still RUNNING (of a step that finished: a write retried after a server lost its
+    answer leaves the first try's run RUNNING)."""
     client = client or MlflowClient()
     run = client.get_run(run_id)
+    running = f" AND attributes.status = '{RUNNING}'" if running_only else ""
     children = client.search_runs([run.info.experiment_id],
-                                  f"tags.`{PARENT_RUN_TAG}` = '{run_id}'", max_results=50000)
+                                  f"tags.`{PARENT_RUN_TAG}` = '{run_id}'{running}",
+                                  max_results=50000)
     for child in children:
         if child.info.status == RUNNING:
             client.set_terminated(child.info.run_id, KILLED)

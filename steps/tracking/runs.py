@@ -114,6 +114,11 @@ def _hiding_results_on_failure(run: Run) -> Iterator[Run]:
             click.echo(f"Could not hide the results of unfinished run {run.info.run_id} now; "
                        "the next start will.", err=True)
         raise
+    orphans = hide_partial_results(run.info.run_id, running_only=True)
+    if orphans:
+        click.echo(f"Deleted {orphans} run{'s' if orphans > 1 else ''} left RUNNING under run "
+                   f"{run.info.run_id} by writes the tracking server lost the answer to and that "
+                   "were written again (restorable with `mlflow runs restore`).", err=True)
     log_durations(run.info.run_id)
 
 

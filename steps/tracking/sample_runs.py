@@ -35,6 +35,9 @@ SERVER_SCHEMES = ("http", "https")
 SERVER_WORKERS = 8
 # Pauses before trying a call again while a SQLite store is locked (past its own 20 s wait).
 LOCKED_PAUSES_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: Errors a second try can mend: SQLite's lock, and a server's answer cut off by its restart.
+TRANSIENT_ERRORS = ("database is locked", "Connection broken", "IncompleteRead",
+                    "RemoteDisconnected")
 
 T = TypeVar("T")
 
@@ -127,17 +130,22 @@ class SampleRunWriter:
 
 
 def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:
-    """`call`, tried again after a growing pause while another writer locks a SQLite store.
+    """`call`, tried again after a growing pause while another writer locks a SQLite store, or
+    when a tracking server went away in the middle of its answer (a restart; MLflow's own
+    retries then cover the time it is down).
 
-    A locked store rolls the call's transaction back, so trying again writes nothing twice.
+    A locked store rolls the call's transaction back, so trying again writes nothing twice; a
+    `create_run` whose answer was lost leaves its first run RUNNING, which the step deletes
+    when it finishes (`runs.step_run`).
     """
     for pause in LOCKED_PAUSES_SECONDS:
         try:
             return call(*args, **kwargs)
         except MlflowException as error:
-            if "database is locked" not in str(error):
+            if not any(words in str(error) for words in TRANSIENT_ERRORS):
                 raise
-            _logger.warning("Tracking store locked; trying again in %.2f s", pause)
+            _logger.warning("Tracking store busy or restarting (%s); trying again in %.2f s",
+                            str(error).strip().splitlines()[0][:120], pause)
             time.sleep(pause)
     return call(*args, **kwargs)
 
