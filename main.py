@@ -68,13 +68,25 @@ def step_failure(entry_point: str, run) -> StepFailed | None:
     settled = lifecycle.settle(run.run_id)
     tags = settled.data.tags
     again = "run the same command again to continue: finished steps are reused"
+    resume = resume_hint(entry_point, run.run_id)
     if names.ERROR_TAG in tags:
         return StepFailed(f"The {entry_point} step (run {run.run_id}) failed; its error is "
-                          f"above. Fix it and {again}.", reported=True)
+                          f"above. Fix it and {again}.{resume}", reported=True)
     how = (f"was interrupted by {tags[names.INTERRUPTED_TAG]}" if names.INTERRUPTED_TAG in tags
            else "was killed before it could end its runs (SIGKILL, out of memory, or lost)")
     return StepFailed(f"the {entry_point} step (run {run.run_id}) {how}; its runs are ended "
-                      f"KILLED and its unfinished results deleted; {again}")
+                      f"KILLED and its unfinished results deleted; {again}.{resume}")
+
+
+def resume_hint(entry_point: str, run_id: str) -> str:
+    """` To finish ... : <command>; ...` for a step run that can be resumed, else ''; the
+    command runs the project as the main run was launched."""
+    if not runs.resumable(run_id):
+        return ""
+    command = runs.resume_command(entry_point, run_id,
+                                  MlflowClient().get_run(mlflow.active_run().info.run_id))
+    return (f" To finish the {entry_point} step's run without redoing what it wrote: {command}"
+            "; then the same command again reuses it.")
 
 
 @dataclass
@@ -183,6 +195,8 @@ class Driver:
             try:
                 for run_id in launched_since(entry_point, experiment_id, began):
                     lifecycle.settle(run_id)
+                    if hint := resume_hint(entry_point, run_id):
+                        lifecycle.note_resume_hint(hint.strip())
             except MlflowException:
                 pass  # the store is what failed; the next start settles them
             raise
@@ -376,7 +390,8 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
             click.echo(f"Query {values['query']!r} selected images {image_ids}")
             mlflow.set_tag(names.QUERIED_IMAGES_TAG, image_ids)
             inputs = {"model_uri": model.uri, **data_params, **split_params, "image_ids": image_ids,
-                      "evaluation_run_ids": ",".join(samples["run_id"])}
+                      "evaluation_run_ids": ",".join(samples["run_id"]),
+                      **options.values_of([options.CLUSTER], values)}
             saliency_ids = driver.steps("saliency", names.SALIENCY_EXPERIMENT, [
                 {**inputs, **parameters} for parameters in saliency_parameter_sets(values)])
             mlflow.set_tag(names.SALIENCY_RUN_TAG, ",".join(saliency_ids))

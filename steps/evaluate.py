@@ -13,15 +13,18 @@ from typing import TYPE_CHECKING
 import click
 import mlflow
 import numpy as np
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
 
 from steps import names, options, phases
 from steps.core.data import DatasetError, split_dataset
-from steps.tracking import runs
+from steps.tracking import lifecycle, runs
 from steps.tracking.datasets import log_dataset
 from steps.tracking.inputs import load_model_inputs
-from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client, partitions,
+from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client,
                                     run_partitions)
 from steps.tracking.console import Progress
+from steps.tracking.lifecycle import keep_finished, search_all
 from steps.tracking.sample_runs import SampleRun, SampleRunWriter, write_partition
 
 if TYPE_CHECKING:
@@ -80,7 +83,8 @@ def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[st
     with phases.phase(names.COMPUTE_PHASE):
         metrics = named_metrics(result)
     mlflow.log_metrics(metrics)
-    mlflow.log_table(results_table(samples, run_ids), names.RESULTS_TABLE)
+    if not runs.has_artifact(names.RESULTS_TABLE):  # log_table appends to a table (a resume)
+        mlflow.log_table(results_table(samples, run_ids), names.RESULTS_TABLE)
     with phases.phase(names.PICTURES_PHASE):
         figures = {names.CONFUSION_MATRIX_ARTIFACT: plots.confusion_matrix_figure(
             result.truth, result.predicted, result.class_names), **{
@@ -90,28 +94,66 @@ def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[st
             plots.plt.close(fig)
 
 
-def write_on_cluster(cluster: ClusterSpec, samples: list[SampleRun], label: str,
+def write_on_cluster(cluster: ClusterSpec, samples: list[SampleRun], progress: Progress,
                      experiment_id: str, parent_id: str) -> list[str]:
     """The sample runs written by the cluster's workers, a partition at a time; their IDs in
     the order of `samples`."""
-    with tempfile.TemporaryDirectory() as scratch, dask_client(cluster, Path(scratch)) as client, \
-            Progress(len(samples), label) as progress:
-        parts = run_partitions(client, write_partition, partitions(samples),
+    with tempfile.TemporaryDirectory() as scratch, dask_client(cluster, Path(scratch)) as client:
+        parts = run_partitions(client, write_partition, samples,
                                lambda ids: progress.advanced(ids, len(ids)),
                                tracking_uri=mlflow.get_tracking_uri(),
                                experiment_id=experiment_id, parent_id=parent_id)
     return [run_id for part in parts for run_id in part]
 
 
+def write_samples(samples: list[SampleRun], parent: Run, cluster: ClusterSpec | None,
+                  resuming: bool) -> list[str]:
+    """Write the sample runs under the step run (in this process or on the cluster); their IDs
+    in the order of `samples`. Resuming, the FINISHED runs an earlier try wrote are kept (and
+    restored) and only the missing ones are written."""
+    experiment, parent_id = parent.info.experiment_id, parent.info.run_id
+    kept = {}
+    if resuming:
+        client = MlflowClient()
+        kept = {image_id: run.info.run_id for image_id, run in keep_finished(client, search_all(
+            client, [experiment], f"tags.`{names.PARENT_RUN_TAG}` = '{parent_id}'",
+            ViewType.ALL), restore=True).items()}
+        click.echo(f"Resuming evaluation run {parent_id}: {len(kept)} of {len(samples)} sample "
+                   f"runs already written, writing the other {len(samples) - len(kept)}",
+                   err=True)
+    missing = [s for s in samples if s.tags[names.IMAGE_ID_TAG] not in kept]
+    with Progress(len(samples), f"Logging {len(samples)} evaluation runs",
+                  done=len(kept)) as progress:
+        if cluster is None:
+            written = SampleRunWriter(experiment).write_batch(missing, progress.advanced)
+        else:
+            written = write_on_cluster(cluster, missing, progress, experiment, parent_id)
+    kept.update(zip((s.tags[names.IMAGE_ID_TAG] for s in missing), written))
+    return [kept[s.tags[names.IMAGE_ID_TAG]] for s in samples]
+
+
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["evaluate"])
-def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples, cluster):
+def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples, cluster,
+             resume_run_id):
+    resume = None
+    if resume_run_id:
+        resume = runs.require_resumable(resume_run_id, names.EVALUATION_EXPERIMENT)
+        if resume.info.status == lifecycle.FINISHED:
+            click.echo(f"Evaluation run {resume_run_id} is FINISHED: nothing to resume")
+            return
+        stored = runs.stored_parameters(evaluate, resume)
+        model_uri, dataset, image_size, test_fraction, split_seed, num_samples = (
+            stored[name] for name in ("model_uri", "dataset", "image_size", "test_fraction",
+                                      "split_seed", "num_samples"))
     if not model_uri:
         raise click.BadParameter("give the model to evaluate", param_hint="'--model_uri'")
     if cluster is not None:
         check_reachable_store(cluster, mlflow.get_tracking_uri())
     inputs = load_model_inputs(model_uri, dataset, image_size)
     data = inputs.dataset
+    if resume is not None:
+        runs.require_same_data(resume, inputs.data.digest)
     try:
         test_rows = split_dataset(data, test_fraction, split_seed).test_rows
     except DatasetError as error:
@@ -121,7 +163,9 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
     phases.enter(names.COMPUTE_PHASE)
     confidences = inputs.model.predict_proba(data.images[test_rows])
 
-    with runs.step_run(names.EVALUATION_EXPERIMENT, "evaluate") as parent:
+    parameters = options.values_of(options.ENTRY_POINTS["evaluate"],
+                                   click.get_current_context().params)
+    with runs.step_run(names.EVALUATION_EXPERIMENT, "evaluate", parameters, resume) as parent:
         parent_id = parent.info.run_id
         lineage = inputs.resolved.lineage_tags()
         mlflow.set_tags({**lineage, names.DATASET_TAG: data.name,
@@ -129,9 +173,10 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
                          names.IMAGE_SHAPE_TAG: names.image_shape_tag(data.image_shape),
                          "Num_samples": len(test_rows),
                          **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
-        log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
-                    {"test_fraction": test_fraction, "split_seed": split_seed,
-                     "image_size": image_size})
+        if resume is None:
+            log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
+                        {"test_fraction": test_fraction, "split_seed": split_seed,
+                         "image_size": image_size})
         from steps.core.classification import Evaluated  # scikit-learn's metrics: 0.8 s
 
         result = Evaluated(data.labels[test_rows], np.asarray(confidences),
@@ -145,12 +190,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
                 names.PARENT_RUN_TAG: parent_id,
                 names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
             })
-        label = f"Logging {len(samples)} evaluation runs"
-        if cluster is None:
-            run_ids = SampleRunWriter(parent.info.experiment_id).write_all(samples, label)
-        else:
-            run_ids = write_on_cluster(cluster, samples, label, parent.info.experiment_id,
-                                       parent_id)
+        run_ids = write_samples(samples, parent, cluster, resume is not None)
         log_evaluation(result, samples, run_ids)
         accuracy = float(np.mean(result.correct))
         runs.describe(f"Evaluated model `{inputs.resolved.uri}` on {len(samples)} test images "

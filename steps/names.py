@@ -90,6 +90,8 @@ INTERRUPTED_TAG = "Interrupted_by"
 ERROR_TAG = "Error"
 #: On a step run that did not finish: how many of its sample or map runs were soft-deleted.
 RESULTS_DELETED_TAG = "Unfinished_results_deleted"
+#: On a step run resumed with `-P resume_run_id`: how many times.
+RESUME_COUNT_TAG = "Resumed"
 # A step's work on a Dask cluster (steps/tracking/cluster.py): on each sample or map run, the
 # partition it belongs to and the worker that wrote it; on the step run, the cluster.
 PARTITION_TAG = "Partition"
@@ -175,6 +177,8 @@ RESULTS_TABLE = "results.json"
 CURVES_DIR = "curves"
 REPORT_ARTIFACT = "report.html"
 PARAMETERS_ARTIFACT = "pipeline_parameters.json"
+#: A step run's own parameters as `-P` strings: what `-P resume_run_id` reads back.
+STEP_PARAMETERS_ARTIFACT = "step_parameters.json"
 QUERY_RESULT_ARTIFACT = "query/query_result.csv"
 ENVIRONMENT_ARTIFACT_DIR = "environment"
 PICTURES_DIR = "pictures"

@@ -133,6 +133,12 @@ EVALUATE = [
     CLUSTER,
 ]
 
+
+def resume_option(what: str) -> Callable:
+    return option("resume_run_id", "", RunId(optional=True),
+                  f"Finish this stopped step run: write only its missing {what} into it, with "
+                  "its own parameters (only `cluster` may change), and end it FINISHED.")
+
 QUERY = [
     option("query", "tags.Correct = 'false'", str,
            "mlflow.search_runs filter string selecting evaluation samples to explain."),
@@ -195,8 +201,8 @@ SALIENCY_INPUTS = [
 ENTRY_POINTS = {
     "main": DRIVER + TRAIN + EVALUATE + QUERY + SALIENCY,
     "train": TRAIN,
-    "evaluate": [MODEL_URI, *DATA, *SPLIT, *EVALUATE],
-    "saliency": SALIENCY_INPUTS + SALIENCY,
+    "evaluate": [MODEL_URI, *DATA, *SPLIT, *EVALUATE, resume_option("sample runs")],
+    "saliency": SALIENCY_INPUTS + [CLUSTER, resume_option("map runs")] + SALIENCY,
     "compare": [
         option("saliency_run_ids", "", RunIdList(),
                "Two or more FINISHED saliency step runs of the same model and images."),
@@ -274,7 +280,8 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
         click.echo(f"{'' if under_driver else 'Error: '}{what} was interrupted by {signal_name}; "
                    "the runs it had opened are ended "
                    "KILLED and their unfinished results deleted (restorable). Run the same "
-                   "command again to continue: finished steps are reused.", err=True)
+                   "command again to continue: finished steps are reused."
+                   f"{'' if under_driver else lifecycle.resume_hint()}", err=True)
         sys.exit(128 + signal.Signals[signal_name].value)
     except Exception as error:
         lifecycle.record_early_failure(error)
@@ -284,7 +291,8 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
         known = (server_lost_message(lost) if lost else
                  disk_error_message(error, lifecycle.failed_artifact_uri()))
         if known:
-            click.echo(f"Error: {known}", err=True)
+            click.echo(f"Error: {known}{'' if under_driver else lifecycle.resume_hint()}",
+                       err=True)
             sys.exit(1)
         message = str(error).strip().splitlines()
         click.echo(f"Error: {type(error).__name__}: {message[0] if message else ''} (set "

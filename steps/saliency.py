@@ -26,17 +26,20 @@ from pathlib import Path
 import click
 import mlflow
 import numpy as np
-from mlflow.entities import Run
+from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps import names, options, phases
 from steps.core import plots
-from steps.core.algorithm import make_algorithm
+from steps.core.algorithm import algorithm_parameters, make_algorithm
 from steps.core.data import DatasetError, split_dataset
 from steps.core.metrics import MapScores, average_maps, class_map, score_map
 from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import lifecycle, runs
+from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, check_reachable_store,
+                                    dask_client, run_partitions)
+from steps.tracking.lifecycle import keep_finished, search_all
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs
 
@@ -322,10 +325,13 @@ class Explainer:
 
     def map_run(self, facts: ImageFacts, parent: Run, params: dict, config: dict,
                 extra_tags: dict[str, str]) -> tuple[Run, np.ndarray, MapScores]:
-        """A nested per-image run with its tags, params, config, map, pictures and metrics."""
+        """A per-image run nested under the step run `parent` (also on a Dask worker, where no
+        run is active) with its tags, params, config, map, pictures and metrics."""
         image_id = facts.image_id
-        with lifecycle.run_context(run_name=f"image-{image_id}", nested=True,
-                                   experiment_id=parent.info.experiment_id) as run:
+        with lifecycle.run_context(run_name=f"image-{image_id}",
+                                   nested=mlflow.active_run() is not None,
+                                   experiment_id=parent.info.experiment_id,
+                                   tags={names.PARENT_RUN_TAG: parent.info.run_id}) as run:
             mlflow.set_tags({**facts.tags, **self.step_tags(),
                              names.SPLIT_TAG: self.split_of(image_id),
                              names.SALIENCY_PARENT_TAG: parent.info.run_id,
@@ -339,27 +345,134 @@ class Explainer:
                                    facts.predicted_column, facts.true_column)
             log_scores(scores)
             mlflow.log_metrics({names.PREDICTED_CONF_METRIC: facts.confidence, **scores.metrics})
-            if not scores.beats_random():
-                m = scores.metrics
-                click.echo(f"Warning: the {self.label + ' ' if self.label else ''}map of image "
-                           f"{image_id} does not beat a random map "
-                           f"(deletion {m['Deletion_auc']:.3f} vs {m['Random_deletion_auc']:.3f}"
-                           f", lower is better; insertion {m['Insertion_auc']:.3f} vs "
-                           f"{m['Random_insertion_auc']:.3f}, higher is better)", err=True)
             return run, maps, scores
 
+    def warn_unless_beating_random(self, image_id: str, scores: MapScores) -> None:
+        if not scores.beats_random():
+            m = scores.metrics
+            click.echo(f"Warning: the {self.label + ' ' if self.label else ''}map of image "
+                       f"{image_id} does not beat a random map "
+                       f"(deletion {m['Deletion_auc']:.3f} vs {m['Random_deletion_auc']:.3f}"
+                       f", lower is better; insertion {m['Insertion_auc']:.3f} vs "
+                       f"{m['Random_insertion_auc']:.3f}, higher is better)", err=True)
 
-def map_progress(total: int, label: str) -> Progress:
+
+@dataclass(frozen=True)
+class MapRecipe:
+    """What makes a step's map runs, sent to the Dask workers: each builds its own explainer
+    from it."""
+
+    model_uri: str
+    dataset: str
+    image_size: tuple | None
+    split: tuple[float, int]
+    config: dict
+    pictures: plots.PictureStyle
+    predict_batch_size: int
+    #: The algorithm's parameters, logged on each map run.
+    params: dict
+    label: str
+
+    def explainer(self, image_ids) -> Explainer:
+        explainer = Explainer.build(self.model_uri, self.dataset, self.image_size, self.config,
+                                    self.pictures, self.predict_batch_size, image_ids,
+                                    split=self.split)
+        explainer.label = self.label
+        return explainer
+
+
+@dataclass(frozen=True)
+class MapMade:
+    """One image's map run, made or found: its ID, map and metrics."""
+
+    image_id: str
+    run_id: str
+    maps: np.ndarray
+    scores: MapScores
+
+    @classmethod
+    def stored(cls, run: Run) -> MapMade:
+        metrics = {k: v for k, v in run.data.metrics.items() if k != names.PREDICTED_CONF_METRIC}
+        return cls(run.data.tags[names.IMAGE_ID_TAG], run.info.run_id, stored_map(run),
+                   MapScores(metrics, {}))
+
+
+def earlier_maps(client: MlflowClient, parent_id: str, experiment_id: str, restore: bool,
+                 partition: int | None = None) -> dict[str, MapMade]:
+    """The FINISHED map runs an earlier try of a step run (or of one of its partitions) made,
+    by image ID; any other run of it is ended KILLED and soft-deleted (`keep_finished`)."""
+    scope = f"tags.`{names.PARENT_RUN_TAG}` = '{parent_id}'" + (
+        f" AND tags.`{names.PARTITION_TAG}` = '{partition}'" if partition is not None else "")
+    kept = keep_finished(client, search_all(client, [experiment_id], scope, ViewType.ALL),
+                         restore=restore)
+    return {image_id: MapMade.stored(run) for image_id, run in kept.items()}
+
+
+def explain_partition(index: int, items: list[tuple[str, dict]], *, tracking_uri: str,
+                      parent_id: str, recipe: MapRecipe, stop_event: str | None = None
+                      ) -> list[MapMade]:
+    """On a Dask worker: the map runs of one partition of a step's images (`items`: image ID
+    and lineage tags), under the step run `parent_id`, in the order of `items`. Safe to run
+    again after a try that died part-way: only the images without a FINISHED run are
+    explained."""
+    from steps.tracking.cluster import stop_requested, worker_name
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    made = earlier_maps(client, parent_id, parent.info.experiment_id, False, index)
+    explainer = recipe.explainer([image_id for image_id, _ in items])
+    extra = {names.PARTITION_TAG: str(index), names.WORKER_TAG: worker_name()}
+    with quiet_run_links():
+        for image_id, lineage in items:
+            if image_id in made:
+                continue
+            if stop_requested(stop_event):
+                return []  # the step is failing and discards it: a quiet end
+            run, maps, scores = explainer.map_run(explainer.facts(image_id), parent,
+                                                  recipe.params, recipe.config,
+                                                  {**lineage, **extra})
+            made[image_id] = MapMade(image_id, run.info.run_id, maps, scores)
+    return [made[image_id] for image_id, _ in items]
+
+
+def map_progress(total: int, label: str, done: int = 0) -> Progress:
     """Maps made so far, their rate and ETA, on stderr."""
-    return Progress(total, label, unit="maps")
+    return Progress(total, label, unit="maps", done=done)
+
+
+def make_maps(explainer: Explainer, recipe: MapRecipe, parent: Run, todo: list[tuple[str, dict]],
+              cluster: ClusterSpec | None, bar: Progress) -> list[MapMade]:
+    """The map runs of `todo` (image ID, lineage tags), made in this process or on the
+    cluster's workers, in order."""
+    if cluster is None:
+        made = []
+        for image_id, lineage in todo:
+            run, maps, scores = explainer.map_run(explainer.facts(image_id), parent,
+                                                  recipe.params, recipe.config, lineage)
+            made.append(bar.advanced(MapMade(image_id, run.info.run_id, maps, scores)))
+        return made
+    with tempfile.TemporaryDirectory() as scratch, dask_client(cluster, Path(scratch)) as client:
+        parts = run_partitions(client, explain_partition, todo,
+                               lambda done: bar.advanced(done, len(done)), MAP_PARTITION_SIZE,
+                               tracking_uri=mlflow.get_tracking_uri(),
+                               parent_id=parent.info.run_id, recipe=recipe)
+    return [made for part in parts for made in part]
 
 
 def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_ids, algorithm,
-             pictures, predict_batch_size) -> None:
-    """The normal mode: one new map run per image."""
+             pictures, predict_batch_size, cluster: ClusterSpec | None = None,
+             parameters: dict[str, str] | None = None, resume: Run | None = None) -> None:
+    """The normal mode: one new map run per image, in this process or on a Dask cluster.
+    `parameters`: the step's own, recorded for a resume. `resume`: a stopped step run to
+    finish, keeping the map runs it made."""
+    if cluster is not None:
+        check_reachable_store(cluster, mlflow.get_tracking_uri())
     config = generator_config(algorithm.generator())
     explainer = Explainer.build(model_uri, dataset, image_size, config, pictures,
                                 predict_batch_size, image_ids, split=split)
+    if resume is not None:
+        runs.require_same_data(resume, explainer.inputs.data.digest)
     algorithm.check_image(explainer.inputs.dataset.image_shape)
     explainer.label = str(algorithm)
     lineage = check_evaluation_runs(image_ids, evaluation_run_ids)
@@ -373,24 +486,35 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
             f"{'it as a test image' if one else 'them as test images'}; give the evaluation's "
             "test_fraction and split_seed", param_hint="'--split_seed'")
     explainer.warn_about_training_images(image_ids)
-    logged = {**{k: options.as_param(v) for k, v in algorithm.used_params().items()},
-              BATCH_PARAM: str(predict_batch_size)}
-    with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency") as parent:
+    recipe = MapRecipe(explainer.inputs.resolved.uri, explainer.data_params["dataset"],
+                       image_size, split, config, pictures, predict_batch_size,
+                       {**{k: options.as_param(v) for k, v in algorithm.used_params().items()},
+                        BATCH_PARAM: str(predict_batch_size)}, explainer.label)
+    with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency", parameters, resume) as parent:
         mlflow.set_tags({**explainer.step_tags(), names.ALGORITHM_TAG: algorithm.name,
-                         names.IMAGE_IDS_TAG: ",".join(image_ids)})
-        scores, made = [], []
-        with quiet_run_links(), map_progress(len(image_ids),
-                                             f"Saliency maps ({algorithm})") as bar:
-            for image_id, tags in zip(image_ids, lineage):
-                facts = explainer.facts(image_id)
-                _, maps, map_scores = bar.advanced(
-                    explainer.map_run(facts, parent, logged, config, tags))
-                scores.append(map_scores)
-                made.append((facts, maps))
+                         names.IMAGE_IDS_TAG: ",".join(image_ids),
+                         **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
+        found = {}
+        if resume is not None:
+            found = earlier_maps(MlflowClient(), parent.info.run_id, parent.info.experiment_id,
+                                 restore=True)
+            click.echo(f"Resuming saliency run {parent.info.run_id}: {len(found)} of "
+                       f"{len(image_ids)} maps already made, making the other "
+                       f"{len(image_ids) - len(found)}", err=True)
+        todo = [(i, tags) for i, tags in zip(image_ids, lineage) if i not in found]
+        with quiet_run_links(), map_progress(len(image_ids), f"Saliency maps ({algorithm})",
+                                             len(found)) as bar:
+            found.update((m.image_id, m) for m in make_maps(explainer, recipe, parent, todo,
+                                                            cluster, bar))
+        made = [found[image_id] for image_id in image_ids]
+        for one in made:
+            explainer.warn_unless_beating_random(one.image_id, one.scores)
+        scores = [one.scores for one in made]
         mlflow.log_metrics(aggregate_scores(scores))
         with phases.phase(names.PICTURES_PHASE):
-            explainer.log_averages(made)
-            explainer.log_summary(made)
+            pairs = [(explainer.facts(one.image_id), one.maps) for one in made]
+            explainer.log_averages(pairs)
+            explainer.log_summary(pairs)
         beating = sum(s.beats_random() for s in scores)
         runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
                       f"of them beat a random map. One run per image below.")
@@ -448,12 +572,7 @@ def stored_explainer(run: Run, pictures: plots.PictureStyle, predict_batch_size:
             params.get("image_size", ""), None, None),
         stored_config(run), pictures, int(params.get(BATCH_PARAM, predict_batch_size)),
         image_ids, split=stored_split(run))
-    stored_digest = tags.get(names.DATASET_DIGEST_TAG)
-    if stored_digest and stored_digest != explainer.inputs.data.digest:
-        raise click.BadParameter(
-            f"the data of run {run.info.run_id} has changed since its map was made (dataset "
-            f"digest {stored_digest}, now {explainer.inputs.data.digest})",
-            param_hint=f"'--{param}'")
+    runs.require_same_data(run, explainer.inputs.data.digest, param)
     return explainer
 
 
@@ -472,9 +591,10 @@ def reproduce(source_id: str, pictures: plots.PictureStyle, predict_batch_size: 
                         if k not in explainer.data_params}
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
         mlflow.set_tags({names.REPRODUCED_TAG: source_id, **explainer.step_tags()})
-        run, maps, _ = explainer.map_run(explainer.facts(image_id), parent,
-                                         algorithm_params, stored_config(source),
-                                         {**lineage, names.REPRODUCED_TAG: source_id})
+        run, maps, scores = explainer.map_run(explainer.facts(image_id), parent,
+                                              algorithm_params, stored_config(source),
+                                              {**lineage, names.REPRODUCED_TAG: source_id})
+        explainer.warn_unless_beating_random(image_id, scores)
         difference = (float(np.max(np.abs(maps - expected))) if maps.shape == expected.shape
                       else float("inf"))
         client = MlflowClient()
@@ -572,9 +692,8 @@ def update(target_id: str, image_ids, pictures: plots.PictureStyle,
 
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["saliency"])
-def saliency(model_uri, dataset, image_size, test_fraction, split_seed, image_ids,
-             evaluation_run_ids, reproduce_run_id, update_run_id, algorithm, picture_mode,
-             top_classes, picture_scale, predict_batch_size, **algorithm_values):
+def saliency(model_uri, image_ids, reproduce_run_id, update_run_id, cluster, resume_run_id,
+             picture_mode, top_classes, picture_scale, predict_batch_size, **_):
     pictures = plots.PictureStyle(picture_mode, top_classes, picture_scale)
     if reproduce_run_id:
         if image_ids or update_run_id or model_uri:
@@ -583,14 +702,36 @@ def saliency(model_uri, dataset, image_size, test_fraction, split_seed, image_id
         reproduce(reproduce_run_id, pictures, predict_batch_size)
     elif update_run_id:
         update(update_run_id, image_ids, pictures, predict_batch_size)
+    elif resume_run_id:
+        resume = runs.require_resumable(resume_run_id, names.SALIENCY_EXPERIMENT)
+        if resume.info.status == lifecycle.FINISHED:
+            click.echo(f"Saliency run {resume_run_id} is FINISHED: nothing to resume")
+            return
+        generate_with(runs.stored_parameters(saliency, resume), cluster, resume)
     else:
         if not model_uri:
             raise click.BadParameter("give the model to explain (or reproduce_run_id, or "
                                      "update_run_id)", param_hint="'--model_uri'")
-        generate(model_uri, dataset, image_size, (test_fraction, split_seed), image_ids,
-                 evaluation_run_ids, make_algorithm(algorithm, **algorithm_values), pictures,
-                 predict_batch_size)
+        generate_with(click.get_current_context().params, cluster)
+
+
+def generate_with(values: dict, cluster: ClusterSpec | None, resume: Run | None = None) -> None:
+    """`generate` from the step's parameters as converted by its command line."""
+    algorithm_values = {p.name: values[p.name] for p in algorithm_parameters()}
+    generate(values["model_uri"], values["dataset"], values["image_size"],
+             (values["test_fraction"], values["split_seed"]), values["image_ids"],
+             values["evaluation_run_ids"],
+             make_algorithm(values["algorithm"], **algorithm_values),
+             plots.PictureStyle(values["picture_mode"], values["top_classes"],
+                                values["picture_scale"]),
+             values["predict_batch_size"], cluster,
+             None if resume else options.values_of(options.ENTRY_POINTS["saliency"], values),
+             resume)
 
 
 if __name__ == "__main__":
-    options.run_cli(saliency)
+    # The command of the module imported by name, not of `__main__`: what Dask sends to its
+    # workers (explain_partition, MapRecipe) is then pickled by reference to `steps.saliency`.
+    from steps.saliency import saliency as command
+
+    options.run_cli(command)

@@ -7,11 +7,15 @@ FINISHED map run holding all its artifacts.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.entities import ViewType
@@ -157,11 +161,52 @@ def test_sigterm_mid_evaluation_ends_every_run_killed_and_hides_its_samples(stor
     main = store.runs("Default")[0]
     assert main.info.status == "KILLED"
 
-    # The same command again: training is reused, the evaluation and saliency run whole.
+    # The command the line gives finishes the evaluation: the samples written before the
+    # signal come back, the rest are written, each image once, in the same run.
+    resumed = run_printed(store, resume_command(error, "evaluate", evaluation.info.run_id))
+    assert resumed.returncode == 0, resumed.output
+    kept = re.search(r"Resuming evaluation run \w+: (\d+) of 200 sample runs already written",
+                     resumed.output)
+    assert kept and 0 < int(kept[1]) <= deleted, resumed.output
+    evaluation = store.client.get_run(evaluation.info.run_id)
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags["Resumed"] == "1"
+    assert not {"Interrupted_by", "Unfinished_results_deleted"} & set(evaluation.data.tags)
+    samples = store.runs("Evaluation", f"tags.Evaluation_parent_run_id = "
+                                       f"'{evaluation.info.run_id}'")
+    assert len(samples) == 200
+    assert len({run.data.tags["Image_id"] for run in samples}) == 200
+    assert {run.info.status for run in samples} == {"FINISHED"}
+    table = json.loads(Path(store.client.download_artifacts(
+        evaluation.info.run_id, "results.json", str(store.dir))).read_text())
+    column = table["columns"].index("run_id")
+    assert sorted(row[column] for row in table["data"]) == sorted(r.info.run_id for r in samples)
+
+    # Then the same command again: training and the resumed evaluation are reused.
     again = complete_run(store)
     assert again.returncode == 0, again.output
     assert "train: reusing FINISHED run" in again.output
+    assert f"evaluate: reusing FINISHED run {evaluation.info.run_id}" in again.output
     assert_store_is_sound(store)
+
+
+def resume_command(line: str, entry_point: str, run_id: str) -> list[str]:
+    """The resume command an `Error:` line prints, as arguments."""
+    match = re.search(r"without redoing what it wrote: (mlflow run .*?resume_run_id=[0-9a-f]{32})",
+                      line)
+    assert match, line
+    command = shlex.split(match[1])
+    assert command[command.index("-e") + 1] == entry_point
+    assert command[-1] == f"resume_run_id={run_id}"
+    return command
+
+
+def run_printed(store: Store, command: list[str]) -> Completed:
+    """A printed `mlflow run ...` command, run as a user would (with this interpreter's MLflow)."""
+    assert command[:2] == ["mlflow", "run"]
+    out = subprocess.run([sys.executable, "-m", *command], cwd=store.dir,
+                         env=project_env(store.uri), capture_output=True, text=True, timeout=600)
+    return Completed(out.returncode, out.stdout, out.stderr)
 
 
 def test_sigint_mid_saliency_ends_the_step_and_the_main_run_killed(store):

@@ -34,9 +34,11 @@ import click
 
 from steps.tracking.store_check import SERVER_SCHEMES, local_path, scheme_of
 
-#: Items (samples, images) per partition: small enough that a dead worker costs little and the
-#: progress moves, large enough that the scheduler's overhead per task stays small.
+#: Most samples per partition: small enough that a dead worker costs little and the progress
+#: moves, large enough that the scheduler's overhead per task stays small.
 PARTITION_SIZE = 50
+#: Most images per partition of a saliency step: a map costs far more than a sample run.
+MAP_PARTITION_SIZE = 5
 #: Tries of a partition after its worker died or it failed.
 PARTITION_RETRIES = 3
 #: How long a step waits for a remote scheduler to answer.
@@ -163,10 +165,13 @@ def partitions(items: Sequence, size: int = PARTITION_SIZE) -> list[tuple[int, l
             for start in range(0, len(items), size)]
 
 
-def run_partitions(client, task: Callable, parts: list[tuple[int, list]], on_done: Callable,
-                   **arguments) -> list:
-    """`task(index, items, stop_event=<name>, **arguments)` for every partition on the
-    cluster; `on_done(result)` as each finishes. Returns the results in the order of `parts`.
+def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
+                   most: int = PARTITION_SIZE, **arguments) -> list:
+    """`task(index, part, stop_event=<name>, **arguments)` for every partition of `items` on
+    the cluster; `on_done(result)` as each finishes. Returns the results in partition order.
+
+    A partition holds at most `most` items, and fewer when there are few: every worker gets
+    at least two partitions to work on where the items allow.
 
     On any error or interruption the step sets the stop event, which each partition checks
     before each write (`stop_requested`), and waits for the partitions to end, so that nothing
@@ -174,10 +179,12 @@ def run_partitions(client, task: Callable, parts: list[tuple[int, list]], on_don
     already running.)"""
     from distributed import Event, as_completed
 
+    workers = max(1, len(client.scheduler_info()["workers"]))
+    size = max(1, min(most, -(-len(items) // (2 * workers))))
     stop = Event(f"saliency-flow-stop-{uuid.uuid4().hex}", client=client)
-    futures = [client.submit(task, index, items, stop_event=stop.name, **arguments,
+    futures = [client.submit(task, index, part, stop_event=stop.name, **arguments,
                              retries=PARTITION_RETRIES, pure=False)
-               for index, items in parts]
+               for index, part in partitions(items, size)]
     try:
         for future in as_completed(futures):
             on_done(future.result())

@@ -44,14 +44,16 @@ class Progress:
     REDRAW_SECONDS = 0.1
 
     def __init__(self, total: int, label: str, file: TextIO | None = None,
-                 log_seconds: float = 30.0, unit: str = "runs") -> None:
+                 log_seconds: float = 30.0, unit: str = "runs", done: int = 0) -> None:
         self.total, self.label, self.unit = total, label, unit
         self.file = file or sys.stderr
         self.tty = self.file.isatty()
         self.log_seconds = log_seconds
-        self.done = 0
+        #: Items counted, `done` of them before this process (of a resumed step), which the rate
+        #: leaves out.
+        self.done = self.before = done
         self.started = self.shown_at = time.monotonic()
-        self.shown_quarter = 0
+        self.shown_quarter = 4 * done // total if total else 0
 
     def __enter__(self) -> Progress:
         if self.tty and self.total:
@@ -80,7 +82,7 @@ class Progress:
 
     def status(self) -> str:
         elapsed = time.monotonic() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.before) / elapsed if elapsed > 0 else 0.0
         remaining = (self.total - self.done) / rate if rate else None
         eta = "done" if self.done == self.total else f"ETA {_duration(remaining)}"
         return (f"{self.done}/{self.total} {self.unit}  {rate:.1f} {self.unit}/s  {eta}  "

@@ -29,12 +29,12 @@ from typing import Iterator
 
 import click
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import LifecycleStage, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
 from steps.tracking.store_check import launcher_pid, stop_retrying, unreachable_server
-from steps.names import (ERROR_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG, PROCESS_HOST_TAG,
-                         PROCESS_ID_TAG, PROCESS_START_TAG, RESULTS_DELETED_TAG)
+from steps.names import (ERROR_TAG, IMAGE_ID_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG,
+                         PROCESS_HOST_TAG, PROCESS_ID_TAG, PROCESS_START_TAG, RESULTS_DELETED_TAG)
 
 #: Set by the driver for the steps it launches: its process ID.
 DRIVER_PID_ENV = "SALIENCY_FLOW_DRIVER_PID"
@@ -46,6 +46,8 @@ KILLED = RunStatus.to_string(RunStatus.KILLED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+#: Runs per search call: MLflow's largest page.
+SEARCH_PAGE = 50000
 
 
 class Interrupted(KeyboardInterrupt):
@@ -195,6 +197,18 @@ def run_context(**start_run_kwargs) -> Iterator:
 
 
 _failed_artifact_uris: list[str] = []
+#: How to resume the step run this process stopped, once there is one to resume.
+_resume_hints: list[str] = []
+
+
+def note_resume_hint(sentence: str) -> None:
+    _resume_hints[:] = [sentence]
+
+
+def resume_hint() -> str:
+    """` <sentence>` giving the command that resumes the step run this process stopped, or ''
+    when there is none."""
+    return f" {_resume_hints[0]}" if _resume_hints else ""
 
 
 def failed_artifact_uri() -> str | None:
@@ -233,18 +247,51 @@ def end_reason(error: BaseException) -> dict[str, str]:
     return {ERROR_TAG: f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]}
 
 
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str,
+               view: int = ViewType.ACTIVE_ONLY) -> list:
+    """Every run the filter matches, page by page (a store answers at most SEARCH_PAGE a call)."""
+    found, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, run_view_type=view,
+                                  max_results=SEARCH_PAGE, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def keep_finished(client: MlflowClient, earlier: list, restore: bool = False) -> dict[str, object]:
+    """Of the runs an earlier try wrote, one FINISHED run per `Image_id` (a soft-deleted one
+    restored when `restore`); every other run is ended KILLED where still running and
+    soft-deleted. Returns the kept runs by image ID."""
+    kept: dict[str, object] = {}
+    for run in earlier:
+        image_id = run.data.tags.get(IMAGE_ID_TAG, "")
+        active = run.info.lifecycle_stage == LifecycleStage.ACTIVE
+        if run.info.status == FINISHED and image_id not in kept and (active or restore):
+            if not active:
+                client.restore_run(run.info.run_id)
+            kept[image_id] = run
+            continue
+        if run.info.status == RUNNING:
+            client.set_terminated(run.info.run_id, KILLED)
+        if active:
+            client.delete_run(run.info.run_id)
+    return kept
+
+
 def hide_partial_results(run_id: str, client: MlflowClient | None = None,
                          running_only: bool = False) -> int:
     """End the child runs of an unfinished step run KILLED where still running, soft-delete
     them, and record how many on the step run; returns that count. `running_only`: only the
     children still RUNNING (of a step that finished: a write retried after a server lost its
-    answer leaves the first try's run RUNNING)."""
+    answer leaves the first try's run RUNNING). A resumed step brings the FINISHED ones back
+    (`keep_finished`)."""
     client = client or MlflowClient()
     run = client.get_run(run_id)
     running = f" AND attributes.status = '{RUNNING}'" if running_only else ""
-    children = client.search_runs([run.info.experiment_id],
-                                  f"tags.`{PARENT_RUN_TAG}` = '{run_id}'{running}",
-                                  max_results=50000)
+    children = search_all(client, [run.info.experiment_id],
+                          f"tags.`{PARENT_RUN_TAG}` = '{run_id}'{running}")
     for child in children:
         if child.info.status == RUNNING:
             client.set_terminated(child.info.run_id, KILLED)

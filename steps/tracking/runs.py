@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import urllib.parse
+from pathlib import Path
 from typing import Iterator
 
 import click
@@ -14,13 +16,18 @@ from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENV, MLFLOW_SOURCE_NAME
 
 from steps import phases
 from steps.core.code_version import code_version
-from steps.names import (CODE_VERSION_TAG, EXPERIMENT_DESCRIPTIONS, IMAGE_ID_TAG, NOTE_TAG,
-                         PHASES, RUN_NAME_TAG, SALIENCY_PARENT_TAG, STEP_RUN_TAG, WRITE_PHASE,
-                         duration_metric)
-from steps.tracking.lifecycle import hide_partial_results, note_failure, process_tags, run_context
+from steps.names import (CODE_VERSION_TAG, DATASET_DIGEST_TAG, ERROR_TAG,
+                         EXPERIMENT_DESCRIPTIONS, IMAGE_ID_TAG, INTERRUPTED_TAG, NOTE_TAG, PARENT_RUN_TAG, PHASES, PROCESS_HOST_TAG,
+                         PROCESS_ID_TAG, RESULTS_DELETED_TAG, RESUME_COUNT_TAG, RUN_NAME_TAG,
+                         SALIENCY_PARENT_TAG, STEP_PARAMETERS_ARTIFACT, STEP_RUN_TAG,
+                         WRITE_PHASE, duration_metric)
+from steps.tracking.lifecycle import (RUNNING, hide_partial_results, note_failure,
+                                      note_resume_hint, process_gone, process_tags,
+                                      run_context)
 
 
 def _artifact_location(client: MlflowClient, name: str) -> str | None:
@@ -63,7 +70,8 @@ def describe(text: str) -> None:
 
 
 @contextlib.contextmanager
-def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
+def step_run(experiment_name: str, run_name: str, parameters: dict[str, str] | None = None,
+             resume: Run | None = None) -> Iterator[Run]:
     """The run a step logs into, always in its stage's experiment.
 
     Under `mlflow run`, MLflow has already created a run (MLFLOW_RUN_ID). The driver creates it
@@ -74,6 +82,11 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
     and the sample or map runs the step wrote are then soft-deleted. From here on the process
     is writing, but where the step says it computes or draws (`steps/phases.py`); a step that
     finishes logs the time of each phase of its process as `Duration_<phase>_s` metrics.
+
+    `parameters` (the step's own, as `-P` strings) are recorded in the step run
+    (`step_parameters.json`), which is what a resume reads back. `resume`: a stored step run
+    that did not finish (`require_resumable`), opened again instead of a new one (nested under
+    the run `mlflow run` made, if any), its end reasons cleared and its resumes counted.
     """
     phases.enter(WRITE_PHASE)
     stage_experiment = experiment_id(experiment_name)
@@ -81,22 +94,128 @@ def step_run(experiment_name: str, run_name: str) -> Iterator[Run]:
     # Popped, or every later `start_run(nested=True)` would resume this run instead.
     launched_id = os.environ.pop("MLFLOW_RUN_ID", None)
     launched = MlflowClient().get_run(launched_id) if launched_id else None
-    if launched is None:
+    if resume is not None:
+        yield from _resumed(resume, launched, tags, run_name)
+    elif launched is None:
         with run_context(experiment_id=stage_experiment, run_name=run_name, tags=tags) as run:
-            yield from _hiding_results_on_failure(run)
+            yield from _recording(run, run_name, parameters, launched)
     elif launched.info.experiment_id == stage_experiment:
         # Named as when the step runs alone, not with MLflow's random name.
         with run_context(run_id=launched_id, tags={**tags, RUN_NAME_TAG: run_name}) as run:
-            yield from _hiding_results_on_failure(run)
+            yield from _recording(run, run_name, parameters, launched)
     else:
         with run_context(run_id=launched_id, tags={**process_tags(), RUN_NAME_TAG: run_name}):
             with run_context(experiment_id=stage_experiment, run_name=run_name, nested=True,
                              tags=tags) as run:
-                client = MlflowClient()
-                client.set_tag(launched_id, STEP_RUN_TAG, run.info.run_id)
-                client.set_tag(launched_id, NOTE_TAG, f"The {run_name} step's results are in "
-                               f"its run {run.info.run_id}, experiment {experiment_name!r}.")
-                yield from _hiding_results_on_failure(run)
+                _point_to(launched_id, run.info.run_id, run_name, experiment_name)
+                yield from _recording(run, run_name, parameters, launched)
+
+
+def _point_to(launched_id: str, step_run_id: str, run_name: str, experiment_name: str) -> None:
+    """Tag the run `mlflow run` made with the step run that holds the step's results."""
+    client = MlflowClient()
+    client.set_tag(launched_id, STEP_RUN_TAG, step_run_id)
+    client.set_tag(launched_id, NOTE_TAG, f"The {run_name} step's results are in its run "
+                   f"{step_run_id}, experiment {experiment_name!r}.")
+
+
+def _recording(run: Run, run_name: str, parameters: dict[str, str] | None,
+               launched: Run | None) -> Iterator[Run]:
+    if parameters is not None:  # a step that can be resumed (its entry point is `run_name`)
+        mlflow.log_dict(parameters, STEP_PARAMETERS_ARTIFACT)
+        note_resume_hint(f"To finish it without redoing what it wrote: "
+                         f"{resume_command(run_name, run.info.run_id, launched)}")
+    yield from _hiding_results_on_failure(run)
+
+
+def resumable(run_id: str) -> bool:
+    """Whether a step run can be resumed: it recorded its parameters."""
+    return any(item.path == STEP_PARAMETERS_ARTIFACT
+               for item in MlflowClient().list_artifacts(run_id))
+
+
+def resume_command(entry_point: str, run_id: str, launched: Run | None) -> str:
+    """The command that resumes a step run: `mlflow run` of the project as it was launched
+    (`launched`, the run `mlflow run` made: its source, Git commit and environment manager)."""
+    tags = launched.data.tags if launched is not None else {}
+    source = tags.get(MLFLOW_SOURCE_NAME) or str(Path(__file__).resolve().parents[2])
+    local = urllib.parse.urlparse(source)
+    if local.scheme in ("", "file"):  # this checkout as it is, not one of its commits
+        command = ["mlflow", "run", urllib.parse.unquote(local.path)]
+    else:
+        command = ["mlflow", "run", source]
+        if tags.get(MLFLOW_GIT_COMMIT):
+            command += ["--version", tags[MLFLOW_GIT_COMMIT]]
+    command += ["-e", entry_point, "--env-manager", tags.get(MLFLOW_PROJECT_ENV, "local"),
+                "-P", f"resume_run_id={run_id}"]
+    return shlex.join(command)
+
+
+def _resumed(stored: Run, launched: Run | None, tags: dict[str, str],
+             run_name: str) -> Iterator[Run]:
+    run_id, client = stored.info.run_id, MlflowClient()
+    launched_id = launched.info.run_id if launched is not None else None
+    note_resume_hint(f"To finish it without redoing what it wrote: "
+                     f"{resume_command(run_name, run_id, launched)}")
+    for key in (INTERRUPTED_TAG, ERROR_TAG, RESULTS_DELETED_TAG):
+        if key in stored.data.tags:
+            client.delete_tag(run_id, key)
+    tags = {**tags, RESUME_COUNT_TAG: str(int(stored.data.tags.get(RESUME_COUNT_TAG, "0")) + 1)}
+    with contextlib.ExitStack() as stack:
+        if launched_id:
+            stack.enter_context(run_context(run_id=launched_id, tags={
+                **process_tags(), RUN_NAME_TAG: f"{run_name}-resume"}))
+            _point_to(launched_id, run_id, run_name,
+                      client.get_experiment(stored.info.experiment_id).name)
+        run = stack.enter_context(run_context(run_id=run_id, nested=bool(launched_id),
+                                              tags=tags))
+        yield from _hiding_results_on_failure(run)
+
+
+def require_resumable(run_id: str, experiment_name: str, param: str = "resume_run_id") -> Run:
+    """A step run of the named experiment that can be resumed: not one image's run, not
+    running in a live process. A FINISHED run is returned as is (nothing to resume)."""
+    run = require_run(run_id, experiment_name, param, finished=False)
+    tags, hint = run.data.tags, f"'--{param}'"
+    if IMAGE_ID_TAG in tags:
+        raise click.BadParameter(
+            f"run {run_id} is one image's run; give its step run, {tags.get(PARENT_RUN_TAG)}",
+            param_hint=hint)
+    if run.info.status == RUNNING and not process_gone(tags):
+        raise click.BadParameter(
+            f"run {run_id} is still RUNNING (process {tags.get(PROCESS_ID_TAG, '?')} on "
+            f"{tags.get(PROCESS_HOST_TAG, '?')}); stop it or let it finish first",
+            param_hint=hint)
+    return run
+
+
+def require_same_data(run: Run, digest: str, param: str = "resume_run_id") -> None:
+    """The data a stored run was made from must be the data at hand (same dataset digest)."""
+    stored = run.data.tags.get(DATASET_DIGEST_TAG)
+    if stored and stored != digest:
+        raise click.BadParameter(
+            f"the data of run {run.info.run_id} has changed since it was made (dataset digest "
+            f"{stored}, now {digest})", param_hint=f"'--{param}'")
+
+
+def has_artifact(path: str) -> bool:
+    """Whether the active run holds an artifact at `path`."""
+    folder, _, _ = path.rpartition("/")
+    listed = MlflowClient().list_artifacts(mlflow.active_run().info.run_id, folder or None)
+    return any(item.path == path for item in listed)
+
+
+def stored_parameters(command: click.Command, run: Run, param: str = "resume_run_id") -> dict:
+    """The step's parameters as recorded in a step run, converted as on its command line."""
+    try:
+        stored = mlflow.artifacts.load_dict(
+            f"{run.info.artifact_uri.rstrip('/')}/{STEP_PARAMETERS_ARTIFACT}")
+    except MlflowException:
+        raise click.BadParameter(
+            f"run {run.info.run_id} records no {STEP_PARAMETERS_ARTIFACT}: it was made by an "
+            "older version; run the step again instead", param_hint=f"'--{param}'") from None
+    arguments = [part for name, value in stored.items() for part in (f"--{name}", value)]
+    return command.make_context(command.name, arguments).params
 
 
 def _hiding_results_on_failure(run: Run) -> Iterator[Run]:

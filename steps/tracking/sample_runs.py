@@ -164,23 +164,12 @@ def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
 
     from steps.names import IMAGE_ID_TAG, PARENT_RUN_TAG, PARTITION_TAG, WORKER_TAG
     from steps.tracking.cluster import stop_requested, worker_name
+    from steps.tracking.lifecycle import keep_finished, search_all
 
     client = MlflowClient(tracking_uri)
-    earlier = client.search_runs(
-        [experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' AND "
-        f"tags.`{PARTITION_TAG}` = '{index}'", run_view_type=ViewType.ALL,
-        max_results=len(samples) * 4 + 10)
-    kept: dict[str, str] = {}
-    for run in earlier:
-        image_id = run.data.tags.get(IMAGE_ID_TAG, "")
-        if (run.info.status == RunStatus.to_string(RunStatus.FINISHED)
-                and run.info.lifecycle_stage == "active" and image_id not in kept):
-            kept[image_id] = run.info.run_id
-            continue
-        if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-        if run.info.lifecycle_stage == "active":
-            client.delete_run(run.info.run_id)
+    kept = {image_id: run.info.run_id for image_id, run in keep_finished(client, search_all(
+        client, [experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' AND "
+        f"tags.`{PARTITION_TAG}` = '{index}'", ViewType.ALL)).items()}
     # As many runs at a time as the writer has threads (a pool against a server, as the step's
     # own process writes), checking between batches whether the step has stopped.
     writer = SampleRunWriter(experiment_id, client)
