@@ -1,5 +1,6 @@
-"""Scale-out on Dask (`-P cluster=`): a real scheduler and two workers on 127.0.0.1, writing into
-an `mlflow server` with a PostgreSQL backend and proxied artifacts."""
+"""Scale-out on Dask (`-P cluster=`): a real scheduler and three workers on 127.0.0.1, writing into
+an `mlflow server` with a PostgreSQL backend and proxied artifacts. Two tests each kill a
+worker, one mid-evaluation and one mid-saliency; the pipeline test runs first, on all three."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import FAST_TRAIN, PROJECT_DIR, Store, project_env
@@ -16,8 +18,9 @@ from tests.servers import dask_cluster, mlflow_server, postgres_database
 from tests.test_pipeline import model_uri_of
 
 SAMPLES = 100  # two partitions
-PIPELINE = {**FAST_TRAIN, "num_samples": str(SAMPLES), "n": "50", "max_images": "1",
+PIPELINE = {**FAST_TRAIN, "num_samples": str(SAMPLES), "n": "50", "max_images": "2",
             "picture_mode": "combined"}
+WORKERS = 3
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def setup(tmp_path_factory):
     directory = tmp_path_factory.mktemp("cluster")
     with postgres_database() as database, \
             mlflow_server(directory / "server", database) as server, \
-            dask_cluster(directory / "dask") as cluster:
+            dask_cluster(directory / "dask", WORKERS) as cluster:
         yield Store(server.url, directory), cluster
 
 
@@ -36,21 +39,30 @@ def samples_of(store: Store, evaluation_id: str) -> dict[str, object]:
     return by_image
 
 
+def maps_of(store: Store, saliency_id: str) -> dict[str, object]:
+    runs = store.runs("Saliency Map Generation", f"tags.Saliency_parent_run_id = '{saliency_id}'")
+    by_image = {run.data.tags["Image_id"]: run for run in runs}
+    assert len(by_image) == len(runs), "an image has two map runs"
+    return by_image
+
+
 def test_the_pipeline_on_a_cluster_writes_what_one_process_writes(setup):
     store, cluster = setup
     on_cluster = store.run({**PIPELINE, "cluster": cluster.address})
     assert on_cluster.returncode == 0, on_cluster.output
-    assert f"Dask cluster {cluster.address}: 2 workers, dashboard http://" in on_cluster.output
+    assert f"Dask cluster {cluster.address}: {WORKERS} workers, dashboard http://" in \
+        on_cluster.output
     main = store.runs("Default", "tags.`mlflow.project.entryPoint` = 'main'")[0]
     evaluation_id = main.data.tags["Evaluation_run_id"]
     assert store.client.get_run(evaluation_id).data.tags["Dask_cluster"] == cluster.address
     spread = samples_of(store, evaluation_id)
     assert len(spread) == SAMPLES
     assert all(run.info.status == "FINISHED" for run in spread.values())
-    assert len({run.data.tags["Dask_worker"] for run in spread.values()}) == 2
+    assert len({run.data.tags["Dask_worker"] for run in spread.values()}) >= 2
+    model_uri = model_uri_of(store.client, main.data.tags["Train_run_id"])
 
-    alone = store.run({"model_uri": model_uri_of(store.client, main.data.tags["Train_run_id"]),
-                       "num_samples": str(SAMPLES)}, entry_point="evaluate")
+    alone = store.run({"model_uri": model_uri, "num_samples": str(SAMPLES)},
+                      entry_point="evaluate")
     assert alone.returncode == 0, alone.output
     unspread = [run for run in store.runs("Evaluation", "tags.Num_samples != ''")
                 if "Dask_cluster" not in run.data.tags]
@@ -60,6 +72,30 @@ def test_the_pipeline_on_a_cluster_writes_what_one_process_writes(setup):
         assert run.data.metrics == spread[image_id].data.metrics
         for tag in ("GT_class", "Predicted_class", "Correct", "Model_uri", "Split"):
             assert run.data.tags[tag] == spread[image_id].data.tags[tag]
+
+    # The maps: one partition per image, each on a worker, as one process makes them.
+    saliency_id = main.data.tags["Saliency_run_id"]
+    assert store.client.get_run(saliency_id).data.tags["Dask_cluster"] == cluster.address
+    explained = maps_of(store, saliency_id)
+    assert len(explained) == 2
+    assert all(run.info.status == "FINISHED" for run in explained.values())
+    assert all(run.data.tags["Dask_worker"] for run in explained.values())
+    image_ids = main.data.tags["Queried_image_ids"].split(",")
+    here = store.run({"model_uri": model_uri, "image_ids": ",".join(image_ids), "n": "50",
+                      "picture_mode": "combined", "evaluation_run_ids": ",".join(
+                          explained[i].data.tags["Evaluation_run_id"] for i in image_ids)},
+                     entry_point="saliency")
+    assert here.returncode == 0, here.output
+    (step,) = [run for run in store.runs("Saliency Map Generation", "tags.Algorithm = 'rise'")
+               if "Dask_cluster" not in run.data.tags]
+    for image_id, run in maps_of(store, step.info.run_id).items():
+        other = explained[image_id]
+        assert np.array_equal(np.load(store.client.download_artifacts(
+            run.info.run_id, "saliency_map.npy", str(store.dir / "here"))), np.load(
+            store.client.download_artifacts(other.info.run_id, "saliency_map.npy",
+                                            str(store.dir / "spread"))))
+        assert run.data.metrics == other.data.metrics
+        assert run.data.params == other.data.params
 
 
 def evaluate_on(store: Store, cluster, split_seed: int, at_first_progress) -> tuple[int, str]:
@@ -118,6 +154,37 @@ def test_a_worker_killed_mid_evaluation_costs_no_run_and_doubles_none(setup):
     assert len(samples) == 200
     assert all(run.info.status == "FINISHED" for run in samples.values())
     assert not store.runs("Evaluation", "attributes.status = 'RUNNING'")
+
+
+def test_a_worker_killed_mid_saliency_costs_no_map_and_doubles_none(setup):
+    store, cluster = setup
+    model_uri = model_uri_of(store.client, store.runs("Train")[0].info.run_id)
+    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local",
+            "-e", "saliency", "-P", f"model_uri={model_uri}", "-P", "image_ids=0,1,2,3,4,5",
+            "-P", "n=3000", "-P", "picture_mode=combined", "-P", f"cluster={cluster.address}"]
+    process = subprocess.Popen(args, cwd=store.dir, env=project_env(store.uri), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    lines = []
+    for line in process.stdout:  # the first progress line: a partition done, others under way
+        lines.append(line)
+        if "Saliency maps (" in line:
+            cluster.workers[1].send_signal(signal.SIGKILL)
+            break
+    lines.append(process.stdout.read())
+    assert process.wait(timeout=300) == 0, "".join(lines)
+    assert cluster.workers[1].poll() is not None
+    (launched,) = store.runs("Default", "params.n = '3000' AND "
+                                       "tags.`mlflow.project.entryPoint` = 'saliency'")
+    step = store.client.get_run(launched.data.tags["Step_run_id"])
+    assert step.info.status == "FINISHED"
+    made = maps_of(store, step.info.run_id)
+    assert sorted(made) == ["0", "1", "2", "3", "4", "5"]
+    for run in made.values():
+        assert run.info.status == "FINISHED"
+        assert {"saliency_map.npy", "pictures"} <= {
+            a.path for a in store.client.list_artifacts(run.info.run_id)}
+    assert not store.runs("Saliency Map Generation", "attributes.status = 'RUNNING'")
 
 
 def test_a_remote_cluster_with_a_store_only_this_machine_has_is_one_line(tmp_path):
