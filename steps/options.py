@@ -290,13 +290,14 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
         lost = unreachable_server(error)
         known = (server_lost_message(lost) if lost else
                  disk_error_message(error, lifecycle.failed_artifact_uri()))
+        # The driver gives the resume command itself, but cannot ask a store that is gone.
+        hint = lifecycle.resume_hint() if lost or not under_driver else ""
         if known:
-            click.echo(f"Error: {known}{'' if under_driver else lifecycle.resume_hint()}",
-                       err=True)
+            click.echo(f"Error: {known}{hint}", err=True)
             sys.exit(1)
         message = str(error).strip().splitlines()
         click.echo(f"Error: {type(error).__name__}: {message[0] if message else ''} (set "
-                   f"{DEBUG_ENV}=1 for the traceback)", err=True)
+                   f"{DEBUG_ENV}=1 for the traceback).{hint}", err=True)
         sys.exit(1)
     finally:  # everything is written and every run ended: a quick shutdown
         phases.quick_exit()

@@ -415,7 +415,7 @@ def explain_partition(index: int, items: list[tuple[str, dict]], *, tracking_uri
     and lineage tags), under the step run `parent_id`, in the order of `items`. Safe to run
     again after a try that died part-way: only the images without a FINISHED run are
     explained."""
-    from steps.tracking.cluster import stop_requested, worker_name
+    from steps.tracking.cluster import stop_check, worker_name
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -423,11 +423,12 @@ def explain_partition(index: int, items: list[tuple[str, dict]], *, tracking_uri
     made = earlier_maps(client, parent_id, parent.info.experiment_id, False, index)
     explainer = recipe.explainer([image_id for image_id, _ in items])
     extra = {names.PARTITION_TAG: str(index), names.WORKER_TAG: worker_name()}
+    stopped = stop_check(stop_event)
     with quiet_run_links():
         for image_id, lineage in items:
             if image_id in made:
                 continue
-            if stop_requested(stop_event):
+            if stopped():
                 return []  # the step is failing and discards it: a quiet end
             run, maps, scores = explainer.map_run(explainer.facts(image_id), parent,
                                                   recipe.params, recipe.config,

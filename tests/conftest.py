@@ -56,14 +56,34 @@ def project_env(tracking_uri: str | None) -> dict[str, str]:
     return env
 
 
+def mlflow_run_command(project: str | Path, params: dict[str, str], *, entry_point: str = "main",
+                       env_manager: str = "local", extra_args: tuple[str, ...] = ()) -> list[str]:
+    """`mlflow run <project> -e <entry point> --env-manager ... -P key=value ...`, with this
+    interpreter's MLflow."""
+    args = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point,
+            "--env-manager", env_manager, *extra_args]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    return args
+
+
+def start_mlflow_run(params: dict[str, str], *, tracking_uri: str, cwd: Path,
+                     entry_point: str = "main", env: dict[str, str] | None = None
+                     ) -> subprocess.Popen:
+    """`mlflow run` of this project in the background, in a process group of its own, its
+    output (stdout and stderr) read line by line from `.stdout`."""
+    return subprocess.Popen(mlflow_run_command(PROJECT_DIR, params, entry_point=entry_point),
+                            cwd=cwd, env={**project_env(tracking_uri), **(env or {})},
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
 def mlflow_run(params: dict[str, str], *, entry_point: str = "main", tracking_uri: str | None,
                cwd: Path, extra_args: tuple[str, ...] = (), timeout: int = 600,
                project: Path = PROJECT_DIR) -> Completed:
-    args = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point,
-            "--env-manager", "local", *extra_args]
-    for key, value in params.items():
-        args += ["-P", f"{key}={value}"]
-    proc = subprocess.run(args, cwd=cwd, env=project_env(tracking_uri), capture_output=True,
+    proc = subprocess.run(mlflow_run_command(project, params, entry_point=entry_point,
+                                             extra_args=extra_args),
+                          cwd=cwd, env=project_env(tracking_uri), capture_output=True,
                           text=True, timeout=timeout)
     return Completed(proc.returncode, proc.stdout, proc.stderr)
 

@@ -25,7 +25,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import PROJECT_DIR, Completed, project_env, unavailable
+from tests.conftest import (PROJECT_DIR, Completed, mlflow_run_command, project_env,
+                            unavailable)
 
 POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
@@ -103,15 +104,6 @@ def wait_until(ready, proc: subprocess.Popen, log: Path, what: str, timeout: flo
 SMALL = {"epochs": "10", "num_samples": "20", "n": "50", "max_images": "1",
          "query": "metrics.Predicted_class_conf < 1.01", "picture_mode": "combined"}
 STEP_EXPERIMENTS = ("Train", "Evaluation", "Saliency Map Generation")
-
-
-def mlflow_run_command(project: str | Path, params: dict[str, str], *, entry_point: str = "main",
-                       env_manager: str = "local", extra_args: tuple[str, ...] = ()) -> list[str]:
-    args = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point,
-            "--env-manager", env_manager, *extra_args]
-    for key, value in params.items():
-        args += ["-P", f"{key}={value}"]
-    return args
 
 
 def run_env(tracking_uri: str | None, env: dict[str, str | None] | None = None) -> dict[str, str]:

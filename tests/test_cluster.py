@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_TRAIN, PROJECT_DIR, Store, project_env
+from tests.conftest import FAST_TRAIN, PROJECT_DIR, Store, project_env, start_mlflow_run
 from tests.servers import dask_cluster, mlflow_server, postgres_database
 from tests.test_pipeline import model_uri_of
 
@@ -98,25 +98,29 @@ def test_the_pipeline_on_a_cluster_writes_what_one_process_writes(setup):
         assert run.data.params == other.data.params
 
 
-def evaluate_on(store: Store, cluster, split_seed: int, at_first_progress) -> tuple[int, str]:
-    """`mlflow run -e evaluate` of 200 samples on the cluster, in a process group of its own;
-    `at_first_progress(process)` once a quarter is written (others under way)."""
-    train = store.runs("Train")[0]
-    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local",
-            "-e", "evaluate", "-P", f"model_uri={model_uri_of(store.client, train.info.run_id)}",
-            "-P", "num_samples=200", "-P", f"split_seed={split_seed}",
-            "-P", f"cluster={cluster.address}"]
-    process = subprocess.Popen(args, cwd=store.dir, env=project_env(store.uri), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+def step_on(store: Store, cluster, entry_point: str, params: dict[str, str], marker: str,
+            at_marker) -> tuple[int, str]:
+    """`mlflow run -e <entry point>` of the trained model on the cluster, in a process group of
+    its own; `at_marker(process)` once a line holding `marker` appears."""
+    model_uri = model_uri_of(store.client, store.runs("Train")[0].info.run_id)
+    process = start_mlflow_run({"model_uri": model_uri, **params, "cluster": cluster.address},
+                               entry_point=entry_point, tracking_uri=store.uri, cwd=store.dir)
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if "Logging 200 evaluation runs:" in line:
-            at_first_progress(process)
+        if marker in line:
+            at_marker(process)
             break
     lines.append(process.stdout.read())
     return process.wait(timeout=300), "".join(lines)
+
+
+def evaluate_on(store: Store, cluster, split_seed: int, at_first_progress) -> tuple[int, str]:
+    """The evaluate step of 200 samples on the cluster; `at_first_progress(process)` once a
+    quarter is written (others under way)."""
+    return step_on(store, cluster, "evaluate",
+                   {"num_samples": "200", "split_seed": str(split_seed)},
+                   "Logging 200 evaluation runs:", at_first_progress)
 
 
 def step_run(store: Store, split_seed: int):
@@ -158,21 +162,12 @@ def test_a_worker_killed_mid_evaluation_costs_no_run_and_doubles_none(setup):
 
 def test_a_worker_killed_mid_saliency_costs_no_map_and_doubles_none(setup):
     store, cluster = setup
-    model_uri = model_uri_of(store.client, store.runs("Train")[0].info.run_id)
-    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local",
-            "-e", "saliency", "-P", f"model_uri={model_uri}", "-P", "image_ids=0,1,2,3,4,5",
-            "-P", "n=3000", "-P", "picture_mode=combined", "-P", f"cluster={cluster.address}"]
-    process = subprocess.Popen(args, cwd=store.dir, env=project_env(store.uri), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    lines = []
-    for line in process.stdout:  # the first progress line: a partition done, others under way
-        lines.append(line)
-        if "Saliency maps (" in line:
-            cluster.workers[1].send_signal(signal.SIGKILL)
-            break
-    lines.append(process.stdout.read())
-    assert process.wait(timeout=300) == 0, "".join(lines)
+    # At the first progress line a partition is done and others are under way.
+    code, output = step_on(store, cluster, "saliency",
+                           {"image_ids": "0,1,2,3,4,5", "n": "3000", "picture_mode": "combined"},
+                           "Saliency maps (",
+                           lambda _: cluster.workers[1].send_signal(signal.SIGKILL))
+    assert code == 0, output
     assert cluster.workers[1].poll() is not None
     (launched,) = store.runs("Default", "params.n = '3000' AND "
                                        "tags.`mlflow.project.entryPoint` = 'saliency'")

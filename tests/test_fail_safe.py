@@ -22,7 +22,7 @@ from mlflow.entities import ViewType
 
 from steps.tracking import lifecycle
 from tests import disks
-from tests.conftest import PROJECT_DIR, Completed, Store, project_env
+from tests.conftest import Completed, Store, project_env, start_mlflow_run
 from tests.servers import free_port, mlflow_server, postgres_instance, server_env, stop_group
 
 # Evaluation long enough to be caught mid-way, the rest quick; training reused after the first.
@@ -45,13 +45,8 @@ def store(tmp_path_factory):
 
 def pipeline(store: Store, params: dict[str, str] | None = None,
              env: dict[str, str] | None = None) -> subprocess.Popen:
-    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local"]
-    for key, value in {**PARAMS, **(params or {})}.items():
-        args += ["-P", f"{key}={value}"]
-    return subprocess.Popen(args, cwd=store.dir, env={**project_env(store.uri), **(env or {})},
-                            text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return start_mlflow_run({**PARAMS, **(params or {})}, tracking_uri=store.uri, cwd=store.dir,
+                            env=env)
 
 
 def interrupt(store: Store, marker: str, send, params=None, env=None) -> Completed:

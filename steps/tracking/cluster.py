@@ -174,7 +174,7 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
     at least two partitions to work on where the items allow.
 
     On any error or interruption the step sets the stop event, which each partition checks
-    before each write (`stop_requested`), and waits for the partitions to end, so that nothing
+    before each write (`stop_check`), and waits for the partitions to end, so that nothing
     writes after the step has ended its runs. (Cancelling a Dask future does not stop a task
     already running.)"""
     from distributed import Event, as_completed
@@ -206,13 +206,13 @@ def _wait_while_workers(client, futures: list) -> None:
         time.sleep(0.1)
 
 
-def stop_requested(event_name: str | None) -> bool:
-    """On a worker: whether the step that submitted this partition has stopped."""
+def stop_check(event_name: str | None) -> Callable[[], bool]:
+    """On a worker: a test of whether the step that submitted this partition has stopped."""
     if not event_name:
-        return False
+        return lambda: False
     from distributed import Event
 
-    return Event(event_name).is_set()
+    return Event(event_name).is_set
 
 
 def worker_name() -> str:

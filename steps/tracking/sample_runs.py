@@ -163,7 +163,7 @@ def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
     from mlflow.entities import ViewType
 
     from steps.names import IMAGE_ID_TAG, PARENT_RUN_TAG, PARTITION_TAG, WORKER_TAG
-    from steps.tracking.cluster import stop_requested, worker_name
+    from steps.tracking.cluster import stop_check, worker_name
     from steps.tracking.lifecycle import keep_finished, search_all
 
     client = MlflowClient(tracking_uri)
@@ -176,8 +176,9 @@ def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
     extra = {PARTITION_TAG: str(index), WORKER_TAG: worker_name()}
     missing = [SampleRun(s.name, s.metrics, {**s.tags, **extra}, s.params) for s in samples
                if s.tags[IMAGE_ID_TAG] not in kept]
+    stopped = stop_check(stop_event)
     for start in range(0, len(missing), writer.workers):
-        if stop_requested(stop_event):
+        if stopped():
             return []  # the step is failing and discards it: a quiet end
         batch = missing[start:start + writer.workers]
         for sample, run_id in zip(batch, writer.write_batch(batch)):
