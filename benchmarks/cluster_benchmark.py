@@ -16,7 +16,9 @@
    each) have filled the store to `--store-runs` runs (or until `--deadline`). Each time, the
    SQL MLflow runs for it is timed statement by statement (in this process, through MLflow's
    own SqlAlchemyStore on the same database), and the slowest statement's
-   `EXPLAIN (ANALYZE, BUFFERS)` is printed with `--explain`.
+   `EXPLAIN (ANALYZE, BUFFERS)` is printed with `--explain`. Filling the store through
+   evaluations takes hours; `benchmarks/query_benchmark.py` fills it in SQL (50,000 sample
+   runs in under a minute) and times the query beside other ways to scope it.
 
     python benchmarks/cluster_benchmark.py   # --images 10000 --test-fraction 0.99 --store-runs 50000
 

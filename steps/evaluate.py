@@ -187,10 +187,12 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
             class_names[result.predicted], confidences, inputs.classes.names, {
                 **lineage,
                 names.EVALUATION_PARENT_TAG: parent_id,
+                names.sample_key(parent_id): "true",
                 names.PARENT_RUN_TAG: parent_id,
                 names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
             })
         run_ids = write_samples(samples, parent, cluster, resume is not None)
+        mlflow.set_tag(names.SAMPLES_KEYED_TAG, "true")
         log_evaluation(result, samples, run_ids)
         accuracy = float(np.mean(result.correct))
         runs.describe(f"Evaluated model `{inputs.resolved.uri}` on {len(samples)} test images "

@@ -79,6 +79,16 @@ EVALUATION_RUN_TAG = "Evaluation_run_id"
 EVALUATION_PARENT_TAG = "Evaluation_parent_run_id"
 SALIENCY_RUN_TAG = "Saliency_run_id"
 SALIENCY_PARENT_TAG = "Saliency_parent_run_id"
+#: On an evaluation run: "true" when each of its sample runs carries the tag
+#: `sample_key(<its run ID>)` = "true", which the query between evaluation and saliency searches
+#: by (a tag key is indexed, a tag value is not: steps/tracking/query.py).
+SAMPLES_KEYED_TAG = "Samples_keyed"
+
+
+def sample_key(evaluation_run_id: str) -> str:
+    """`Sample_of_<evaluation run ID>`: the key of the tag that names a sample run's evaluation."""
+    return f"Sample_of_{evaluation_run_id}"
+
 STEP_RUN_TAG = "Step_run_id"
 
 # The process that writes a step or driver run: what tells later that it is gone.
