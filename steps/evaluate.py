@@ -17,6 +17,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from steps import names, options, phases
+from steps.core.blas import ONE_PREDICTION, blas_threads
 from steps.core.data import DatasetError, split_dataset
 from steps.tracking import lifecycle, runs
 from steps.tracking.datasets import log_dataset
@@ -161,7 +162,9 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
     if num_samples:
         test_rows = test_rows[:num_samples]
     phases.enter(names.COMPUTE_PHASE)
-    confidences = inputs.model.predict_proba(data.images[test_rows])
+    images = data.images[test_rows]
+    with blas_threads(ONE_PREDICTION, images.size):
+        confidences = inputs.model.predict_proba(images)
 
     parameters = options.values_of(options.ENTRY_POINTS["evaluate"],
                                    click.get_current_context().params)

@@ -1,20 +1,26 @@
-"""The fast saliency engine: the same maps as xaitk's own stacks, its mask cache, its benchmark."""
+"""The fast saliency engine: the same maps as xaitk's own stacks, its mask cache, its BLAS threads,
+its benchmarks."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 from sklearn.preprocessing import maxabs_scale
 from smqtk_classifier.interfaces.classify_image import ClassifyImage
+from threadpoolctl import threadpool_info
 from xaitk_saliency.impls.perturb_image.rise import RISEGrid
 from xaitk_saliency.utils.masking import occlude_image_streaming
 
+from steps.core import blas, fast_saliency
 from steps.core.algorithm import SaliencyAlgorithm, make_algorithm
+from steps.core.data import resize
 from steps.core.fast_saliency import (
+    CHUNK_BYTES,
     engine_from_config,
     FastSaliency,
     MaskCache,
@@ -210,13 +216,24 @@ def test_mask_cache_drops_the_least_recently_used_and_skips_unseeded_rise():
         assert depends_only_on_shape(make_algorithm(name).perturber()), name
 
 
-@pytest.mark.parametrize("fill", [None, 0.3, [0.1, 0.5, 0.9]])
-def test_occlusion_equals_xaitk_streaming_occlusion(fill):
+@pytest.mark.parametrize("fill", [None, 0, 0.0, [0.0, 0.0, 0.0], 0.3, [0.1, 0.5, 0.9]])
+@pytest.mark.parametrize("block_bytes", [CHUNK_BYTES, 256])
+def test_occlusion_equals_xaitk_streaming_occlusion(monkeypatch, fill, block_bytes):
+    """The same values as xaitk's per-image expression, for any mask type, grey or colour, a
+    fill of 0 skipped or not, in blocks of one image or of all."""
+    monkeypatch.setattr(fast_saliency, "BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(0)
-    image = rng.random((6, 5, 3), dtype=np.float32)
-    for masks in (rng.random((9, 6, 5), dtype=np.float32), rng.random((9, 6, 5)) < 0.5):
-        expected = np.stack(list(occlude_image_streaming(image, masks, fill=fill)))
-        np.testing.assert_array_equal(occlude(image, masks, fill), expected)
+    colour = rng.random((6, 5, 3), dtype=np.float32)
+    grey = colour[..., 0]
+    for image in (colour, grey) if np.ndim(fill) == 0 else (colour,):
+        for masks in (rng.random((9, 6, 5), dtype=np.float32), rng.random((9, 6, 5)) < 0.5,
+                      rng.random((9, 6, 5))):
+            expected = np.stack(list(occlude_image_streaming(image, masks, fill=fill)))
+            np.testing.assert_array_equal(occlude(image, masks, fill), expected)
+            out = np.full((12, *image.shape), np.nan, dtype=image.dtype)
+            assert occlude(image, masks, fill, out=out[:9]) is not None
+            np.testing.assert_array_equal(out[:9], expected)
+            assert np.isnan(out[9:]).all()
 
 
 def test_scaling_equals_sklearn_maxabs_scale_then_clip():
@@ -228,12 +245,12 @@ def test_scaling_equals_sklearn_maxabs_scale_then_clip():
 def test_benchmark_script_runs_on_tiny_sizes():
     script = PROJECT_DIR / "benchmarks" / "saliency_benchmark.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--images", "2", "--n", "40", "--epochs", "3",
-         "--repeats", "1"],
+        [sys.executable, str(script), "--sizes", "8x8", "12x12x3", "--images", "2", "--n", "40",
+         "--epochs", "3", "--repeats", "1"],
         cwd=PROJECT_DIR.parent, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    for line in ("naive ", "ours ", "bound ", "ours / naive: ", "bound / ours: ",
-                 "maps equal xaitk's"):
+    for line in ("naive", "ours", "bound", "12x12x3", "ours / naive: ", "bound / ours: ",
+                 "peak MiB", "load average", "maps equal xaitk's"):
         assert line in result.stdout, result.stdout
 
 
@@ -334,3 +351,130 @@ def test_squared_difference_scoring_gives_xaitks_one_map_per_image(model, images
         ours = engine(image, classifier)
         assert ours.shape == image.shape[:2] and ours.min() >= 0 and ours.max() <= 1
         np.testing.assert_allclose(ours, params.xaitk_stack()(image, classifier), atol=ATOL)
+
+
+@pytest.fixture(scope="module")
+def real_sizes(digits):
+    """Digits at real sizes: 28×28 grey and 64×64×3 (tinted), each with a small MLP fitted on
+    them, and a blank image (see `images`)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    rows = np.arange(60)
+    grey = resize(digits.images[rows], (28, 28))
+    tints = np.random.default_rng(0).uniform(0.4, 1.0, (len(rows), 1, 1, 3))
+    colour = (resize(digits.images[rows], (64, 64))[..., np.newaxis] * tints).astype(np.float32)
+    sized = {}
+    for name, images in (("28x28", grey), ("64x64x3", colour)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = MLPClassifier((16,), max_iter=5, random_state=0).fit(
+                images.reshape(len(images), -1), digits.labels[rows])
+        sized[name] = ([images[0], images[7], np.zeros_like(images[0])], model)
+    return sized
+
+
+@pytest.mark.parametrize("size", ["28x28", "64x64x3"])
+@pytest.mark.parametrize("params", [
+    make_algorithm("rise", n=300, s=4, p1=0.5, seed=1),
+    make_algorithm("rise", n=100, s=6, p1=0.3, seed=2, debiased=False, fill=0.5),
+    make_algorithm("sliding_window", window_size=(8, 8), stride=(6, 6)),
+    make_algorithm("random_grid", n=100, cell_size=(7, 5), p1=0.5, seed=3, fill=0.25),
+])
+def test_maps_equal_xaitk_at_real_sizes(real_sizes, size, params):
+    """Grey 28×28 and colour 64×64×3 (the scorers' blocks, chunks capped by `CHUNK_BYTES`):
+    the same maps as xaitk's, on digits and on a blank image."""
+    images, model = real_sizes[size]
+    classifier = image_classifier(model, batch_size=32)
+    engine = FastSaliency.from_config(stored_config(params), chunk_size=4096)
+    for image in images:
+        ours = engine(image, classifier)
+        assert ours.shape == (10, *image.shape[:2])
+        np.testing.assert_allclose(ours, params.xaitk_stack()(image, classifier), atol=ATOL)
+
+
+def test_chunks_of_large_images_hold_at_most_chunk_bytes(real_sizes):
+    """At 64×64×3 a chunk holds `CHUNK_BYTES` of perturbed images (in whole batches), not
+    `chunk_size` of them."""
+    (image, *_), model = real_sizes["64x64x3"]
+    classifier = ChunkRecordingClassifier(model, batch_size=16)
+    engine = FastSaliency.from_config(stored_config(make_algorithm("rise", n=400)),
+                                      chunk_size=4096)
+    engine(image, classifier)
+    largest = CHUNK_BYTES // image.nbytes // 16 * 16
+    assert classifier.chunks == [largest] * (400 // largest) + [400 % largest] * bool(400 % largest)
+    assert largest * image.nbytes <= CHUNK_BYTES
+
+
+def blas_thread_counts() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+class ThreadRecordingClassifier(ImageClassifier):
+    """Records the BLAS thread counts each array call runs with."""
+
+    def __init__(self, model):
+        super().__init__(ProbaModel(model), batch_size=64)
+        self.seen = []
+
+    def classify_array(self, images):
+        self.seen.append(blas_thread_counts())
+        return super().classify_array(images)
+
+
+@pytest.mark.parametrize("params", [make_algorithm("rise", n=100),
+                                    make_algorithm("mc_rise", n=30)])
+def test_maps_are_made_with_one_blas_thread_and_the_count_is_restored(model, images, params,
+                                                                      monkeypatch):
+    monkeypatch.delenv(blas.BLAS_THREADS_ENV, raising=False)
+    classifier = ThreadRecordingClassifier(model.classifier)
+    before = blas_thread_counts()
+    engine_from_config(stored_config(params))(images[0], classifier)
+    assert classifier.seen and all(counts == [1] * len(before) for counts in classifier.seen)
+    assert blas_thread_counts() == before
+
+
+def test_blas_threads_by_kind_cores_and_environment(monkeypatch):
+    monkeypatch.delenv(blas.BLAS_THREADS_ENV, raising=False)
+    many = blas.MANY_VALUES
+    assert blas.threads_for(blas.SMALL_BATCHES) == blas.threads_for(blas.SMALL_BATCHES, many) == 1
+    assert blas.threads_for(blas.ONE_PREDICTION, many) == blas.usable_cores()
+    assert blas.threads_for(blas.ONE_PREDICTION, many - 1) == 1
+    monkeypatch.setattr(blas, "usable_cores", lambda: 1)
+    assert blas.threads_for(blas.ONE_PREDICTION, many) == 1
+    monkeypatch.setenv(blas.BLAS_THREADS_ENV, "3")
+    assert blas.threads_for(blas.SMALL_BATCHES) == blas.threads_for(blas.ONE_PREDICTION) == 3
+    with blas.blas_threads(blas.ONE_PREDICTION) as threads:
+        assert threads == 3 and set(blas_thread_counts()) == {3}
+    for wrong in ("0", "two"):
+        monkeypatch.setenv(blas.BLAS_THREADS_ENV, wrong)
+        with pytest.raises(ValueError, match=blas.BLAS_THREADS_ENV):
+            blas.threads_for(blas.SMALL_BATCHES)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        blas.threads_for("big")
+
+
+def test_nested_blas_blocks_restore_the_outer_count(monkeypatch):
+    monkeypatch.delenv(blas.BLAS_THREADS_ENV, raising=False)
+    monkeypatch.setattr(blas, "usable_cores", lambda: 2)
+    before = blas_thread_counts()
+    with blas.blas_threads(blas.ONE_PREDICTION, blas.MANY_VALUES):
+        assert set(blas_thread_counts()) == {2}
+        with blas.blas_threads(blas.SMALL_BATCHES):
+            with blas.blas_threads(blas.SMALL_BATCHES):
+                assert set(blas_thread_counts()) == {1}
+            assert set(blas_thread_counts()) == {1}
+        assert set(blas_thread_counts()) == {2}
+    assert blas_thread_counts() == before
+
+
+def test_blas_benchmark_runs_on_tiny_sizes():
+    script = PROJECT_DIR / "benchmarks" / "blas_benchmark.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--sizes", "8x8", "--n", "40", "--epochs", "2",
+         "--repeats", "1"],
+        cwd=PROJECT_DIR.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("small batches", "one prediction", "1 thread", "2 threads", "chosen",
+                 "load average"):
+        assert line in result.stdout, result.stdout

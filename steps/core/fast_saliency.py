@@ -8,9 +8,11 @@ that needs about 1 ms. `FastSaliency` runs the same perturber and scorer, rebuil
 configuration the saliency step stores, but
 - makes the masks once per (perturber configuration, image shape) and reuses them (`MaskCache`);
 - builds the perturbed images a chunk at a time with xaitk's own per-image expression, vectorised,
-  so memory holds at most `chunk_size` of them (or one classifier batch, if that is larger);
+  into one buffer of at most `chunk_size` of them and `CHUNK_BYTES` (or one classifier batch,
+  if that is larger), skipping the fill term when it is 0;
 - classifies each chunk with one array call, in the same batches as xaitk's stream would be;
-- does the scorers' loop as one matrix product per chunk.
+- does the scorers' loop as matrix products over cache-sized blocks of each chunk;
+- runs the model's BLAS with one thread (`steps/core/blas.py`).
 Its maps equal xaitk's (tests/test_fast_saliency.py). Nothing here knows about MLflow.
 """
 
@@ -40,9 +42,16 @@ from xaitk_saliency.interfaces.gen_classifier_conf_sal import GenerateClassifier
 from xaitk_saliency.interfaces.perturb_image import PerturbImage
 from xaitk_saliency.utils.masking import UINT8_ONE
 
+from steps.core.blas import SMALL_BATCHES, blas_threads
 from steps.core.saliency import quiet_plugin_discovery
 
 DEFAULT_CHUNK_SIZE = 1024
+#: Bytes of perturbed images a chunk holds at most (fewer than `chunk_size` for large images).
+CHUNK_BYTES = 2**22
+#: Bytes of a block of work kept in cache: perturbed images, or the scorers' weights.
+BLOCK_BYTES = 2**19
+#: Pixels of a scoring block; its rows fill the rest of `BLOCK_BYTES`.
+BLOCK_COLUMNS = 256
 
 
 def _type_name(cls) -> str:
@@ -99,18 +108,34 @@ class MaskCache:
         return masks
 
 
-def occlude(image: np.ndarray, masks: np.ndarray, fill: Any = None) -> np.ndarray:
-    """Perturbed images `[N, *image.shape]`, one per mask.
+def occlude(image: np.ndarray, masks: np.ndarray, fill: Any = None,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Perturbed images `[N, *image.shape]`, one per mask, written to `out` if given.
 
-    The expression xaitk's `occlude_image_streaming` applies to each image, applied to a chunk
-    of masks at once: the same values without a Python loop.
+    The expression xaitk's `occlude_image_streaming` applies to each image, applied to blocks
+    of masks (`BLOCK_BYTES` of images each, so they stay in cache): the same values without a
+    Python loop per image. A fill of 0 adds nothing (x + 0 is x), so it is skipped. Colour
+    images get each mask copied into every channel, then multiplied in place, when that is the
+    same product in the same type (numpy's loop over a broadcast axis of 3 is its slowest).
     """
-    m = masks[..., np.newaxis] if image.ndim > 2 else masks
-    out = np.empty((len(masks), *image.shape), dtype=image.dtype)
-    if fill is None:
-        np.multiply(m, image, out=out, casting="unsafe")
-    else:
-        np.add(m * image, (UINT8_ONE - m) * fill, out=out, casting="unsafe")
+    if out is None:
+        out = np.empty((len(masks), *image.shape), dtype=image.dtype)
+    with_fill = fill is not None and np.any(fill)
+    in_place = (image.ndim > 2 and not with_fill and np.can_cast(masks.dtype, out.dtype)
+                and np.result_type(masks, image) == out.dtype)
+    rows = max(1, BLOCK_BYTES // out[:1].nbytes)
+    for start in range(0, len(masks), rows):
+        block, into = masks[start:start + rows], out[start:start + rows]
+        if in_place:
+            for channel in range(image.shape[2]):
+                into[..., channel] = block
+            np.multiply(into, image, out=into)
+            continue
+        block = block[..., np.newaxis] if image.ndim > 2 else block
+        if with_fill:
+            np.add(block * image, (UINT8_ONE - block) * fill, out=into, casting="unsafe")
+        else:
+            np.multiply(block, image, out=into, casting="unsafe")
     return out
 
 
@@ -193,17 +218,36 @@ class RegionWeighting:
         return reference - confidences
 
     def weigh(self, scalars: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, Any]:
-        """One chunk's weighted sum `[classes, H*W]` and, if normalizing, its coverage `[H*W]`.
+        """One chunk's weighted sum `[maps, H*W]` and, if normalizing, its coverage `[H*W]`.
 
         Types as in xaitk: the masks (less the offset, in their own type) are upcast to the
-        scalars' type before weighting.
+        scalars' type before weighting. The weights are made a block at a time (`BLOCK_BYTES`),
+        each multiplied while still in cache.
         """
-        weights = masks - self.offset if self.offset else masks
-        weights = weights.astype(np.result_type(scalars, weights), copy=False)
-        if self.invert:
-            weights = UINT8_ONE - weights
-        flat = weights.reshape(len(weights), -1)
-        return scalars.T @ flat, (flat.sum(axis=0) if self.normalize else 0.0)
+        flat = masks.reshape(len(masks), -1)
+        own_type = np.result_type(flat, self.offset) if self.offset else flat.dtype
+        dtype = np.result_type(scalars, own_type)
+        by_map = scalars.T
+        pixels = flat.shape[1]
+        total = np.zeros((len(by_map), pixels), dtype)
+        coverage = np.zeros(pixels, dtype) if self.normalize else 0.0
+        columns = min(pixels, BLOCK_COLUMNS)
+        rows = max(1, BLOCK_BYTES // (columns * dtype.itemsize))
+        scratch = np.empty(min(rows, len(flat)) * columns, dtype)
+        for row in range(0, len(flat), rows):
+            for column in range(0, pixels, columns):
+                part = flat[row:row + rows, column:column + columns]
+                weights = scratch[:part.size].reshape(part.shape)
+                if self.offset:
+                    np.subtract(part, self.offset, out=weights, dtype=own_type)
+                else:
+                    np.copyto(weights, part)
+                if self.invert:
+                    np.subtract(UINT8_ONE, weights, out=weights)
+                total[:, column:column + columns] += by_map[:, row:row + rows] @ weights
+                if self.normalize:
+                    coverage[column:column + columns] += weights.sum(axis=0)
+        return total, coverage
 
     def finish(self, total: np.ndarray, coverage: Any) -> np.ndarray:
         """The maps `[classes, H*W]` (`[1, H*W]` when squared) from the sums over all chunks."""
@@ -255,6 +299,12 @@ class FastSaliency:
             return self.mask_cache.masks(self.perturber, image.shape)
         return self.perturber(image)
 
+    def chunk_length(self, image: np.ndarray, classifier: ClassifyImage) -> int:
+        """Perturbed images made and classified at once: `chunk_size`, or as many as fit in
+        `CHUNK_BYTES`, in whole classifier batches (`aligned_chunk_size`)."""
+        fitting = max(1, CHUNK_BYTES // max(1, image.nbytes))
+        return aligned_chunk_size(min(self.chunk_size, fitting), classifier)
+
     def __call__(self, image: np.ndarray, classifier: ClassifyImage) -> np.ndarray:
         """One map per class, `[classes, H, W]`, values in [-1, 1] (one `[H, W]` map in [0, 1]
         with SquaredDifferenceScoring)."""
@@ -263,18 +313,20 @@ class FastSaliency:
             raise ValueError(f"expected an image [H, W] or [H, W, C], got {image.ndim} dimensions")
         masks = self.masks(image)
         weighting = self.weighting
-        reference = None
-        if weighting.from_reference:
-            reference = classify_array(classifier, image[np.newaxis])[0]
+        step = self.chunk_length(image, classifier)
+        perturbed = np.empty((min(step, len(masks)), *image.shape), dtype=image.dtype)
         total = coverage = 0.0
-        step = aligned_chunk_size(self.chunk_size, classifier)
-        for start in range(0, len(masks), step):
-            chunk = masks[start:start + step]
-            confidences = classify_array(classifier, occlude(image, chunk, self.fill))
-            chunk_total, chunk_coverage = weighting.weigh(
-                weighting.scalars(reference, confidences), chunk)
-            total = total + chunk_total
-            coverage = coverage + chunk_coverage
+        with blas_threads(SMALL_BATCHES):
+            reference = None
+            if weighting.from_reference:
+                reference = classify_array(classifier, image[np.newaxis])[0]
+            for start in range(0, len(masks), step):
+                chunk = masks[start:start + step]
+                images = occlude(image, chunk, self.fill, out=perturbed[:len(chunk)])
+                chunk_total, chunk_coverage = weighting.weigh(
+                    weighting.scalars(reference, classify_array(classifier, images)), chunk)
+                total = total + chunk_total
+                coverage = coverage + chunk_coverage
         maps = weighting.finish(total, coverage).reshape(-1, *image.shape[:2])
         return maps[0] if weighting.squared else maps  # one map for the whole prediction
 
@@ -293,9 +345,11 @@ class XaitkGenerator:
 
     def __call__(self, image: np.ndarray, classifier: ClassifyImage) -> np.ndarray:
         image = np.asarray(image)
-        if image.ndim == 2:
-            return np.asarray(self.generator(image[..., np.newaxis], _WithoutChannel(classifier)))
-        return np.asarray(self.generator(image, classifier))
+        with blas_threads(SMALL_BATCHES):
+            if image.ndim == 2:
+                return np.asarray(self.generator(image[..., np.newaxis],
+                                                 _WithoutChannel(classifier)))
+            return np.asarray(self.generator(image, classifier))
 
 
 class _WithoutChannel(ClassifyImage):

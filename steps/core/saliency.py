@@ -24,6 +24,7 @@ from xaitk_saliency.interfaces.gen_image_classifier_blackbox_sal import (
 )
 
 from steps.core.algorithm import PREDICT_BATCH_SIZE
+from steps.core.blas import SMALL_BATCHES, blas_threads
 from steps.core.models import ImageModel
 
 
@@ -106,11 +107,13 @@ class ImageClassifier(ClassifyImage):
         """Confidences `[N, classes]` of images `[N, H, W(, C)]`, columns in `get_labels` order.
 
         The array form of `classify_images`, for callers that hold a whole batch: no per-image
-        dictionaries. `batch_size` images per `predict_proba` call.
+        dictionaries. `batch_size` images per `predict_proba` call, BLAS threads as for small
+        batches (`steps/core/blas.py`).
         """
         size = self._batch_size
-        return np.concatenate([self._model.predict_proba(images[start:start + size])
-                               for start in range(0, len(images), size)])
+        with blas_threads(SMALL_BATCHES):
+            return np.concatenate([self._model.predict_proba(images[start:start + size])
+                                   for start in range(0, len(images), size)])
 
     def _classify_batch(self, batch: list[np.ndarray]) -> Iterator[dict]:
         labels = self.get_labels()
