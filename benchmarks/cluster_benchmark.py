@@ -71,13 +71,19 @@ def project_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd: Path,
-               log: Path) -> tuple[str, float]:
-    """`mlflow run` as a user types it; its output and wall seconds. Fails loudly."""
+def project_command(entry_point: str, params: dict[str, object]) -> list[str]:
+    """`mlflow run <this project> -e <entry point> --env-manager local -P key=value ...`."""
     args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "-e", entry_point,
             "--env-manager", "local"]
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]
+    return args
+
+
+def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str, cwd: Path,
+               log: Path) -> tuple[str, float]:
+    """`mlflow run` as a user types it; its output and wall seconds. Fails loudly."""
+    args = project_command(entry_point, params)
     started = time.perf_counter()
     proc = subprocess.run(args, cwd=cwd, env=project_env(tracking_uri), capture_output=True,
                           text=True)

@@ -36,6 +36,9 @@ from steps.core.data import flatten, load_dataset  # noqa: E402
 from steps.core.models import ModelParams, train_classifier  # noqa: E402
 from steps.train import log_classifier  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster_benchmark import project_command  # noqa: E402
+
 #: The step runs of a pipeline, by entry point, in the order they run.
 STEPS = {"train": names.TRAIN_EXPERIMENT, "evaluate": names.EVALUATION_EXPERIMENT,
          "saliency": names.SALIENCY_EXPERIMENT}
@@ -60,11 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def pipeline(store_dir: Path, uri: str, params: dict[str, object]) -> float:
     """Run the pipeline as a user would; its wall time in seconds."""
-    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "--env-manager", "local"]
-    for key, value in params.items():
-        args += ["-P", f"{key}={value}"]
     began = time.perf_counter()
-    done = subprocess.run(args, cwd=store_dir, env=child_env(uri), capture_output=True,
+    done = subprocess.run(project_command("main", params), cwd=store_dir, env=child_env(uri), capture_output=True,
                           text=True)
     wall = time.perf_counter() - began
     if done.returncode:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 import mlflow
 import numpy as np
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from steps import names, options, phases
@@ -25,7 +25,7 @@ from steps.tracking.inputs import load_model_inputs
 from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client,
                                     run_partitions)
 from steps.tracking.console import Progress
-from steps.tracking.lifecycle import keep_finished, search_all
+from steps.tracking.lifecycle import keep_finished
 from steps.tracking.sample_runs import SampleRun, SampleRunWriter, write_partition
 
 if TYPE_CHECKING:
@@ -84,7 +84,8 @@ def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[st
     with phases.phase(names.COMPUTE_PHASE):
         metrics = named_metrics(result)
     mlflow.log_metrics(metrics)
-    if not runs.has_artifact(names.RESULTS_TABLE):  # log_table appends to a table (a resume)
+    # log_table appends to a table already there (of a resumed run).
+    if not runs.has_artifact(mlflow.active_run().info.run_id, names.RESULTS_TABLE):
         mlflow.log_table(results_table(samples, run_ids), names.RESULTS_TABLE)
     with phases.phase(names.PICTURES_PHASE):
         figures = {names.CONFUSION_MATRIX_ARTIFACT: plots.confusion_matrix_figure(
@@ -115,10 +116,8 @@ def write_samples(samples: list[SampleRun], parent: Run, cluster: ClusterSpec | 
     experiment, parent_id = parent.info.experiment_id, parent.info.run_id
     kept = {}
     if resuming:
-        client = MlflowClient()
-        kept = {image_id: run.info.run_id for image_id, run in keep_finished(client, search_all(
-            client, [experiment], f"tags.`{names.PARENT_RUN_TAG}` = '{parent_id}'",
-            ViewType.ALL), restore=True).items()}
+        kept = {image_id: run.info.run_id for image_id, run
+                in keep_finished(MlflowClient(), experiment, parent_id, restore=True).items()}
         click.echo(f"Resuming evaluation run {parent_id}: {len(kept)} of {len(samples)} sample "
                    f"runs already written, writing the other {len(samples) - len(kept)}",
                    err=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import mlflow
 import numpy as np
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -39,7 +39,7 @@ from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import lifecycle, runs
 from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, check_reachable_store,
                                     dask_client, run_partitions)
-from steps.tracking.lifecycle import keep_finished, search_all
+from steps.tracking.lifecycle import keep_finished
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs
 
@@ -401,10 +401,7 @@ def earlier_maps(client: MlflowClient, parent_id: str, experiment_id: str, resto
                  partition: int | None = None) -> dict[str, MapMade]:
     """The FINISHED map runs an earlier try of a step run (or of one of its partitions) made,
     by image ID; any other run of it is ended KILLED and soft-deleted (`keep_finished`)."""
-    scope = f"tags.`{names.PARENT_RUN_TAG}` = '{parent_id}'" + (
-        f" AND tags.`{names.PARTITION_TAG}` = '{partition}'" if partition is not None else "")
-    kept = keep_finished(client, search_all(client, [experiment_id], scope, ViewType.ALL),
-                         restore=restore)
+    kept = keep_finished(client, experiment_id, parent_id, partition, restore)
     return {image_id: MapMade.stored(run) for image_id, run in kept.items()}
 
 

@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.tracking.store_check import launcher_pid, stop_retrying, unreachable_server
 from steps.names import (ERROR_TAG, IMAGE_ID_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG,
-                         PROCESS_HOST_TAG, PROCESS_ID_TAG, PROCESS_START_TAG, RESULTS_DELETED_TAG)
+                         PARTITION_TAG, PROCESS_HOST_TAG, PROCESS_ID_TAG, PROCESS_START_TAG, RESULTS_DELETED_TAG)
 
 #: Set by the driver for the steps it launches: its process ID.
 DRIVER_PID_ENV = "SALIENCY_FLOW_DRIVER_PID"
@@ -260,12 +260,16 @@ def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: s
             return found
 
 
-def keep_finished(client: MlflowClient, earlier: list, restore: bool = False) -> dict[str, object]:
-    """Of the runs an earlier try wrote, one FINISHED run per `Image_id` (a soft-deleted one
-    restored when `restore`); every other run is ended KILLED where still running and
-    soft-deleted. Returns the kept runs by image ID."""
+def keep_finished(client: MlflowClient, experiment_id: str, parent_id: str,
+                  partition: int | None = None, restore: bool = False) -> dict[str, object]:
+    """Of the runs an earlier try wrote under the step run `parent_id` (of one `partition` of
+    it, if given), one FINISHED run per `Image_id` (a soft-deleted one restored when
+    `restore`); every other run is ended KILLED where still running and soft-deleted. Returns
+    the kept runs by image ID."""
+    scope = f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'" + (
+        f" AND tags.`{PARTITION_TAG}` = '{partition}'" if partition is not None else "")
     kept: dict[str, object] = {}
-    for run in earlier:
+    for run in search_all(client, [experiment_id], scope, ViewType.ALL):
         image_id = run.data.tags.get(IMAGE_ID_TAG, "")
         active = run.info.lifecycle_stage == LifecycleStage.ACTIVE
         if run.info.status == FINISHED and image_id not in kept and (active or restore):

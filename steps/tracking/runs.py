@@ -130,8 +130,7 @@ def _recording(run: Run, run_name: str, parameters: dict[str, str] | None,
 
 def resumable(run_id: str) -> bool:
     """Whether a step run can be resumed: it recorded its parameters."""
-    return any(item.path == STEP_PARAMETERS_ARTIFACT
-               for item in MlflowClient().list_artifacts(run_id))
+    return has_artifact(run_id, STEP_PARAMETERS_ARTIFACT)
 
 
 def resume_command(entry_point: str, run_id: str, launched: Run | None) -> str:
@@ -198,10 +197,10 @@ def require_same_data(run: Run, digest: str, param: str = "resume_run_id") -> No
             f"{stored}, now {digest})", param_hint=f"'--{param}'")
 
 
-def has_artifact(path: str) -> bool:
-    """Whether the active run holds an artifact at `path`."""
+def has_artifact(run_id: str, path: str) -> bool:
+    """Whether the run holds an artifact at `path`."""
     folder, _, _ = path.rpartition("/")
-    listed = MlflowClient().list_artifacts(mlflow.active_run().info.run_id, folder or None)
+    listed = MlflowClient().list_artifacts(run_id, folder or None)
     return any(item.path == path for item in listed)
 
 

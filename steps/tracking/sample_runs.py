@@ -160,16 +160,13 @@ def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
     of the partition (left RUNNING by a dead worker, or FAILED) is ended KILLED and
     soft-deleted, and only the missing samples are written.
     """
-    from mlflow.entities import ViewType
-
-    from steps.names import IMAGE_ID_TAG, PARENT_RUN_TAG, PARTITION_TAG, WORKER_TAG
+    from steps.names import IMAGE_ID_TAG, PARTITION_TAG, WORKER_TAG
     from steps.tracking.cluster import stop_check, worker_name
-    from steps.tracking.lifecycle import keep_finished, search_all
+    from steps.tracking.lifecycle import keep_finished
 
     client = MlflowClient(tracking_uri)
-    kept = {image_id: run.info.run_id for image_id, run in keep_finished(client, search_all(
-        client, [experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' AND "
-        f"tags.`{PARTITION_TAG}` = '{index}'", ViewType.ALL)).items()}
+    kept = {image_id: run.info.run_id for image_id, run
+            in keep_finished(client, experiment_id, parent_id, index).items()}
     # As many runs at a time as the writer has threads (a pool against a server, as the step's
     # own process writes), checking between batches whether the step has stopped.
     writer = SampleRunWriter(experiment_id, client)
