@@ -22,6 +22,7 @@ import functools
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import click
 import mlflow
@@ -245,19 +246,25 @@ class Explainer:
                        f"{'it' if one else 'them'}", err=True)
 
     def facts(self, image_id: str) -> ImageFacts:
-        """The image of `image_id` and the model's answer on it (one prediction)."""
-        data = self.inputs.dataset
-        row = data.rows([image_id])[0]
-        confidences = self.inputs.model.predict_proba(data.images[row:row + 1])
-        predicted_column = int(np.asarray(confidences)[0].argmax())
-        predicted = self.inputs.classes.column_classes[predicted_column]
-        true = np.flatnonzero(self.inputs.classes.column_classes == data.labels[row])
-        return ImageFacts(image_id, data.images[row], {
-            names.IMAGE_ID_TAG: image_id,
-            names.GT_CLASS_TAG: data.class_names[data.labels[row]],
-            names.PREDICTED_CLASS_TAG: data.class_names[predicted],
-        }, float(confidences[0].max()), predicted_column, int(true[0]) if len(true) else None,
-            np.asarray(confidences, dtype=float)[0])
+        """The image of `image_id` and the model's answer on it."""
+        return self.facts_of([image_id])[0]
+
+    def facts_of(self, image_ids) -> list[ImageFacts]:
+        """The images of `image_ids` and the model's answers on them (one prediction)."""
+        data, column_classes = self.inputs.dataset, self.inputs.classes.column_classes
+        rows = data.rows(list(image_ids))
+        predictions = np.asarray(self.inputs.model.predict_proba(data.images[rows]), dtype=float)
+        found = []
+        for image_id, row, confidences in zip(image_ids, rows, predictions):
+            predicted_column = int(confidences.argmax())
+            true = np.flatnonzero(column_classes == data.labels[row])
+            found.append(ImageFacts(image_id, data.images[row], {
+                names.IMAGE_ID_TAG: image_id,
+                names.GT_CLASS_TAG: data.class_names[data.labels[row]],
+                names.PREDICTED_CLASS_TAG: data.class_names[column_classes[predicted_column]],
+            }, float(confidences.max()), predicted_column,
+                int(true[0]) if len(true) else None, confidences))
+        return found
 
     def step_tags(self) -> dict[str, str]:
         """What every run of this step records about its model and data."""
@@ -265,11 +272,17 @@ class Explainer:
         return {**self.inputs.resolved.lineage_tags(), names.DATASET_TAG: data.dataset.name,
                 names.DATASET_DIGEST_TAG: data.digest}
 
-    def explain(self, facts: ImageFacts, prefix: str = "") -> np.ndarray:
-        """Make the image's map and log it with its pictures (under `prefix`) in the active
-        run."""
+    def maps_of(self, facts: list[ImageFacts]) -> list[np.ndarray]:
+        """The images' maps, made together (the engine scores images of a shape in one pass)."""
         with phases.phase(names.COMPUTE_PHASE):
-            maps = self.engine(facts.image, self.classifier)
+            return self.engine.maps([one.image for one in facts], self.classifier)
+
+    def explain(self, facts: ImageFacts, prefix: str = "", maps: np.ndarray | None = None
+                ) -> np.ndarray:
+        """Log the image's map (made now unless given) with its pictures (under `prefix`) in
+        the active run."""
+        if maps is None:
+            maps = self.maps_of([facts])[0]
         log_map(maps, prefix)
         title = (f"image {facts.image_id}: true {facts.tags[names.GT_CLASS_TAG]}, "
                  f"predicted {facts.tags[names.PREDICTED_CLASS_TAG]}")
@@ -324,9 +337,11 @@ class Explainer:
         plots.plt.close(fig)
 
     def map_run(self, facts: ImageFacts, parent: Run, params: dict, config: dict,
-                extra_tags: dict[str, str]) -> tuple[Run, np.ndarray, MapScores]:
+                extra_tags: dict[str, str], maps: np.ndarray | None = None
+                ) -> tuple[Run, np.ndarray, MapScores]:
         """A per-image run nested under the step run `parent` (also on a Dask worker, where no
-        run is active) with its tags, params, config, map, pictures and metrics."""
+        run is active) with its tags, params, config, map (made now unless given), pictures
+        and metrics."""
         image_id = facts.image_id
         with lifecycle.run_context(run_name=f"image-{image_id}",
                                    nested=mlflow.active_run() is not None,
@@ -339,7 +354,7 @@ class Explainer:
                              **extra_tags})
             mlflow.log_params({**params, **self.data_params})
             mlflow.log_dict(config, names.CONFIG_ARTIFACT)
-            maps = self.explain(facts)
+            maps = self.explain(facts, maps=maps)
             with phases.phase(names.COMPUTE_PHASE):
                 scores = score_map(maps, facts.image, self.classifier.classify_array,
                                    facts.predicted_column, facts.true_column)
@@ -420,18 +435,31 @@ def explain_partition(index: int, items: list[tuple[str, dict]], *, tracking_uri
     made = earlier_maps(client, parent_id, parent.info.experiment_id, False, index)
     explainer = recipe.explainer([image_id for image_id, _ in items])
     extra = {names.PARTITION_TAG: str(index), names.WORKER_TAG: worker_name()}
-    stopped = stop_check(stop_event)
     with quiet_run_links():
-        for image_id, lineage in items:
-            if image_id in made:
-                continue
-            if stopped():
-                return []  # the step is failing and discards it: a quiet end
-            run, maps, scores = explainer.map_run(explainer.facts(image_id), parent,
-                                                  recipe.params, recipe.config,
-                                                  {**lineage, **extra})
-            made[image_id] = MapMade(image_id, run.info.run_id, maps, scores)
+        for one in map_runs(explainer, recipe, parent,
+                            [item for item in items if item[0] not in made], extra,
+                            stop_check(stop_event)):
+            made[one.image_id] = one
+    if len(made) < len(items):
+        return []  # stopped: the step is failing and discards it, a quiet end
     return [made[image_id] for image_id, _ in items]
+
+
+def map_runs(explainer: Explainer, recipe: MapRecipe, parent: Run, todo: list[tuple[str, dict]],
+             extra_tags: dict[str, str] | None = None, stopped=lambda: False
+             ) -> Iterator[MapMade]:
+    """The map runs of `todo` (image ID, lineage tags) under the step run `parent`, in order;
+    the maps of `MAP_PARTITION_SIZE` images at a time made together (`Explainer.maps_of`).
+    Ends early, before a run, once `stopped()`."""
+    for first in range(0, len(todo), MAP_PARTITION_SIZE):
+        group = todo[first:first + MAP_PARTITION_SIZE]
+        facts = explainer.facts_of([image_id for image_id, _ in group])
+        for one, maps, (_, lineage) in zip(facts, explainer.maps_of(facts), group):
+            if stopped():
+                return
+            run, maps, scores = explainer.map_run(one, parent, recipe.params, recipe.config,
+                                                  {**lineage, **(extra_tags or {})}, maps)
+            yield MapMade(one.image_id, run.info.run_id, maps, scores)
 
 
 def map_progress(total: int, label: str, done: int = 0) -> Progress:
@@ -444,12 +472,7 @@ def make_maps(explainer: Explainer, recipe: MapRecipe, parent: Run, todo: list[t
     """The map runs of `todo` (image ID, lineage tags), made in this process or on the
     cluster's workers, in order."""
     if cluster is None:
-        made = []
-        for image_id, lineage in todo:
-            run, maps, scores = explainer.map_run(explainer.facts(image_id), parent,
-                                                  recipe.params, recipe.config, lineage)
-            made.append(bar.advanced(MapMade(image_id, run.info.run_id, maps, scores)))
-        return made
+        return [bar.advanced(one) for one in map_runs(explainer, recipe, parent, todo)]
     with tempfile.TemporaryDirectory() as scratch, dask_client(cluster, Path(scratch)) as client:
         parts = run_partitions(client, explain_partition, todo,
                                lambda done: bar.advanced(done, len(done)), MAP_PARTITION_SIZE,
@@ -510,7 +533,7 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
         scores = [one.scores for one in made]
         mlflow.log_metrics(aggregate_scores(scores))
         with phases.phase(names.PICTURES_PHASE):
-            pairs = [(explainer.facts(one.image_id), one.maps) for one in made]
+            pairs = list(zip(explainer.facts_of(image_ids), (one.maps for one in made)))
             explainer.log_averages(pairs)
             explainer.log_summary(pairs)
         beating = sum(s.beats_random() for s in scores)

@@ -393,6 +393,32 @@ def test_maps_equal_xaitk_at_real_sizes(real_sizes, size, params):
         np.testing.assert_allclose(ours, params.xaitk_stack()(image, classifier), atol=ATOL)
 
 
+@pytest.mark.parametrize("size", ["28x28", "64x64x3"])
+@pytest.mark.parametrize("derived_bytes, scalar_bytes", [
+    (fast_saliency.DERIVED_BYTES, fast_saliency.SCALAR_BYTES),  # kept weights, scored together
+    (0, 1),  # nothing derived kept, each image scored alone
+])
+@pytest.mark.parametrize("params", [
+    make_algorithm("rise", n=300, s=4, p1=0.5, seed=1),
+    make_algorithm("sliding_window", window_size=(8, 8), stride=(6, 6), fill=0.5),
+])
+def test_maps_of_many_images_equal_their_maps_one_at_a_time_and_xaitks(
+        monkeypatch, real_sizes, size, derived_bytes, scalar_bytes, params):
+    """`engine.maps` scores the images together, with the masks' weights (and, for colour, the
+    masks in every channel) kept when they fit `DERIVED_BYTES`: the same maps as alone."""
+    monkeypatch.setattr(fast_saliency, "DERIVED_BYTES", derived_bytes)
+    monkeypatch.setattr(fast_saliency, "SCALAR_BYTES", scalar_bytes)
+    images, model = real_sizes[size]
+    classifier = image_classifier(model, batch_size=32)
+    cache = MaskCache()
+    engine = FastSaliency.from_config(stored_config(params), mask_cache=cache)
+    together = engine.maps(images, classifier)
+    assert len(cache._derived) == (0 if derived_bytes == 0 else 1 + (len(size.split("x")) == 3))
+    for image, ours in zip(images, together):
+        np.testing.assert_allclose(ours, engine(image, classifier), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ours, params.xaitk_stack()(image, classifier), atol=ATOL)
+
+
 def test_chunks_of_large_images_hold_at_most_chunk_bytes(real_sizes):
     """At 64×64×3 a chunk holds `CHUNK_BYTES` of perturbed images (in whole batches), not
     `chunk_size` of them."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 from smqtk_classifier.interfaces.classify_image import ClassifyImage
@@ -52,6 +52,12 @@ CHUNK_BYTES = 2**22
 BLOCK_BYTES = 2**19
 #: Pixels of a scoring block; its rows fill the rest of `BLOCK_BYTES`.
 BLOCK_COLUMNS = 256
+#: Bytes of confidences `FastSaliency.maps` keeps to score images together.
+SCALAR_BYTES = 2**24
+#: Bytes an array made from cached masks may take to be cached too (`MaskCache.derived`): the
+#: masks copied into each colour channel, the scorers' float64 weights. Larger ones are made a
+#: block at a time for each image instead, so memory stays bounded at any image size.
+DERIVED_BYTES = 2**26
 
 
 def _type_name(cls) -> str:
@@ -78,7 +84,8 @@ def depends_only_on_shape(perturber: PerturbImage) -> bool:
 class MaskCache:
     """Masks by (perturber configuration, image height and width); least recently used go first.
 
-    Shared masks are returned read-only. `hits` and `misses` count the look-ups.
+    Shared masks are returned read-only. `hits` and `misses` count the look-ups of masks;
+    arrays made from them (`derived`) are kept apart, as many.
     """
 
     def __init__(self, max_entries: int = 4) -> None:
@@ -88,24 +95,55 @@ class MaskCache:
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[tuple[str, tuple[int, ...]], np.ndarray] = OrderedDict()
+        self._derived: OrderedDict[tuple, Any] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays kept: masks and what was derived from them."""
+        kept = [*self._entries.values(), *self._derived.values()]
+        return sum(array.nbytes for entry in kept
+                   for array in (entry if isinstance(entry, tuple) else (entry,))
+                   if isinstance(array, np.ndarray))
+
     def masks(self, perturber: PerturbImage, shape: Sequence[int]) -> np.ndarray:
         """The perturber's masks `[n, H, W]` for images of `shape` (`H, W[, C]`)."""
-        key = (json.dumps(to_config_dict(perturber), sort_keys=True), tuple(shape[:2]))
+        key = (self._configuration(perturber), tuple(shape[:2]))
         if key in self._entries:
             self.hits += 1
-            self._entries.move_to_end(key)
-            return self._entries[key]
-        self.misses += 1
-        masks = np.asarray(perturber.perturb(np.zeros(key[1], dtype=np.float32)))
-        masks.setflags(write=False)
-        self._entries[key] = masks
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return masks
+        else:
+            self.misses += 1
+        return self._kept(self._entries, key, lambda: np.asarray(
+            perturber.perturb(np.zeros(key[1], dtype=np.float32))))
+
+    def derived(self, perturber: PerturbImage, shape: Sequence[int], kind: Hashable,
+                nbytes: int, make: Callable[[], Any]) -> Any:
+        """What `make` makes from the perturber's masks for images of `shape` (`kind` says
+        what), kept like the masks if its `nbytes` are at most `DERIVED_BYTES`; None if more."""
+        if nbytes > DERIVED_BYTES:
+            return None
+        return self._kept(self._derived, (self._configuration(perturber), tuple(shape), kind),
+                          make)
+
+    @staticmethod
+    def _configuration(perturber: PerturbImage) -> str:
+        return json.dumps(to_config_dict(perturber), sort_keys=True)
+
+    def _kept(self, entries: OrderedDict, key: tuple, make: Callable[[], Any]) -> Any:
+        """The entry of `key`, made (arrays read-only) if missing; the least recently used go."""
+        if key in entries:
+            entries.move_to_end(key)
+            return entries[key]
+        made = make()
+        for array in made if isinstance(made, tuple) else (made,):
+            if isinstance(array, np.ndarray):
+                array.setflags(write=False)
+        entries[key] = made
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+        return made
 
 
 def occlude(image: np.ndarray, masks: np.ndarray, fill: Any = None,
@@ -114,14 +152,17 @@ def occlude(image: np.ndarray, masks: np.ndarray, fill: Any = None,
 
     The expression xaitk's `occlude_image_streaming` applies to each image, applied to blocks
     of masks (`BLOCK_BYTES` of images each, so they stay in cache): the same values without a
-    Python loop per image. A fill of 0 adds nothing (x + 0 is x), so it is skipped. Colour
-    images get each mask copied into every channel, then multiplied in place, when that is the
-    same product in the same type (numpy's loop over a broadcast axis of 3 is its slowest).
+    Python loop per image. A fill of 0 adds nothing (x + 0 is x), so it is skipped. The masks
+    of a colour image are `[N, H, W]`, or already copied into its channels, `[N, H, W, C]`
+    (fastest). `[N, H, W]` ones are copied into every channel a block at a time, then
+    multiplied in place, when that is the same product in the same type (numpy's loop over a
+    broadcast axis of 3 is its slowest).
     """
     if out is None:
         out = np.empty((len(masks), *image.shape), dtype=image.dtype)
     with_fill = fill is not None and np.any(fill)
-    in_place = (image.ndim > 2 and not with_fill and np.can_cast(masks.dtype, out.dtype)
+    spread = masks.ndim == image.ndim  # one mask for all the channels of a colour image
+    in_place = (spread and not with_fill and np.can_cast(masks.dtype, out.dtype)
                 and np.result_type(masks, image) == out.dtype)
     rows = max(1, BLOCK_BYTES // out[:1].nbytes)
     for start in range(0, len(masks), rows):
@@ -131,7 +172,7 @@ def occlude(image: np.ndarray, masks: np.ndarray, fill: Any = None,
                 into[..., channel] = block
             np.multiply(into, image, out=into)
             continue
-        block = block[..., np.newaxis] if image.ndim > 2 else block
+        block = block[..., np.newaxis] if spread else block
         if with_fill:
             np.add(block * image, (UINT8_ONE - block) * fill, out=into, casting="unsafe")
         else:
@@ -217,17 +258,42 @@ class RegionWeighting:
             return 0.5 * ((reference - confidences) ** 2).sum(axis=1, keepdims=True)
         return reference - confidences
 
-    def weigh(self, scalars: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, Any]:
-        """One chunk's weighted sum `[maps, H*W]` and, if normalizing, its coverage `[H*W]`.
+    def weight_type(self, scalars: np.ndarray, masks: np.ndarray) -> np.dtype:
+        """Types as in xaitk: the masks, less the offset in their own type, upcast to the
+        scalars' type."""
+        return np.result_type(scalars, self._own_type(masks))
 
-        Types as in xaitk: the masks (less the offset, in their own type) are upcast to the
-        scalars' type before weighting. The weights are made a block at a time (`BLOCK_BYTES`),
-        each multiplied while still in cache.
-        """
+    def _own_type(self, masks: np.ndarray) -> np.dtype:
+        return np.result_type(masks, self.offset) if self.offset else masks.dtype
+
+    def _weights_into(self, masks: np.ndarray, weights: np.ndarray) -> None:
+        if self.offset:
+            np.subtract(masks, self.offset, out=weights, dtype=self._own_type(masks))
+        else:
+            np.copyto(weights, masks)
+        if self.invert:
+            np.subtract(UINT8_ONE, weights, out=weights)
+
+    def weights(self, masks: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, Any]:
+        """All the masks' weights `[n, H*W]` in `dtype` and, if normalizing, their coverage
+        `[H*W]`: what `weigh` makes a block at a time, whole, to keep for images of a shape."""
         flat = masks.reshape(len(masks), -1)
-        own_type = np.result_type(flat, self.offset) if self.offset else flat.dtype
-        dtype = np.result_type(scalars, own_type)
+        weights = np.empty(flat.shape, dtype)
+        self._weights_into(flat, weights)
+        return weights, (weights.sum(axis=0) if self.normalize else 0.0)
+
+    def weigh(self, scalars: np.ndarray, masks: np.ndarray,
+              whole: tuple[np.ndarray, Any] | None = None) -> tuple[np.ndarray, Any]:
+        """The weighted sum `[maps, H*W]` and, if normalizing, the coverage `[H*W]`.
+
+        With `whole` (from `weights`), one matrix product. Otherwise the weights are made a
+        block at a time (`BLOCK_BYTES`), each multiplied while still in cache.
+        """
+        dtype = self.weight_type(scalars, masks)
         by_map = scalars.T
+        if whole is not None and whole[0].dtype == dtype:
+            return by_map @ whole[0], whole[1]
+        flat = masks.reshape(len(masks), -1)
         pixels = flat.shape[1]
         total = np.zeros((len(by_map), pixels), dtype)
         coverage = np.zeros(pixels, dtype) if self.normalize else 0.0
@@ -238,12 +304,7 @@ class RegionWeighting:
             for column in range(0, pixels, columns):
                 part = flat[row:row + rows, column:column + columns]
                 weights = scratch[:part.size].reshape(part.shape)
-                if self.offset:
-                    np.subtract(part, self.offset, out=weights, dtype=own_type)
-                else:
-                    np.copyto(weights, part)
-                if self.invert:
-                    np.subtract(UINT8_ONE, weights, out=weights)
+                self._weights_into(part, weights)
                 total[:, column:column + columns] += by_map[:, row:row + rows] @ weights
                 if self.normalize:
                     coverage[column:column + columns] += weights.sum(axis=0)
@@ -308,27 +369,86 @@ class FastSaliency:
     def __call__(self, image: np.ndarray, classifier: ClassifyImage) -> np.ndarray:
         """One map per class, `[classes, H, W]`, values in [-1, 1] (one `[H, W]` map in [0, 1]
         with SquaredDifferenceScoring)."""
-        image = np.asarray(image)
-        if image.ndim not in (2, 3):
-            raise ValueError(f"expected an image [H, W] or [H, W, C], got {image.ndim} dimensions")
+        return self.maps([image], classifier)[0]
+
+    def maps(self, images: Sequence[np.ndarray], classifier: ClassifyImage) -> list[np.ndarray]:
+        """The maps of several images, each as `engine(image, classifier)` gives it.
+
+        Each image is occluded and classified as on its own; images of one shape that share
+        their masks (`depends_only_on_shape`) are then scored together, as many at a time as
+        keep their confidences within `SCALAR_BYTES`: one pass over the masks' weights serves
+        them all, a matrix product with a row per image and class, which BLAS does faster per
+        row than one image's few rows.
+        """
+        images = [np.asarray(image) for image in images]
+        for image in images:
+            if image.ndim not in (2, 3):
+                raise ValueError(f"expected an image [H, W] or [H, W, C], got {image.ndim} "
+                                 "dimensions")
+        made: list[np.ndarray] = [np.empty(0)] * len(images)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(index)
+        shared = depends_only_on_shape(self.perturber)
+        with blas_threads(SMALL_BATCHES):
+            for indices in by_shape.values():
+                group: list[tuple[int, np.ndarray]] = []
+                for index in indices:
+                    masks, weights = self._scalars(images[index], classifier)
+                    group.append((index, weights))
+                    if (not shared or index == indices[-1]
+                            or sum(w.nbytes for _, w in group) >= SCALAR_BYTES):
+                        scored = self._score(images[index], masks, [w for _, w in group])
+                        for (done, _), maps in zip(group, scored):
+                            made[done] = maps
+                        group = []
+        return made
+
+    def _scalars(self, image: np.ndarray, classifier: ClassifyImage
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The image's masks and what each is weighted by, `[n, maps]`: its perturbed images
+        made and classified a chunk at a time."""
         masks = self.masks(image)
+        occluding = masks
+        if image.ndim == 3 and depends_only_on_shape(self.perturber):
+            channels = image.shape[2]
+            occluding = self.mask_cache.derived(
+                self.perturber, image.shape, "channels", masks.nbytes * channels,
+                lambda: np.repeat(masks[..., np.newaxis], channels, axis=-1))
+            occluding = masks if occluding is None else occluding
         weighting = self.weighting
         step = self.chunk_length(image, classifier)
         perturbed = np.empty((min(step, len(masks)), *image.shape), dtype=image.dtype)
-        total = coverage = 0.0
-        with blas_threads(SMALL_BATCHES):
-            reference = None
-            if weighting.from_reference:
-                reference = classify_array(classifier, image[np.newaxis])[0]
-            for start in range(0, len(masks), step):
-                chunk = masks[start:start + step]
-                images = occlude(image, chunk, self.fill, out=perturbed[:len(chunk)])
-                chunk_total, chunk_coverage = weighting.weigh(
-                    weighting.scalars(reference, classify_array(classifier, images)), chunk)
-                total = total + chunk_total
-                coverage = coverage + chunk_coverage
-        maps = weighting.finish(total, coverage).reshape(-1, *image.shape[:2])
-        return maps[0] if weighting.squared else maps  # one map for the whole prediction
+        reference = None
+        if weighting.from_reference:
+            reference = classify_array(classifier, image[np.newaxis])[0]
+        parts = []
+        for start in range(0, len(masks), step):
+            chunk = occluding[start:start + step]
+            images = occlude(image, chunk, self.fill, out=perturbed[:len(chunk)])
+            parts.append(weighting.scalars(reference, classify_array(classifier, images)))
+        return masks, np.concatenate(parts)
+
+    def _score(self, image: np.ndarray, masks: np.ndarray, scalars: list[np.ndarray]
+               ) -> list[np.ndarray]:
+        """The maps of images of `image`'s shape and `masks` from their `_scalars`, in one
+        pass."""
+        weighting = self.weighting
+        joined = np.concatenate(scalars, axis=1)
+        whole = None
+        if depends_only_on_shape(self.perturber):
+            dtype = weighting.weight_type(joined, masks)
+            whole = self.mask_cache.derived(
+                self.perturber, image.shape[:2], (weighting, dtype.str),
+                masks.size * dtype.itemsize, lambda: weighting.weights(masks, dtype))
+        total, coverage = weighting.weigh(joined, masks, whole)
+        maps, first = [], 0
+        for own in scalars:
+            part = weighting.finish(total[first:first + own.shape[1]], coverage)
+            first += own.shape[1]
+            part = part.reshape(-1, *image.shape[:2])
+            maps.append(part[0] if weighting.squared else part)  # one map for the prediction
+        return maps
 
 
 class XaitkGenerator:
@@ -342,6 +462,10 @@ class XaitkGenerator:
 
     def __init__(self, generator) -> None:
         self.generator = generator
+
+    def maps(self, images: Sequence[np.ndarray], classifier: ClassifyImage) -> list[np.ndarray]:
+        """The maps of several images, one at a time."""
+        return [self(image, classifier) for image in images]
 
     def __call__(self, image: np.ndarray, classifier: ClassifyImage) -> np.ndarray:
         image = np.asarray(image)
