@@ -11,7 +11,9 @@ configuration the saliency step stores, but
   into one buffer of at most `chunk_size` of them and `CHUNK_BYTES` (or one classifier batch,
   if that is larger), skipping the fill term when it is 0;
 - classifies each chunk with one array call, in the same batches as xaitk's stream would be;
-- does the scorers' loop as matrix products over cache-sized blocks of each chunk;
+- does the scorers' loop as one matrix product for several images at once (`maps`), over the
+  masks' weights kept beside the masks, or over cache-sized blocks of them when they would
+  take more than `DERIVED_BYTES`;
 - runs the model's BLAS with one thread (`steps/core/blas.py`).
 Its maps equal xaitk's (tests/test_fast_saliency.py). Nothing here knows about MLflow.
 """
