@@ -10,6 +10,10 @@ what the pinned model requirements and the quick exit save, each measured side b
    the step logs it) and with MLflow inferring them in a subprocess (as before), in turns.
 3. The evaluate step's CLI as it is (it ends with `gc.freeze()`) and with `gc.freeze` made a
    no-op in the child (as before), in turns: the time from its last line to its exit.
+4. The floor, what the pipeline's processes pay before any of its code runs: `mlflow run` of a
+   project whose entry point is `python -c pass`, and a bare process that imports MLflow and
+   opens the store, as the driver and each step must; the pipeline's floor is the first plus
+   one of the second per process, and no change inside the project goes below it.
 
     python benchmarks/startup_benchmark.py            # --help for sizes: --epochs, --n, ...
 """
@@ -64,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def pipeline(store_dir: Path, uri: str, params: dict[str, object]) -> float:
     """Run the pipeline as a user would; its wall time in seconds."""
     began = time.perf_counter()
-    done = subprocess.run(project_command("main", params), cwd=store_dir, env=child_env(uri), capture_output=True,
-                          text=True)
+    done = subprocess.run(project_command("main", params), cwd=store_dir, env=child_env(uri),
+                          capture_output=True, text=True)
     wall = time.perf_counter() - began
     if done.returncode:
         sys.exit(f"the pipeline failed:\n{done.stdout}{done.stderr}")
@@ -100,7 +104,8 @@ def main_run_seconds(client: MlflowClient) -> float:
     return (run.info.end_time - run.info.start_time) / 1000
 
 
-def print_breakdown(wall: float, spent: dict[str, dict[str, float]], main_run: float) -> None:
+def print_breakdown(wall: float, spent: dict[str, dict[str, float]], main_run: float) -> float:
+    """Prints the phases by step and the share outside the steps' work; returns its seconds."""
     header = f"{'step':10}" + "".join(f"{p:>10}" for p in names.PHASES) + f"{'sum':>10}"
     print(header)
     for step, phases in spent.items():
@@ -112,6 +117,7 @@ def print_breakdown(wall: float, spent: dict[str, dict[str, float]], main_run: f
           "(start-up, imports and shutdown of every process, the driver)")
     print(f"the main run was open {main_run:.1f} s: {wall - main_run:.1f} s went to `mlflow run`'s "
           "own process and the driver's start-up and exit")
+    return wall - work
 
 
 def log_model_side_by_side(rounds: int) -> tuple[float, float]:
@@ -163,6 +169,38 @@ def quick_exit_side_by_side(uri: str, rounds: int) -> dict[str, tuple]:
     return {way: tuple(map(statistics.mean, zip(*measured))) for way, measured in times.items()}
 
 
+#: A process that imports MLflow and opens the store, as every process of the pipeline does,
+#: then exits as quickly as the steps do (`gc.freeze`).
+BARE_PROCESS = ("import gc, mlflow, sys; from mlflow.tracking import MlflowClient; "
+                "MlflowClient(sys.argv[1]).search_experiments(max_results=1); gc.freeze()")
+#: A project whose one entry point does nothing: `mlflow run`'s own cost.
+EMPTY_PROJECT = "name: empty\nentry_points:\n  main:\n    command: \"python -c pass\"\n"
+
+
+def timed(args: list[str], cwd: Path, uri: str) -> float:
+    """Wall seconds of a command that must succeed."""
+    began = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, env=child_env(uri), capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return time.perf_counter() - began
+
+
+def floor_side_by_side(store_dir: Path, uri: str, rounds: int) -> tuple[float, float]:
+    """Mean seconds of `mlflow run` of an empty project and of a bare MLflow process, in turns,
+    against the pipeline's store."""
+    project = store_dir / "empty_project"
+    project.mkdir()
+    (project / "MLproject").write_text(EMPTY_PROJECT)
+    empty_run = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local"]
+    bare = [sys.executable, "-c", BARE_PROCESS, uri]
+    times = {"run": [], "bare": []}
+    for _ in range(rounds):
+        times["run"].append(timed(empty_run, store_dir, uri))
+        times["bare"].append(timed(bare, store_dir, uri))
+    return statistics.mean(times["run"]), statistics.mean(times["bare"])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = {"epochs": args.epochs, "num_samples": args.num_samples, "n": args.n,
@@ -175,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"1. {command}, into a fresh SQLite store")
         client = MlflowClient(uri)
         first = pipeline(store_dir, uri, params)
-        print_breakdown(first, step_phases(client), main_run_seconds(client))
+        outside = print_breakdown(first, step_phases(client), main_run_seconds(client))
         again = pipeline(store_dir, uri, params)
         print(f"the same again, unchanged (every step reused): {again:.1f} s "
               f"({again / first:.2f} of the first; its main run open "
@@ -193,6 +231,17 @@ def main(argv: list[str] | None = None) -> None:
         (new_exit, _), (old_exit, _) = exits.values()
         print(f"without / with gc.freeze: {old_exit / new_exit:.1f}x at exit, "
               f"{old_exit - new_exit:.2f} s saved a process\n")
+
+        print(f"4. the floor, {args.rounds} turns each")
+        empty_run, bare = floor_side_by_side(store_dir, uri, args.rounds)
+        floor, floor_again = empty_run + (1 + len(STEPS)) * bare, empty_run + bare
+        print(f"`mlflow run` of an empty project {empty_run:.2f} s; a process that imports "
+              f"MLflow and opens the store {bare:.2f} s")
+        print(f"the pipeline's floor (`mlflow run`, then the driver and {len(STEPS)} steps): "
+              f"{floor:.1f} s = {floor / first:.0%} of its wall time; of the {outside:.1f} s "
+              f"outside the work, {outside - floor:.1f} s are above it")
+        print(f"unchanged (`mlflow run` and the driver): floor {floor_again:.1f} s = "
+              f"{floor_again / again:.0%} of its wall time\n")
 
     processes = 1 + len(STEPS)  # the driver and the steps end through run_cli
     before = first + (inferred - pinned) + processes * (old_exit - new_exit)
