@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -189,6 +189,8 @@ class Explainer:
     label: str = ""
     #: The images of the test split (`data_params`' test_fraction and split_seed).
     test_ids: frozenset = frozenset()
+    #: `facts` by image ID, once predicted.
+    known_facts: dict[str, ImageFacts] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
@@ -246,25 +248,26 @@ class Explainer:
                        f"{'it' if one else 'them'}", err=True)
 
     def facts(self, image_id: str) -> ImageFacts:
-        """The image of `image_id` and the model's answer on it."""
-        return self.facts_of([image_id])[0]
-
-    def facts_of(self, image_ids) -> list[ImageFacts]:
-        """The images of `image_ids` and the model's answers on them (one prediction)."""
-        data, column_classes = self.inputs.dataset, self.inputs.classes.column_classes
-        rows = data.rows(list(image_ids))
-        predictions = np.asarray(self.inputs.model.predict_proba(data.images[rows]), dtype=float)
-        found = []
-        for image_id, row, confidences in zip(image_ids, rows, predictions):
+        """The image of `image_id` and the model's answer on it, predicted alone (a float32
+        model rounds by batch, and a map run's confidence must not depend on which images
+        shared its batch); kept, so the step's pictures reuse it."""
+        if image_id not in self.known_facts:
+            data, column_classes = self.inputs.dataset, self.inputs.classes.column_classes
+            row = data.rows([image_id])[0]
+            confidences = np.asarray(
+                self.inputs.model.predict_proba(data.images[row:row + 1]), dtype=float)[0]
             predicted_column = int(confidences.argmax())
             true = np.flatnonzero(column_classes == data.labels[row])
-            found.append(ImageFacts(image_id, data.images[row], {
+            self.known_facts[image_id] = ImageFacts(image_id, data.images[row], {
                 names.IMAGE_ID_TAG: image_id,
                 names.GT_CLASS_TAG: data.class_names[data.labels[row]],
                 names.PREDICTED_CLASS_TAG: data.class_names[column_classes[predicted_column]],
             }, float(confidences.max()), predicted_column,
-                int(true[0]) if len(true) else None, confidences))
-        return found
+                int(true[0]) if len(true) else None, confidences)
+        return self.known_facts[image_id]
+
+    def facts_of(self, image_ids) -> list[ImageFacts]:
+        return [self.facts(image_id) for image_id in image_ids]
 
     def step_tags(self) -> dict[str, str]:
         """What every run of this step records about its model and data."""
