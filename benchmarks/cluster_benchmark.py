@@ -71,9 +71,11 @@ def project_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def project_command(entry_point: str, params: dict[str, object]) -> list[str]:
-    """`mlflow run <this project> -e <entry point> --env-manager local -P key=value ...`."""
-    args = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "-e", entry_point,
+def project_command(entry_point: str, params: dict[str, object],
+                    project: Path = PROJECT_DIR) -> list[str]:
+    """`mlflow run <project, this one by default> -e <entry point> --env-manager local
+    -P key=value ...`."""
+    args = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point,
             "--env-manager", "local"]
     for key, value in params.items():
         args += ["-P", f"{key}={value}"]

@@ -67,13 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def pipeline(store_dir: Path, uri: str, params: dict[str, object]) -> float:
     """Run the pipeline as a user would; its wall time in seconds."""
-    began = time.perf_counter()
-    done = subprocess.run(project_command("main", params), cwd=store_dir, env=child_env(uri),
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - began
-    if done.returncode:
-        sys.exit(f"the pipeline failed:\n{done.stdout}{done.stderr}")
-    return wall
+    return timed(project_command("main", params), store_dir, uri, "the pipeline")
 
 
 def child_env(uri: str) -> dict[str, str]:
@@ -177,12 +171,12 @@ BARE_PROCESS = ("import gc, mlflow, sys; from mlflow.tracking import MlflowClien
 EMPTY_PROJECT = "name: empty\nentry_points:\n  main:\n    command: \"python -c pass\"\n"
 
 
-def timed(args: list[str], cwd: Path, uri: str) -> float:
-    """Wall seconds of a command that must succeed."""
+def timed(args: list[str], cwd: Path, uri: str, what: str) -> float:
+    """Wall seconds of a command (`what` it is, for its failure) that must succeed."""
     began = time.perf_counter()
     done = subprocess.run(args, cwd=cwd, env=child_env(uri), capture_output=True, text=True)
     if done.returncode:
-        sys.exit(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        sys.exit(f"{what} failed:\n{done.stdout}{done.stderr}")
     return time.perf_counter() - began
 
 
@@ -192,12 +186,12 @@ def floor_side_by_side(store_dir: Path, uri: str, rounds: int) -> tuple[float, f
     project = store_dir / "empty_project"
     project.mkdir()
     (project / "MLproject").write_text(EMPTY_PROJECT)
-    empty_run = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local"]
+    empty_run = project_command("main", {}, project)
     bare = [sys.executable, "-c", BARE_PROCESS, uri]
     times = {"run": [], "bare": []}
     for _ in range(rounds):
-        times["run"].append(timed(empty_run, store_dir, uri))
-        times["bare"].append(timed(bare, store_dir, uri))
+        times["run"].append(timed(empty_run, store_dir, uri, "mlflow run of an empty project"))
+        times["bare"].append(timed(bare, store_dir, uri, "a bare MLflow process"))
     return statistics.mean(times["run"]), statistics.mean(times["bare"])
 
 

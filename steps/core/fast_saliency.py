@@ -288,13 +288,13 @@ class RegionWeighting:
               whole: tuple[np.ndarray, Any] | None = None) -> tuple[np.ndarray, Any]:
         """The weighted sum `[maps, H*W]` and, if normalizing, the coverage `[H*W]`.
 
-        With `whole` (from `weights`), one matrix product. Otherwise the weights are made a
+        With `whole` (from `weights`, in `weight_type`), one matrix product. Otherwise the weights are made a
         block at a time (`BLOCK_BYTES`), each multiplied while still in cache.
         """
-        dtype = self.weight_type(scalars, masks)
         by_map = scalars.T
-        if whole is not None and whole[0].dtype == dtype:
+        if whole is not None:
             return by_map @ whole[0], whole[1]
+        dtype = self.weight_type(scalars, masks)
         flat = masks.reshape(len(masks), -1)
         pixels = flat.shape[1]
         total = np.zeros((len(by_map), pixels), dtype)

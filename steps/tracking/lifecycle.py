@@ -34,7 +34,8 @@ from mlflow.tracking import MlflowClient
 
 from steps.tracking.store_check import launcher_pid, stop_retrying, unreachable_server
 from steps.names import (ERROR_TAG, IMAGE_ID_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG,
-                         PARTITION_TAG, PROCESS_HOST_TAG, PROCESS_ID_TAG, PROCESS_START_TAG, RESULTS_DELETED_TAG)
+                         PARTITION_TAG, PROCESS_HOST_TAG, PROCESS_ID_TAG, PROCESS_START_TAG,
+                         RESULTS_DELETED_TAG)
 
 #: Set by the driver for the steps it launches: its process ID.
 DRIVER_PID_ENV = "SALIENCY_FLOW_DRIVER_PID"
