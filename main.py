@@ -26,6 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 from steps import names, options
 from steps.core.code_version import code_version
 from steps.core.compare import Configuration
+from steps.core.model_input import flags_of
 from steps.report import log_report
 from steps.tracking import lifecycle, runs
 from steps.tracking.inputs import absolute_dataset, dataset_digest, load_data, load_model_inputs
@@ -320,7 +321,8 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
     # Bad data, or a model that does not take it, is one line before any step run exists:
     # the images are decoded here, unless a finished step already read this very content.
     if start.model is not None:
-        data = load_model_inputs(None, values["dataset"], values["image_size"], start.model).data
+        data = load_model_inputs(None, values["dataset"], values["image_size"], start.model,
+                                 input_flags=flags_of(values)).data
         digest, image_shape = data.digest, data.dataset.image_shape
     else:
         digest = dataset_digest(values["dataset"], values["image_size"])
@@ -363,7 +365,8 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
             summary["Train run"] = train_id
         mlflow.set_tags(model.lineage_tags())
         summary["Model"] = model.uri + (f" (version {model.version})" if model.version else "")
-        data_params = options.values_of(options.DATA, values)
+        data_params = {**options.values_of(options.MODEL_INPUT, values),
+                       **options.values_of(options.DATA, values)}
         split_params = options.values_of(options.SPLIT, values)
 
         if start.evaluation_run_id:

@@ -19,9 +19,11 @@ from mlflow.tracking import MlflowClient
 from steps import names, options, phases
 from steps.core.blas import ONE_PREDICTION, blas_threads
 from steps.core.data import DatasetError, split_dataset
+from steps.core.model_input import flags_of
 from steps.tracking import lifecycle, runs
 from steps.tracking.datasets import log_dataset
 from steps.tracking.inputs import load_model_inputs
+from steps.tracking.models import convention_tags
 from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client,
                                     run_partitions)
 from steps.tracking.console import Progress
@@ -135,7 +137,7 @@ def write_samples(samples: list[SampleRun], parent: Run, cluster: ClusterSpec | 
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["evaluate"])
 def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples, cluster,
-             resume_run_id):
+             resume_run_id, **input_values):
     resume = None
     if resume_run_id:
         resume = runs.require_resumable(resume_run_id, names.EVALUATION_EXPERIMENT)
@@ -146,11 +148,13 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         model_uri, dataset, image_size, test_fraction, split_seed, num_samples = (
             stored[name] for name in ("model_uri", "dataset", "image_size", "test_fraction",
                                       "split_seed", "num_samples"))
+        input_values = {d.name: stored[d.name] for d in options.MODEL_INPUT}
     if not model_uri:
         raise click.BadParameter("give the model to evaluate", param_hint="'--model_uri'")
     if cluster is not None:
         check_reachable_store(cluster, mlflow.get_tracking_uri())
-    inputs = load_model_inputs(model_uri, dataset, image_size)
+    inputs = load_model_inputs(model_uri, dataset, image_size,
+                               input_flags=flags_of(input_values))
     data = inputs.dataset
     if resume is not None:
         runs.require_same_data(resume, inputs.data.digest)
@@ -170,7 +174,8 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
     with runs.step_run(names.EVALUATION_EXPERIMENT, "evaluate", parameters, resume) as parent:
         parent_id = parent.info.run_id
         lineage = inputs.resolved.lineage_tags()
-        mlflow.set_tags({**lineage, names.DATASET_TAG: data.name,
+        mlflow.set_tags({**lineage, **convention_tags(inputs.model.convention),
+                         names.DATASET_TAG: data.name,
                          names.DATASET_DIGEST_TAG: inputs.data.digest,
                          names.IMAGE_SHAPE_TAG: names.image_shape_tag(data.image_shape),
                          "Num_samples": len(test_rows),

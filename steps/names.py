@@ -70,6 +70,16 @@ REGISTERED_MODEL_TAG = "Registered_model"
 DATASET_TAG = "Dataset"
 DATASET_DIGEST_TAG = "Dataset_digest"
 IMAGE_SHAPE_TAG = "Image_shape"
+# The model's input convention as resolved (steps/core/model_input.py), on every evaluation,
+# saliency and map run; `Input_convention_from` says where each fact came from.
+INPUT_LAYOUT_TAG = "Input_layout"
+INPUT_SCALE_TAG = "Input_scale"
+INPUT_MEAN_TAG = "Input_mean"
+INPUT_STD_TAG = "Input_std"
+MODEL_OUTPUT_TAG = "Model_output"
+INPUT_SOURCES_TAG = "Input_convention_from"
+#: The key of a map's stored configuration that holds the convention it was made with.
+MODEL_INPUT_CONFIG_KEY = "model_input"
 
 
 def image_shape_tag(shape) -> str:

@@ -20,6 +20,7 @@ import click
 from steps import phases
 from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_parameters
 from steps.core.compare import Configurations
+from steps.core.model_input import MODEL_INPUT_PARAMETERS
 from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
 from steps.tracking import lifecycle
@@ -105,6 +106,8 @@ TRAIN = DATA + SPLIT + MODEL
 MODEL_URI = option("model_uri", "", ModelUri(),
                    "The model to evaluate and explain: runs:/<run ID>/<path>, "
                    "models:/<name>/<version> or models:/<name>@<alias>.")
+#: How the images become the model's input and its output probabilities.
+MODEL_INPUT = list(MODEL_INPUT_PARAMETERS)
 
 class Cluster(click.ParamType):
     """Where a step's work runs: empty (its own process), local:N or tcp://host:port (Dask)."""
@@ -185,6 +188,7 @@ DRIVER = [
 
 SALIENCY_INPUTS = [
     MODEL_URI,
+    *MODEL_INPUT,
     *DATA,
     *SPLIT,  # which images the model was trained on: a map run's `Split` tag
     option("image_ids", "", TextList(),
@@ -199,9 +203,10 @@ SALIENCY_INPUTS = [
 
 #: Each entry point's parameters, in MLproject's order.
 ENTRY_POINTS = {
-    "main": DRIVER + TRAIN + EVALUATE + QUERY + SALIENCY,
+    "main": DRIVER + MODEL_INPUT + TRAIN + EVALUATE + QUERY + SALIENCY,
     "train": TRAIN,
-    "evaluate": [MODEL_URI, *DATA, *SPLIT, *EVALUATE, resume_option("sample runs")],
+    "evaluate": [MODEL_URI, *MODEL_INPUT, *DATA, *SPLIT, *EVALUATE,
+                 resume_option("sample runs")],
     "saliency": SALIENCY_INPUTS + [CLUSTER, resume_option("map runs")] + SALIENCY,
     "compare": [
         option("saliency_run_ids", "", RunIdList(),
@@ -252,7 +257,7 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     lifecycle.install_signal_handlers()
     bound_server_retries()
-    under_driver = os.environ.get(lifecycle.DRIVER_PID_ENV) not in (None, str(os.getpid()))
+    under_driver = lifecycle.under_driver()
     launched_run_id = os.environ.get(RUN_ID_ENV)  # the command may take it out of the environment
     try:
         if "--help" not in argv:

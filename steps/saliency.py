@@ -35,6 +35,7 @@ from steps import names, options, phases
 from steps.core import plots
 from steps.core.algorithm import algorithm_parameters, make_algorithm
 from steps.core.data import DatasetError, split_dataset
+from steps.core.model_input import flags_of
 from steps.core.metrics import MapScores, average_maps, class_map, score_map
 from steps.core.saliency import ImageClassifier, generator_config
 from steps.tracking import lifecycle, runs
@@ -43,6 +44,7 @@ from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, check_reach
 from steps.tracking.lifecycle import keep_finished
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs
+from steps.tracking.models import convention_tags
 
 # Stored with each map: the model's float32 confidences round by batch shape, so regenerating
 # the very same map takes the same batches.
@@ -195,10 +197,14 @@ class Explainer:
     @classmethod
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
               pictures: plots.PictureStyle, predict_batch_size: int, image_ids=(), *,
-              split: tuple[float, int]) -> Explainer:
-        """`split`: the test_fraction and split_seed that tell training from test images."""
+              split: tuple[float, int], input_flags: dict | None = None) -> Explainer:
+        """`split`: the test_fraction and split_seed that tell training from test images.
+        The model's input convention is the one `config` holds (a stored map's), else
+        resolved from `input_flags`; either way `config` then holds it."""
         dataset = absolute_dataset(dataset)
-        inputs = load_model_inputs(model_uri, dataset, image_size)
+        inputs = load_model_inputs(model_uri, dataset, image_size, input_flags=input_flags,
+                                   stored_convention=config.get(names.MODEL_INPUT_CONFIG_KEY))
+        config = {**config, names.MODEL_INPUT_CONFIG_KEY: inputs.model.convention.as_dict()}
         if not image_ids:
             raise click.BadParameter("give at least one image ID", param_hint="'--image_ids'")
         try:
@@ -272,8 +278,9 @@ class Explainer:
     def step_tags(self) -> dict[str, str]:
         """What every run of this step records about its model and data."""
         data = self.inputs.data
-        return {**self.inputs.resolved.lineage_tags(), names.DATASET_TAG: data.dataset.name,
-                names.DATASET_DIGEST_TAG: data.digest}
+        return {**self.inputs.resolved.lineage_tags(),
+                **convention_tags(self.inputs.model.convention),
+                names.DATASET_TAG: data.dataset.name, names.DATASET_DIGEST_TAG: data.digest}
 
     def maps_of(self, facts: list[ImageFacts]) -> list[np.ndarray]:
         """The images' maps, made together (the engine scores images of a shape in one pass)."""
@@ -486,7 +493,8 @@ def make_maps(explainer: Explainer, recipe: MapRecipe, parent: Run, todo: list[t
 
 def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_ids, algorithm,
              pictures, predict_batch_size, cluster: ClusterSpec | None = None,
-             parameters: dict[str, str] | None = None, resume: Run | None = None) -> None:
+             parameters: dict[str, str] | None = None, resume: Run | None = None,
+             input_flags: dict | None = None) -> None:
     """The normal mode: one new map run per image, in this process or on a Dask cluster.
     `parameters`: the step's own, recorded for a resume. `resume`: a stopped step run to
     finish, keeping the map runs it made."""
@@ -494,7 +502,9 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
         check_reachable_store(cluster, mlflow.get_tracking_uri())
     config = generator_config(algorithm.generator())
     explainer = Explainer.build(model_uri, dataset, image_size, config, pictures,
-                                predict_batch_size, image_ids, split=split)
+                                predict_batch_size, image_ids, split=split,
+                                input_flags=input_flags)
+    config = explainer.config
     if resume is not None:
         runs.require_same_data(resume, explainer.inputs.data.digest)
     algorithm.check_image(explainer.inputs.dataset.image_shape)
@@ -616,7 +626,7 @@ def reproduce(source_id: str, pictures: plots.PictureStyle, predict_batch_size: 
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
         mlflow.set_tags({names.REPRODUCED_TAG: source_id, **explainer.step_tags()})
         run, maps, scores = explainer.map_run(explainer.facts(image_id), parent,
-                                              algorithm_params, stored_config(source),
+                                              algorithm_params, explainer.config,
                                               {**lineage, names.REPRODUCED_TAG: source_id})
         explainer.warn_unless_beating_random(image_id, scores)
         difference = (float(np.max(np.abs(maps - expected))) if maps.shape == expected.shape
@@ -750,7 +760,7 @@ def generate_with(values: dict, cluster: ClusterSpec | None, resume: Run | None 
                                 values["picture_scale"]),
              values["predict_batch_size"], cluster,
              None if resume else options.values_of(options.ENTRY_POINTS["saliency"], values),
-             resume)
+             resume, flags_of(values))
 
 
 if __name__ == "__main__":

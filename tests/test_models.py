@@ -13,6 +13,7 @@ from mlflow.types import Schema, TensorSpec
 from sklearn.linear_model import LogisticRegression
 
 from steps.core.data import load_dataset
+from steps.core.model_input import InputConvention
 from steps.core.models import (ModelError, ProbabilityFunction, ProbaModel, check_model_fits,
                                class_mapping)
 from steps.tracking.models import load_image_model, resolve_model_uri
@@ -97,7 +98,10 @@ def test_sklearn_and_image_tensor_pyfunc_models_load_and_fit(logged, digits):
     mapping = check_model_fits(sklearn_model, digits.images, digits.class_names, "8×8 grey")
     assert mapping.names == digits.class_names
     images_model = load_image_model(resolve_model_uri(logged["images"].model_uri))
-    assert isinstance(images_model, ProbabilityFunction) and images_model.layout == "images"
+    assert isinstance(images_model, ProbabilityFunction)
+    # Its tensor signature [-1, 8, 8] says it takes the grey images themselves.
+    assert images_model.convention.layout == "nhwc" and images_model.convention.rank == 3
+    assert images_model.convention.sources["layout"] == "signature"
     two_classes = ("bright", "dark")
     mapping = check_model_fits(images_model, digits.images, two_classes, "8×8 grey")
     assert mapping.names == two_classes
@@ -122,18 +126,26 @@ class _Labels:
         self.classes_ = np.array(classes)
 
 
-def test_outputs_that_are_not_probabilities_are_refused(digits):
+def test_outputs_that_are_not_probabilities_are_refused_or_read_as_logits(digits):
     images = digits.images
-    with pytest.raises(ModelError, match=r"returns shape \(2,\).*not probabilities"):
+    with pytest.raises(ModelError, match=r"returns shape \(4,\).*not one value per class"):
         check_model_fits(ProbabilityFunction(lambda x: np.zeros(len(x))), images, ("a", "b"), "")
-    with pytest.raises(ModelError, match="rows are not probabilities"):
-        check_model_fits(ProbabilityFunction(lambda x: np.full((len(x), 2), 3.0)), images,
-                         ("a", "b"), "")
+    declared = InputConvention(output="probabilities", sources={"output": "flag"})
+    with pytest.raises(ModelError, match=r"-P model_output=probabilities, but its rows .* are "
+                                         r"not \(values from 3 to 3, rows summing to 6.*use -P "
+                                         r"model_output=logits") as refused:
+        check_model_fits(ProbabilityFunction(lambda x: np.full((len(x), 2), 3.0), declared),
+                         images, ("a", "b"), "")
+    assert refused.value.param == "model_output"
+    found = ProbabilityFunction(lambda x: np.full((len(x), 2), 3.0))
+    check_model_fits(found, images, ("a", "b"), "")
+    assert (found.convention.output, found.convention.sources["output"]) == ("logits", "measured")
+    np.testing.assert_allclose(found.predict_proba(images[:3]), 0.5)
 
     def wrong_width(batch):
         raise ValueError(f"X has {batch.shape[1]} features, but expects 784")
 
-    with pytest.raises(ModelError, match=r"pipeline gives \[2, 64\].*expects 784"):
+    with pytest.raises(ModelError, match=r"pipeline gives \[4, 64\].*expects 784"):
         check_model_fits(ProbabilityFunction(wrong_width), images, ("a", "b"), "8×8 grey")
 
 

@@ -74,6 +74,12 @@ def controller() -> ThreadpoolController:
     return _controller
 
 
+def current_threads() -> int | None:
+    """The thread count of the innermost `blas_threads` block of this thread, if any: what a
+    runtime with its own thread pool (onnxruntime) should use too."""
+    return getattr(_current, "threads", None)
+
+
 @contextlib.contextmanager
 def blas_threads(kind: str, values: int = 0) -> Iterator[int]:
     """Run the block with the BLAS thread count for `kind` of work on `values` input values

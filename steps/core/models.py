@@ -1,10 +1,11 @@
 """Image classifiers as the pipeline sees them, and the MLP the train step fits.
 
 Any model is wrapped as an `ImageModel`: probabilities per class for a batch of images
-`[N, H, W(, C)]` in [0, 1]. Its input convention is the README's: each image flattened in
-`H, W, C` order (`images.reshape(n, -1)`), unless the model declares it takes image batches.
-The model kinds are registered in `MODEL_KINDS`; `class_mapping` ties the model's output
-columns to the dataset's classes. Nothing here knows about MLflow.
+`[N, H, W(, C)]` in [0, 1]. Its `InputConvention` (`steps/core/model_input.py`) turns the images
+into what the model takes (flat rows, NHWC or NCHW tensors, scaled and normalised) and its
+output into probabilities (softmax of logits). The model kinds are registered in `MODEL_KINDS`;
+`class_mapping` ties the model's output columns to the dataset's classes. Nothing here knows
+about MLflow.
 """
 
 from __future__ import annotations
@@ -17,30 +18,58 @@ import click
 import numpy as np
 
 from steps.core.data import flatten
+from steps.core.model_input import (AUTO, FROM_FLAG, FROM_MEASURED, InputConvention,
+                                    ModelInputError, ShapeHint, describe_rows, output_kind)
 from steps.core.parameters import Float, IntList, Parameter
 from steps.core.registry import Registry
 
 
 class ModelError(ValueError):
-    """A model that cannot explain this data; the message names both shapes."""
+    """A model that cannot explain this data; the message names both shapes, `param` the
+    parameter that fixes it."""
+
+    def __init__(self, message: str, param: str = "model_uri") -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ImageModel:
-    """Probabilities `[N, classes]` for images `[N, H, W(, C)]`."""
+    """Probabilities `[N, classes]` for images `[N, H, W(, C)]`: the images prepared by the
+    model's `convention`, its raw outputs (`predict_prepared`) made probabilities."""
 
     name: ClassVar[str]
     #: The model's own label for each output column, or None (columns in the dataset's order).
     labels: tuple | None = None
+    #: What the model declares it takes (signature, ONNX graph, fitted feature count), if known.
+    hint: ShapeHint | None = None
+    convention: InputConvention = InputConvention()
+    #: The height and width the model takes, if it declares them, and which declaration says.
+    image_size: tuple[int, int] | None = None
+    size_source: str | None = None
+    #: The type the model's input is given in.
+    input_dtype: Any = np.float32
+
+    def predict_prepared(self, batch: np.ndarray) -> Any:
+        """The model's own outputs for a batch already in its layout and scale."""
+        raise NotImplementedError
+
+    def predict_raw(self, images: np.ndarray) -> np.ndarray:
+        """The model's own outputs (probabilities or logits) for images in [0, 1]."""
+        return np.asarray(self.predict_prepared(self.convention.prepare(images,
+                                                                        self.input_dtype)))
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        return self.convention.probabilities(self.predict_raw(images))
 
     def expected_input(self) -> str:
         """What the model takes, in words, for messages."""
-        return "unknown"
+        if self.hint is not None:
+            return self.hint.describe()
+        return "feature rows" if self.convention.layout == "flat" else "image batches"
 
     def get_config(self) -> dict[str, Any]:
-        return {"kind": self.name, "labels": None if self.labels is None else list(self.labels)}
+        return {"kind": self.name, "labels": None if self.labels is None else list(self.labels),
+                "input": self.convention.as_dict()}
 
 
 MODEL_KINDS: Registry = Registry("model kind")
@@ -52,48 +81,89 @@ class ProbaModel(ImageModel):
 
     name = "predict_proba"
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, convention: InputConvention | None = None) -> None:
         self.model = model
         classes = getattr(model, "classes_", None)
         self.labels = None if classes is None else tuple(np.asarray(classes).tolist())
+        features = getattr(model, "n_features_in_", None)
+        self.hint = ShapeHint((None, int(features)), "scikit-learn") if features else None
+        self.convention = convention or InputConvention()
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_proba(flatten(images)))
-
-    def expected_input(self) -> str:
-        features = getattr(self.model, "n_features_in_", None)
-        return f"[N, {features}] feature rows" if features else "feature rows"
+    def predict_prepared(self, batch: np.ndarray) -> Any:
+        return self.model.predict_proba(batch)
 
 
 @MODEL_KINDS.register
 class ProbabilityFunction(ImageModel):
-    """A function that returns one probability per class, given flattened rows (`flat`) or the
-    image batch itself (`images`), e.g. a pyfunc model whose signature is an image tensor."""
+    """A function of the prepared batch that returns one probability (or logit) per class,
+    e.g. a pyfunc model's `predict`."""
 
     name = "function"
-    LAYOUTS = ("flat", "images")
 
-    def __init__(self, predict: Callable[[np.ndarray], Any], layout: str = "flat",
-                 labels: Sequence | None = None, input_shape: Sequence[int] | None = None):
-        if layout not in self.LAYOUTS:
-            raise ValueError(f"layout must be one of {self.LAYOUTS}, not {layout!r}")
+    def __init__(self, predict: Callable[[np.ndarray], Any],
+                 convention: InputConvention | None = None, labels: Sequence | None = None,
+                 hint: ShapeHint | None = None):
         self.predict = predict
-        self.layout = layout
+        self.convention = convention or InputConvention()
         self.labels = None if labels is None else tuple(labels)
-        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.hint = hint
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        batch = flatten(images) if self.layout == "flat" else np.asarray(images, np.float32)
-        return np.asarray(self.predict(batch))
+    def predict_prepared(self, batch: np.ndarray) -> Any:
+        return self.predict(batch)
 
-    def expected_input(self) -> str:
-        if self.input_shape:
-            return "[" + ", ".join("N" if d in (-1, None) else str(d)
-                                   for d in self.input_shape) + "]"
-        return "feature rows" if self.layout == "flat" else "image batches"
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "layout": self.layout}
+#: ONNX tensor element types the pipeline can feed, as numpy types.
+ONNX_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+                    "tensor(float16)": np.float16}
+
+
+@MODEL_KINDS.register
+class OnnxModel(ImageModel):
+    """An ONNX graph run by onnxruntime directly: arrays in and out, no DataFrame. One session
+    per thread count, the count chosen by the BLAS policy of the work at hand
+    (`steps/core/blas.py`: one thread for the saliency engine's batches)."""
+
+    name = "onnx"
+
+    def __init__(self, model: str | bytes, convention: InputConvention | None = None,
+                 labels: Sequence | None = None) -> None:
+        self._model = model
+        self._sessions: dict[int, Any] = {}
+        session = self.session(1)
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"the ONNX model takes {len(inputs)} inputs "
+                             f"({', '.join(i.name for i in inputs)}); the pipeline gives one "
+                             "image tensor")
+        self._input = inputs[0].name
+        if inputs[0].type not in ONNX_INPUT_TYPES:
+            raise ModelError(f"the ONNX model's input {self._input} is {inputs[0].type}; the "
+                             f"pipeline gives {', '.join(ONNX_INPUT_TYPES)}")
+        self.input_dtype = ONNX_INPUT_TYPES[inputs[0].type]
+        self.hint = ShapeHint(tuple(d if isinstance(d, int) else None for d in inputs[0].shape),
+                              "graph")
+        self.convention = convention or InputConvention()
+        self.labels = None if labels is None else tuple(labels)
+
+    def session(self, threads: int):
+        """The inference session that runs on `threads` threads."""
+        if threads not in self._sessions:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+            options.log_severity_level = 3  # errors only
+            self._sessions[threads] = onnxruntime.InferenceSession(
+                self._model, options, providers=["CPUExecutionProvider"])
+        return self._sessions[threads]
+
+    def predict_prepared(self, batch: np.ndarray) -> Any:
+        from steps.core.blas import ONE_PREDICTION, current_threads, threads_for
+
+        threads = current_threads() or threads_for(ONE_PREDICTION, batch.size)
+        return self.session(threads).run(None, {self._input: batch})[0]
 
 
 @dataclass(frozen=True)
@@ -143,12 +213,22 @@ def class_mapping(model: ImageModel, class_names: Sequence[str], columns: int) -
 
 def check_model_fits(model: ImageModel, images: np.ndarray, class_names: Sequence[str],
                      shape_words: str) -> ClassMapping:
-    """Classify two images and check the answer is probabilities; ModelError naming both the
-    model's input and the images' shapes otherwise. Returns the class mapping."""
-    sample = np.asarray(images[:2])
-    given = f"[{len(sample)}, {flatten(sample).shape[1]}] flattened from {shape_words} images"
+    """Classify a few images and check the answer is probabilities, or logits where the
+    convention says or finds so (an `auto` output is settled on the model's convention here);
+    ModelError naming the model's input, the images' shapes and the flag that fixes it
+    otherwise. Returns the class mapping."""
+    sample = np.asarray(images[:4])
+    channels = sample.shape[3] if sample.ndim == 4 else 1
+    convention = model.convention
     try:
-        output = model.predict_proba(sample)
+        convention.check_channels(channels, shape_words)
+    except ModelInputError as error:
+        raise ModelError(str(error), error.param) from None
+    prepared = convention.prepare(sample, model.input_dtype)
+    given = (f"[{', '.join(map(str, prepared.shape))}] ({convention.layout} from {shape_words} "
+             "images)")
+    try:
+        output = model.predict_raw(sample)
     except Exception as error:  # the model's own error says little without the shapes
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"the model does not take these images: it expects "
@@ -156,13 +236,22 @@ def check_model_fits(model: ImageModel, images: np.ndarray, class_names: Sequenc
     output = np.asarray(output)
     if output.ndim != 2 or output.shape[0] != len(sample):
         raise ModelError(f"the model returns shape {output.shape} for {given}: labels or scores, "
-                         f"not probabilities [N, classes]; log a model whose predict gives "
-                         "one probability per class (e.g. pyfunc_predict_fn='predict_proba')")
-    if not np.issubdtype(output.dtype, np.floating) or not np.isfinite(output).all() or \
-            output.min() < -1e-6 or output.max() > 1 + 1e-6 or \
-            not np.allclose(output.sum(axis=1), 1.0, atol=1e-3):
-        raise ModelError(f"the model returns shape {output.shape} for {given}, but its rows are "
-                         "not probabilities (each in [0, 1], summing to 1)")
+                         f"not one value per class [N, classes]; log a model whose predict "
+                         "gives one probability or logit per class (e.g. "
+                         "pyfunc_predict_fn='predict_proba')")
+    if not np.issubdtype(output.dtype, np.floating) or not np.isfinite(output).all():
+        raise ModelError(f"the model returns {output.dtype} values for {given}, not finite "
+                         "probabilities or logits")
+    found = output_kind(output)
+    if convention.output == AUTO:
+        model.convention = convention.with_output(found, FROM_MEASURED)
+    elif convention.output == "probabilities" and found != "probabilities":
+        origin = convention.sources.get("output")
+        said = ("-P model_output=probabilities" if origin == FROM_FLAG
+                else f"the model's {origin} says its output is probabilities")
+        raise ModelError(f"{said}, but its rows for {given} are not ({describe_rows(output)}): "
+                         "they look like logits; use -P model_output=logits (or auto)",
+                         "model_output")
     return class_mapping(model, class_names, output.shape[1])
 
 

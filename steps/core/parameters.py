@@ -42,14 +42,14 @@ class Float(click.FloatRange):
 
 class NumberList(click.ParamType):
     """Comma-separated numbers such as `64,32`, each at least `minimum` (above it, with
-    `min_open`), optionally of fixed length; with `allow_empty`, an empty value is the empty
+    `min_open`; any finite number when `minimum` is None), optionally of fixed length; with `allow_empty`, an empty value is the empty
     tuple."""
 
     name = "number_list"
     kind: type = float
     kind_name = "numbers"
 
-    def __init__(self, minimum: float = 0, length: int | None = None, allow_empty: bool = False,
+    def __init__(self, minimum: float | None = 0, length: int | None = None, allow_empty: bool = False,
                  min_open: bool = False):
         self.minimum = minimum
         self.length = length
@@ -57,7 +57,8 @@ class NumberList(click.ParamType):
         self.min_open = min_open
 
     def describe(self) -> str:
-        what = f"{self.kind_name} {'>' if self.min_open else '>='} {self.minimum}"
+        what = (f"finite {self.kind_name}" if self.minimum is None else
+                f"{self.kind_name} {'>' if self.min_open else '>='} {self.minimum}")
         count = f"{self.length} comma-separated" if self.length else "comma-separated"
         example = ",".join(["2"] * (self.length or 2))
         return f"{count} {what}, e.g. {example}"
@@ -72,8 +73,8 @@ class NumberList(click.ParamType):
             numbers = tuple(self.kind(part) for part in text.split(","))
         except ValueError:
             self.fail(f"{value!r} is not {self.describe()}", param, ctx)
-        below = [n for n in numbers if not math.isfinite(n) or n < self.minimum
-                 or (self.min_open and n == self.minimum)]
+        below = [n for n in numbers if not math.isfinite(n) or (self.minimum is not None and (
+            n < self.minimum or (self.min_open and n == self.minimum)))]
         if below or (self.length and len(numbers) != self.length):
             self.fail(f"{value!r} is not {self.describe()}", param, ctx)
         return numbers

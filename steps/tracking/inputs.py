@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import click
 
 from steps.core.data import DatasetError, DatasetSource, ImageDataset, dataset_source
+from steps.core.model_input import FROM_MEASURED
 from steps.core.models import ClassMapping, ImageModel, ModelError, check_model_fits
+from steps.tracking import lifecycle
 from steps.tracking.models import ResolvedModel, load_image_model, resolve_model_uri
 from steps.tracking.store_check import launch_directory
 
@@ -74,19 +77,38 @@ class ModelInputs:
 
 
 def load_model_inputs(model_uri: str | None, spec: str, image_size: tuple[int, ...],
-                      resolved: ResolvedModel | None = None) -> ModelInputs:
-    """Load the data and the model and check the model takes the images and gives
-    probabilities for the dataset's classes."""
+                      resolved: ResolvedModel | None = None,
+                      input_flags: Mapping[str, Any] | None = None,
+                      stored_convention: Mapping[str, Any] | None = None) -> ModelInputs:
+    """Load the model and the data and check the model takes the images and gives
+    probabilities (or logits) for the dataset's classes. The model's input convention comes
+    from `stored_convention` (a map's, to make it again), else from the user's `input_flags`
+    (`model_input.flags_of`), its metadata and its declared shape. A model that declares a
+    fixed image size gets the images resized to it, unless `image_size` is given."""
     if resolved is None:
         if not model_uri:
             raise click.BadParameter("give the model to use", param_hint="'--model_uri'")
         resolved = resolve_model_uri(model_uri)
+    model = load_image_model(resolved, input_flags, stored_convention)
     data = load_data(spec, image_size)
-    model = load_image_model(resolved)
+    shape = data.dataset.image_shape
+    if not image_size and model.image_size and tuple(shape[:2]) != tuple(model.image_size):
+        height, width = model.image_size
+        if not lifecycle.under_driver():  # the driver said so already
+            click.echo(f"Resizing the {data.dataset.describe_shape()} images of {spec} to "
+                       f"{height}×{width}, the size model {resolved.given} takes (its "
+                       f"{model.size_source}); set -P image_size=H,W to choose", err=True)
+        data = load_data(spec, (height, width))
     try:
         classes = check_model_fits(model, data.dataset.images, data.dataset.class_names,
                                    data.dataset.describe_shape())
     except ModelError as error:
         raise click.BadParameter(f"model {resolved.given} on dataset {spec}: {error}",
-                                 param_hint="'--model_uri'") from None
+                                 param_hint=f"'--{error.param}'") from None
+    convention = model.convention
+    if (convention.output == "logits" and convention.sources.get("output") == FROM_MEASURED
+            and not lifecycle.under_driver()):
+        click.echo(f"Model {resolved.given} returns values that are not probabilities: read "
+                   "as logits (softmax applied); set -P model_output= to say otherwise",
+                   err=True)
     return ModelInputs(data, model, resolved, classes)

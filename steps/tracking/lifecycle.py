@@ -383,6 +383,11 @@ def reconcile_dead_runs(client: MlflowClient | None = None) -> list[str]:
 
 # --- lost parents ------------------------------------------------------------------------------
 
+def under_driver() -> bool:
+    """Whether this process is a step the pipeline's driver (main.py) launched."""
+    return os.environ.get(DRIVER_PID_ENV) not in (None, str(os.getpid()))
+
+
 def watch_parent() -> None:
     """End this process (as SIGHUP would) when the process that launched it is gone: the
     driver, for a step it launched; the `mlflow run` process, for the driver."""
