@@ -128,7 +128,7 @@ class _Labels:
 
 def test_outputs_that_are_not_probabilities_are_refused_or_read_as_logits(digits):
     images = digits.images
-    with pytest.raises(ModelError, match=r"returns shape \(4,\).*not one value per class"):
+    with pytest.raises(ModelError, match=r"returns shape \(2,\).*not one value per class"):
         check_model_fits(ProbabilityFunction(lambda x: np.zeros(len(x))), images, ("a", "b"), "")
     declared = InputConvention(output="probabilities", sources={"output": "flag"})
     with pytest.raises(ModelError, match=r"-P model_output=probabilities, but its rows .* are "
@@ -145,7 +145,7 @@ def test_outputs_that_are_not_probabilities_are_refused_or_read_as_logits(digits
     def wrong_width(batch):
         raise ValueError(f"X has {batch.shape[1]} features, but expects 784")
 
-    with pytest.raises(ModelError, match=r"pipeline gives \[4, 64\].*expects 784"):
+    with pytest.raises(ModelError, match=r"pipeline gives \[2, 64\].*expects 784"):
         check_model_fits(ProbabilityFunction(wrong_width), images, ("a", "b"), "8×8 grey")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
@@ -50,6 +51,9 @@ from steps.core.saliency import quiet_plugin_discovery
 DEFAULT_CHUNK_SIZE = 1024
 #: Bytes of perturbed images a chunk holds at most (fewer than `chunk_size` for large images).
 CHUNK_BYTES = 2**22
+#: Bytes of a chunk from which the next chunk is built while it is classified (`_scalars`);
+#: for smaller ones handing work to a thread costs more than it saves.
+OVERLAP_BYTES = 2**20
 #: Bytes of a block of work kept in cache: perturbed images, or the scorers' weights.
 BLOCK_BYTES = 2**19
 #: Pixels of a scoring block; its rows fill the rest of `BLOCK_BYTES`.
@@ -424,11 +428,31 @@ class FastSaliency:
         reference = None
         if weighting.from_reference:
             reference = classify_array(classifier, image[np.newaxis])[0]
+        starts = range(0, len(masks), step)
+        # Occlusion (numpy) and the model (BLAS, onnxruntime) release the GIL: when chunks are
+        # large, a second thread builds the next chunk into the other buffer while this one is
+        # classified. The chunks are the same either way, so the batches and the maps are too.
+        overlap = len(starts) > 1 and perturbed.nbytes >= OVERLAP_BYTES
+        buffers = (perturbed, np.empty_like(perturbed) if overlap else perturbed)
+
+        def made(index: int) -> np.ndarray:
+            """The perturbed images of chunk `index`, in buffer `index % 2`."""
+            chunk = occluding[starts[index]:starts[index] + step]
+            return occlude(image, chunk, self.fill, out=buffers[index % 2][:len(chunk)])
+
+        def scored(images: np.ndarray) -> np.ndarray:
+            return weighting.scalars(reference, classify_array(classifier, images))
+
+        if not overlap:
+            return masks, np.concatenate([scored(made(index)) for index in range(len(starts))])
         parts = []
-        for start in range(0, len(masks), step):
-            chunk = occluding[start:start + step]
-            images = occlude(image, chunk, self.fill, out=perturbed[:len(chunk)])
-            parts.append(weighting.scalars(reference, classify_array(classifier, images)))
+        with ThreadPoolExecutor(1, thread_name_prefix="occlude") as builder:
+            pending = builder.submit(made, 0)
+            for index in range(len(starts)):
+                images = pending.result()
+                if index + 1 < len(starts):  # its buffer's chunk, index - 1, is classified
+                    pending = builder.submit(made, index + 1)
+                parts.append(scored(images))
         return masks, np.concatenate(parts)
 
     def _score(self, image: np.ndarray, masks: np.ndarray, scalars: list[np.ndarray]

@@ -163,6 +163,7 @@ class InputConvention:
         outputs = np.asarray(outputs)
         if self.output != "logits":
             return outputs
+        outputs = outputs.astype(np.float64)  # as xaitk reads confidences: Python floats
         shifted = outputs - outputs.max(axis=1, keepdims=True)
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)

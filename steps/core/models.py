@@ -217,7 +217,7 @@ def check_model_fits(model: ImageModel, images: np.ndarray, class_names: Sequenc
     convention says or finds so (an `auto` output is settled on the model's convention here);
     ModelError naming the model's input, the images' shapes and the flag that fixes it
     otherwise. Returns the class mapping."""
-    sample = np.asarray(images[:4])
+    sample = np.asarray(images[:2])
     channels = sample.shape[3] if sample.ndim == 4 else 1
     convention = model.convention
     try:
