@@ -69,6 +69,13 @@ class StoreReader:
         return None
 
 
+
+def model_input_text(tags: dict[str, str]) -> str:
+    """The model's input convention as a run's tags give it, and where each fact came from."""
+    return (f"layout {tags[names.INPUT_LAYOUT_TAG]}, scale {tags.get(names.INPUT_SCALE_TAG)}, "
+            f"mean {tags.get(names.INPUT_MEAN_TAG)}, std {tags.get(names.INPUT_STD_TAG)}, "
+            f"output {tags.get(names.MODEL_OUTPUT_TAG)} (from {tags.get(names.INPUT_SOURCES_TAG)})")
+
 def explained_image(reader: StoreReader, run: Run) -> ExplainedImage:
     tags, metrics = run.data.tags, run.data.metrics
     predicted = tags.get(names.PREDICTED_CLASS_TAG, "")
@@ -133,6 +140,8 @@ def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
             ("Model", names.MODEL_URI_TAG), ("Model version", names.MODEL_VERSION_TAG),
             ("Dataset", names.DATASET_TAG), ("Image shape", names.IMAGE_SHAPE_TAG),
             ("Dataset digest", names.DATASET_DIGEST_TAG)) if tag in evaluation.data.tags}
+        if names.INPUT_LAYOUT_TAG in evaluation.data.tags:
+            report.facts["Model input"] = model_input_text(evaluation.data.tags)
         report.evaluation_metrics = {k: evaluation.data.metrics[k] for k in HEADLINE_METRICS
                                      if k in evaluation.data.metrics}
         for path, caption in ((names.CONFUSION_MATRIX_ARTIFACT, "confusion matrix"),

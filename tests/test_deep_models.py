@@ -131,6 +131,9 @@ def test_metadata_alone_explains_an_onnx_cnn_like_its_sklearn_twin(store, npz, r
                                int(run.data.params["predict_batch_size"]), len(CLASSES))
         np.testing.assert_allclose(stored, engine_from_config(config)(image, twin), atol=1e-5)
 
+    report = mlflow.artifacts.load_text(f"runs:/{main.info.run_id}/report.html")
+    assert "Model input" in report and "layout nchw, scale 255, mean 123.675" in report
+
     again = store.run({"reproduce_run_id": maps[0].info.run_id}, entry_point="saliency")
     assert again.returncode == 0, again.output
     assert "identical map" in again.output
