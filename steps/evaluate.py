@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from steps.core.classification import Evaluated
 
 
+#: Input bytes one prediction call takes at most: a deep model's activations grow with them.
+PREDICTION_BYTES = 2**28
+
+
 def sample_runs(image_ids, true_names, predicted_names, confidences, column_names,
                 tags) -> list[SampleRun]:
     """The per-sample runs to write: confidences as metrics, identity and outcome as tags."""
@@ -166,8 +170,10 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         test_rows = test_rows[:num_samples]
     phases.enter(names.COMPUTE_PHASE)
     images = data.images[test_rows]
+    per_call = max(1, PREDICTION_BYTES // max(1, images[:1].nbytes))
     with blas_threads(ONE_PREDICTION, images.size):
-        confidences = inputs.model.predict_proba(images)
+        confidences = np.concatenate([inputs.model.predict_proba(images[first:first + per_call])
+                                      for first in range(0, len(images), per_call)])
 
     parameters = options.values_of(options.ENTRY_POINTS["evaluate"],
                                    click.get_current_context().params)
