@@ -21,7 +21,8 @@ from anywhere:
     python benchmarks/saliency_benchmark.py [--sizes 8x8 28x28 64x64x3 --n 1000 ...]
     python benchmarks/saliency_benchmark.py --model cnn mlp --sizes 64x64x3 224x224x3
 `--overlap off` times ours without building the next chunk while one is classified (`on`:
-for any chunk; `auto`: from `OVERLAP_BYTES`). It exits 1 if our maps differ from xaitk's.
+for any chunk; `auto`: from `OVERLAP_BYTES`); `--serial` also times ours without it, in turns
+with the others (column `serial`). It exits 1 if our maps differ from xaitk's.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ours: build the next chunk while one is classified for chunks of "
                              f"OVERLAP_BYTES ({fast_saliency.OVERLAP_BYTES:,}) or more (auto), "
                              "any (on), none (off)")
+    parser.add_argument("--serial", action="store_true",
+                        help="also time ours with no overlap (column serial)")
     parser.add_argument("--algorithm", choices=ALGORITHMS.names(), default="rise")
     parser.add_argument("--n", type=int, default=1000, help="RISE: number of masks")
     parser.add_argument("--s", type=int, default=4, help="RISE: grid resolution")
@@ -168,6 +171,16 @@ def fast_pass(engine, classifier, images):
     maps = [one for first in range(0, len(images), MAP_PARTITION_SIZE)
             for one in engine.maps(images[first:first + MAP_PARTITION_SIZE], classifier)]
     return time.perf_counter() - start, maps
+
+
+def serial_pass(engine, classifier, images):
+    """`fast_pass` building no chunk while another is classified."""
+    overlap_bytes = fast_saliency.OVERLAP_BYTES
+    fast_saliency.OVERLAP_BYTES = OVERLAP_MODES["off"]
+    try:
+        return fast_pass(engine, classifier, images)
+    finally:
+        fast_saliency.OVERLAP_BYTES = overlap_bytes
 
 
 def bound_pass(model, engine, classifier, images, batch_size):
@@ -302,18 +315,22 @@ def run_size(args, params, config, kind, shape) -> dict:
     classifier = ImageClassifier(model, batch_size=args.batch_size)
     engine = FastSaliency.from_config(config, chunk_size=args.chunk_size)
     classifier.classify_array(images)  # warm up
-    timed = fastest({
+    passes = {
         "naive": lambda: naive_pass(params, classifier, images),
         "masks": lambda: masks_pass(engine, images[0]),
         "ours": lambda: fast_pass(engine, classifier, images),
         "bound": lambda: bound_pass(model, engine, classifier, images, args.batch_size),
-    }, repeats)
+    }
+    if args.serial:
+        passes["serial"] = lambda: serial_pass(engine, classifier, images)
+    timed = fastest(passes, repeats)
     (naive_s, naive_maps), (masks_s, _), (fast_s, fast_maps), (bound_s, _) = (
         timed["naive"], timed["masks"], timed["ours"], timed["bound"])
     chunk = engine.chunk_length(images[0], classifier)
     return {
         "model": kind, "size": name, "images": count, "passes": repeats, "epochs": epochs,
         "naive": count / naive_s, "ours": count / fast_s, "bound": count / bound_s,
+        "serial": count / timed["serial"][0] if "serial" in timed else None,
         "masks_ms": 1e3 * masks_s, "chunk": chunk,
         "chunk_mib": min(chunk, len(engine.masks(images[0]))) * images[0].nbytes / 2**20,
         "masks_mib": engine.mask_cache.nbytes / 2**20,
@@ -324,14 +341,18 @@ def run_size(args, params, config, kind, shape) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
+    serial = any(r["serial"] is not None for r in rows)
     print(f"{'model':>5} {'size':>10} {'images':>6} {'passes':>6} {'epochs':>6} | "
-          f"maps/s: {'naive':>7} {'ours':>8} {'bound':>8} | ours/naive bound/ours | {'chunk':>5} {'MiB':>6} | "
-          f"peak MiB: {'naive':>6} {'ours':>6} (kept {'':>6}) | max|diff|")
+          f"maps/s: {'naive':>7} {'ours':>8} {'bound':>8} | ours/naive bound/ours | "
+          + (f"{'serial':>8} bound/serial | " if serial else "")
+          + f"{'chunk':>5} {'MiB':>6} | peak MiB: {'naive':>6} {'ours':>6} (kept {'':>6}) | "
+          "max|diff|")
     for r in rows:
         print(f"{r['model']:>5} {r['size']:>10} {r['images']:6d} {r['passes']:6d} "
               f"{r['epochs']:6d} | {r['naive']:15.2f} {r['ours']:8.2f} {r['bound']:8.2f} | "
               f"{r['ours'] / r['naive']:9.1f}x {r['bound'] / r['ours']:9.2f}x | "
-              f"{r['chunk']:5d} {r['chunk_mib']:6.1f} | {r['naive_mib']:16.1f} "
+              + (f"{r['serial']:8.2f} {r['bound'] / r['serial']:11.2f}x | " if serial else "")
+              + f"{r['chunk']:5d} {r['chunk_mib']:6.1f} | {r['naive_mib']:16.1f} "
               f"{r['ours_mib']:6.1f} (kept {r['masks_mib']:5.1f}) | {r['difference']:.1e}")
 
 

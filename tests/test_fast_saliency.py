@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -430,6 +431,38 @@ def test_chunks_of_large_images_hold_at_most_chunk_bytes(real_sizes):
     largest = CHUNK_BYTES // image.nbytes // 16 * 16
     assert classifier.chunks == [largest] * (400 // largest) + [400 % largest] * bool(400 % largest)
     assert largest * image.nbytes <= CHUNK_BYTES
+
+
+@pytest.mark.parametrize("params", [
+    make_algorithm("rise", n=300, s=4, p1=0.5, seed=1),
+    make_algorithm("sliding_window", window_size=(8, 8), stride=(6, 6), fill=0.5),
+])
+def test_building_the_next_chunk_while_one_is_classified_changes_no_map(
+        monkeypatch, real_sizes, params):
+    """With the overlap forced (any chunk) and with none, at 64×64×3 in several chunks: the
+    same chunks to the classifier, the same maps to the last bit; the overlap occludes in its
+    own thread."""
+    images, model = real_sizes["64x64x3"]
+    threads = []
+
+    def recording_occlude(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return occlude(*args, **kwargs)
+
+    monkeypatch.setattr(fast_saliency, "occlude", recording_occlude)
+    made = {}
+    for name, overlap_bytes in (("serial", float("inf")), ("overlap", 0)):
+        monkeypatch.setattr(fast_saliency, "OVERLAP_BYTES", overlap_bytes)
+        classifier = ChunkRecordingClassifier(model, batch_size=16)
+        engine = FastSaliency.from_config(stored_config(params), chunk_size=4096)
+        threads.clear()
+        made[name] = (engine.maps(images, classifier), classifier.chunks, list(threads))
+    (serial, serial_chunks, serial_main), (overlap, overlap_chunks, overlap_main) = (
+        made["serial"], made["overlap"])
+    assert len(serial_chunks) >= 3 and overlap_chunks == serial_chunks
+    assert all(serial_main) and not any(overlap_main)
+    for ours, theirs in zip(overlap, serial):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def blas_thread_counts() -> list[int]:

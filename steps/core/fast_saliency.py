@@ -10,7 +10,8 @@ configuration the saliency step stores, but
 - builds the perturbed images a chunk at a time with xaitk's own per-image expression, vectorised,
   into one buffer of at most `chunk_size` of them and `CHUNK_BYTES` (or one classifier batch,
   if that is larger), skipping the fill term when it is 0;
-- classifies each chunk with one array call, in the same batches as xaitk's stream would be;
+- classifies each chunk with one array call, in the same batches as xaitk's stream would be,
+  building the next chunk in a second thread meanwhile when chunks hold `OVERLAP_BYTES` or more;
 - does the scorers' loop as one matrix product for several images at once (`maps`), over the
   masks' weights kept beside the masks, or over cache-sized blocks of them when they would
   take more than `DERIVED_BYTES`;
@@ -51,9 +52,10 @@ from steps.core.saliency import quiet_plugin_discovery
 DEFAULT_CHUNK_SIZE = 1024
 #: Bytes of perturbed images a chunk holds at most (fewer than `chunk_size` for large images).
 CHUNK_BYTES = 2**22
-#: Bytes of a chunk from which the next chunk is built while it is classified (`_scalars`);
-#: for smaller ones handing work to a thread costs more than it saves.
-OVERLAP_BYTES = 2**20
+#: Bytes of a chunk from which the next chunk is built while it is classified (`_scalars`).
+#: Below, handing work to a thread cost more than it saved (benchmarks/README.md: chunks of
+#: 0.06 to 12 MiB, on two busy cores); 224x224x3 chunks are 147 MiB.
+OVERLAP_BYTES = 2**24
 #: Bytes of a block of work kept in cache: perturbed images, or the scorers' weights.
 BLOCK_BYTES = 2**19
 #: Pixels of a scoring block; its rows fill the rest of `BLOCK_BYTES`.
