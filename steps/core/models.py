@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import click
 import numpy as np
 
+from steps.core.blas import ONE_PREDICTION, current_threads, threads_for
 from steps.core.data import flatten
 from steps.core.model_input import (AUTO, FROM_FLAG, FROM_MEASURED, InputConvention,
                                     ModelInputError, ShapeHint, describe_rows, output_kind)
@@ -160,8 +161,6 @@ class OnnxModel(ImageModel):
         return self._sessions[threads]
 
     def predict_prepared(self, batch: np.ndarray) -> Any:
-        from steps.core.blas import ONE_PREDICTION, current_threads, threads_for
-
         threads = current_threads() or threads_for(ONE_PREDICTION, batch.size)
         return self.session(threads).run(None, {self._input: batch})[0]
 
@@ -228,7 +227,7 @@ def check_model_fits(model: ImageModel, images: np.ndarray, class_names: Sequenc
     given = (f"[{', '.join(map(str, prepared.shape))}] ({convention.layout} from {shape_words} "
              "images)")
     try:
-        output = model.predict_raw(sample)
+        output = model.predict_prepared(prepared)
     except Exception as error:  # the model's own error says little without the shapes
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"the model does not take these images: it expects "
