@@ -45,6 +45,8 @@ PARTITION_RETRIES = 3
 CONNECT_TIMEOUT_SECONDS = 30
 #: How long an interrupted step waits for the partitions under way to stop writing.
 CANCEL_WAIT_SECONDS = 30
+#: How often the step looks at its partitions' futures.
+POLL_SECONDS = 0.1
 #: Each local worker is a whole Python process: a few per core keep the cores busy while others
 #: wait on a tracking server; more only add memory and store contention.
 LOCAL_WORKERS_PER_CORE = 4
@@ -177,7 +179,7 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
     before each write (`stop_check`), and waits for the partitions to end, so that nothing
     writes after the step has ended its runs. (Cancelling a Dask future does not stop a task
     already running.)"""
-    from distributed import Event, as_completed
+    from distributed import Event
 
     workers = max(1, len(client.scheduler_info()["workers"]))
     size = max(1, min(most, -(-len(items) // (2 * workers))))
@@ -186,14 +188,27 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
                              retries=PARTITION_RETRIES, pure=False)
                for index, part in partitions(items, size)]
     try:
-        for future in as_completed(futures):
-            on_done(future.result())
+        _each_as_done(futures, on_done)
     except BaseException:
         with contextlib.suppress(Exception):
             stop.set()
             _wait_while_workers(client, futures)
         raise
     return [future.result() for future in futures]
+
+
+def _each_as_done(futures: list, on_done: Callable) -> None:
+    """`on_done(result)` for each future as it finishes. It waits in this module, not inside a
+    Dask call, so that a signal interrupts the wait at once (see lifecycle's
+    UNINTERRUPTIBLE_CODE)."""
+    pending = list(futures)
+    while pending:
+        finished = [future for future in pending if future.done()]
+        for future in finished:
+            pending.remove(future)
+            on_done(future.result())
+        if not finished:
+            time.sleep(POLL_SECONDS)
 
 
 def _wait_while_workers(client, futures: list) -> None:
@@ -203,7 +218,7 @@ def _wait_while_workers(client, futures: list) -> None:
     deadline = time.monotonic() + CANCEL_WAIT_SECONDS
     while (not all(future.done() for future in futures) and time.monotonic() < deadline
            and client.scheduler_info().get("workers")):
-        time.sleep(0.1)
+        time.sleep(POLL_SECONDS)
 
 
 def stop_check(event_name: str | None) -> Callable[[], bool]:

@@ -60,17 +60,20 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[str] = []
-#: Code that must not be interrupted halfway: the tracking store's database work. An exception
-#: raised inside a transaction can skip MLflow's rollback (it catches `Exception` only) and leave
-#: a connection holding SQLite's write lock, which the process's own clean-up then waits on in
-#: vain ("database is locked").
-DATABASE_CODE = ("/sqlalchemy/", "/mlflow/store/db/", "sqlalchemy_store.py")
+#: Code that must not be interrupted halfway.
+#: - The tracking store's database work: an exception raised inside a transaction can skip
+#:   MLflow's rollback (it catches `Exception` only) and leave a connection holding SQLite's
+#:   write lock, which the process's own clean-up then waits on in vain ("database is locked").
+#: - Dask's client calls: `distributed.utils.sync` interrupted before its coroutine started
+#:   logs a NameError traceback from its event loop.
+UNINTERRUPTIBLE_CODE = ("/sqlalchemy/", "/mlflow/store/db/", "sqlalchemy_store.py",
+                        "/distributed/")
 
 
-def _outermost_database_frame(frame):
+def _outermost_uninterruptible_frame(frame):
     outermost = None
     while frame is not None:
-        if any(part in frame.f_code.co_filename for part in DATABASE_CODE):
+        if any(part in frame.f_code.co_filename for part in UNINTERRUPTIBLE_CODE):
             outermost = frame
         frame = frame.f_back
     return outermost
@@ -98,15 +101,15 @@ def _handle(signum, frame) -> None:
     _received.append(name)
     if len(_received) > 1:
         return
-    database = _outermost_database_frame(frame)
-    if database is None:
+    uninterruptible = _outermost_uninterruptible_frame(frame)
+    if uninterruptible is None:
         raise Interrupted(name)
-    _raise_on_return(database, name)
+    _raise_on_return(uninterruptible, name)
 
 
 def install_signal_handlers() -> None:
     """Turn the stop signals into `Interrupted`, raised once in the main thread; inside the
-    tracking store's database work, as soon as that call returns."""
+    tracking store's database work or a Dask client call, as soon as that call returns."""
     for name in HANDLED_SIGNALS:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _handle)
