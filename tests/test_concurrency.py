@@ -2,7 +2,7 @@
 
 SQLite takes one writer at a time; MLflow waits up to 20 s for its lock, and our own writes try
 again past that (steps/tracking/runs.py, steps/tracking/sample_runs.py). A brand-new store is
-created once first, as the README says: `mlflow run` itself creates a new store's tables without
+created once first, as docs/running-anywhere.md says: `mlflow run` itself creates a new store's tables without
 a lock, and two at once can fail inside MLflow's schema migration (MLflow's behaviour, before
 any project code runs). Two pipelines against one tracking server: tests/test_servers.py.
 """

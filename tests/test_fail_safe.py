@@ -1,7 +1,7 @@
 """Faults injected for real: signals to the pipeline mid-step, processes killed outright.
 
 After each: the exit code, exactly one `Error:` line, no traceback, no run RUNNING after the
-next start, the README's query returning each image of each finished evaluation once, and every
+next start, docs/re-running.md's query returning each image of each finished evaluation once, and every
 FINISHED map run holding all its artifacts.
 """
 
@@ -118,7 +118,7 @@ def statuses(store: Store, view=ViewType.ACTIVE_ONLY) -> dict[str, int]:
 
 
 def assert_store_is_sound(store: Store) -> None:
-    """Nothing RUNNING; the README's query gives each image of a finished evaluation once;
+    """Nothing RUNNING; docs/re-running.md's query gives each image of a finished evaluation once;
     every FINISHED map run is complete."""
     assert "RUNNING" not in statuses(store)
     client = store.client

@@ -72,8 +72,9 @@ def test_mlproject_parameters_match_the_cli_options(entry_point):
         assert options.as_param(param["default"]) == options.as_param(option.default)
 
 
-def test_readme_has_a_parameter_table_row_for_every_parameter():
-    readme = (PROJECT_DIR / "README.md").read_text()
+def test_docs_have_a_parameter_table_row_for_every_parameter():
+    """docs/parameters.md (the README links to it) has a row for every parameter."""
+    readme = (PROJECT_DIR / "docs" / "parameters.md").read_text()
     own = {**ENTRY_POINT_OPTIONS, "main": options.DRIVER + options.QUERY}
     for entry_point, declared in own.items():
         heading = f"### `{entry_point}`"
@@ -81,3 +82,71 @@ def test_readme_has_a_parameter_table_row_for_every_parameter():
         table = readme.split(heading, 1)[1].split("\n#", 1)[0]
         for declaration in declared:
             assert f"| `{declaration.name}` |" in table, (entry_point, declaration.name)
+
+
+# --- README and docs: short, quick start first, every relative link resolving ----------------
+
+README_MAX_LINES = 250
+QUICK_START_WITHIN = 40
+MARKDOWN_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def markdown_pages():
+    return [PROJECT_DIR / "README.md", *sorted((PROJECT_DIR / "docs").glob("*.md")),
+            PROJECT_DIR / "benchmarks" / "README.md"]
+
+
+def outside_code(text: str) -> list[str]:
+    """The page's lines outside fenced code blocks, inline code blanked."""
+    lines, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        lines.append("" if fenced else re.sub(r"`[^`]*`", "``", line))
+    return lines
+
+
+def anchors(text: str) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces to
+    hyphens, a repeated one numbered."""
+    seen: dict[str, int] = {}
+    found = set()
+    fenced = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        match = None if fenced else re.match(r"#{1,6} +(.*?) *#*$", line)
+        if not match:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        found.add(slug if count == 0 else f"{slug}-{count}")
+    return found
+
+
+def test_readme_is_short_with_the_quick_start_first():
+    lines = (PROJECT_DIR / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, len(lines)
+    (number,) = [i + 1 for i, line in enumerate(lines) if line.strip() == "## Quick start"]
+    assert number <= QUICK_START_WITHIN, number
+
+
+def test_readme_and_docs_links_resolve():
+    """Every relative link in README.md, docs/*.md and benchmarks/README.md names a file that
+    exists and, with an anchor, a heading of that file."""
+    checked = 0
+    for page in markdown_pages():
+        for line in outside_code(page.read_text()):
+            for target in MARKDOWN_LINK.findall(line):
+                if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                    continue  # http(s), mailto: not checked here
+                path, _, anchor = target.partition("#")
+                linked = (page.parent / path).resolve() if path else page
+                assert linked.exists(), f"{page.name}: {target}"
+                if anchor:
+                    assert linked.suffix == ".md", f"{page.name}: {target}"
+                    assert anchor in anchors(linked.read_text()), f"{page.name}: {target}"
+                checked += 1
+    assert checked > 0

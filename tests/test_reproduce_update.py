@@ -56,8 +56,9 @@ def evaluation_samples(store):
 
 
 def readme_lineage_search() -> tuple[str, str]:
-    """The README's lineage snippet, and its search for the map of an image, as Python source."""
-    readme = (PROJECT_DIR / "README.md").read_text()
+    """The lineage snippet of docs/experiments.md (linked from the README), and its search for
+    the map of an image, as Python source."""
+    readme = (PROJECT_DIR / "docs" / "experiments.md").read_text()
     (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
                   if "Evaluation_run_id" in block and "tags.Image_id = '" in block]
     (search,) = re.findall(r"^sal = (mlflow\.search_runs\(.*\))\.iloc\[0\]$", snippet, re.M)
@@ -189,7 +190,7 @@ def test_update_adds_maps_without_deleting_or_overwriting(store):
     assert run_id in {r.info.run_id for r in store.runs(
         "Saliency Map Generation", f"tags.Added_image_ids LIKE '%{again}%'")}
 
-    # The README's lineage snippet finds the run from its own image, never from an added one.
+    # The docs' lineage snippet finds the run from its own image, never from an added one.
     snippet, search = readme_lineage_search()
     mlflow.set_tracking_uri(store.uri)
     try:

@@ -28,7 +28,7 @@ from tests.servers import (ADMIN_PASSWORD, ADMIN_USER, SMALL, background_runs, f
 
 pytestmark = pytest.mark.slow
 
-# The README's settings that make `mlflow run` itself give up at once on an unreachable server.
+# docs/running-anywhere.md's settings that make `mlflow run` itself give up at once on an unreachable server.
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 DEFAULT_STILL_RETRYING_AFTER = 20.0
 
@@ -166,7 +166,7 @@ def test_mlflow_run_with_wrong_credentials_fails_at_once_with_mlflows_message(au
 
 def test_unreachable_server_fails_fast(tmp_path):
     """Nothing listens on the port. Our processes give one line in seconds. `mlflow run` gives up
-    at once with the README's settings (with MLflow's traceback); with MLflow's defaults it is
+    at once with docs/running-anywhere.md's settings (with MLflow's traceback); with MLflow's defaults it is
     still retrying long after (about four minutes in all), which we cannot change."""
     url = f"http://127.0.0.1:{free_port()}"
     default_started = time.monotonic()

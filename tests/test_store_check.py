@@ -104,7 +104,7 @@ def test_postgres_skip_becomes_a_failure_when_required(monkeypatch):
 # --- SQLite stores in WAL mode (steps/tracking/sqlite_journal.py) -------------------------------
 
 def prepare_store(uri: str, cwd: Path, **env) -> subprocess.CompletedProcess:
-    """`python -m steps.tracking.store_check`, as the README has users prepare a new SQLite
+    """`python -m steps.tracking.store_check`, as docs/running-anywhere.md has users prepare a new SQLite
     store."""
     full_env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(PROJECT_DIR), **env}
     full_env.pop("MLFLOW_RUN_ID", None)

@@ -4,7 +4,7 @@ The search is limited to one evaluation's sample runs. MLflow's SQL stores key t
 run) and index no tag value, so a scope on the value of the `Evaluation_parent_run_id` tag
 reads that tag of every sample run in the store: its cost grows with the store. A tag KEY that
 names the evaluation is found through that index and reads the evaluation's own rows only
-(figures: README, "Scaling out"). So an evaluation run tagged `Samples_keyed` = 'true', whose
+(figures: benchmarks/README.md, "The query on a large store"). So an evaluation run tagged `Samples_keyed` = 'true', whose
 every sample run carries the tag `Sample_of_<its run ID>` = 'true' (`names.sample_key`), is
 searched by that key; one made before, by the parent tag's value.
 """

@@ -3,9 +3,8 @@
 Every run MLflow writes into a SQLite file costs several transactions. In SQLite's default
 (rollback-journal) mode each commit writes and syncs a journal file and the database, and locks
 out readers (the MLflow UI, a second pipeline) meanwhile; in WAL mode a commit appends to one
-log file and readers go on reading. The evaluate step's per-sample runs were written 1.2x to
-1.6x as fast as into the same kind of file in the default mode, a third faster in most runs
-(benchmarks/sample_runs_benchmark.py, README "Performance").
+log file and readers go on reading, which writes the evaluate step's per-sample runs faster
+than the default mode (figures: benchmarks/README.md, "Per-sample runs").
 
 The mode belongs to the database file and stays with it; MLflow, `mlflow ui` and `mlflow server`
 open such a file as any other. SQLite's WAL needs the file on a local disk, not on a network
