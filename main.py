@@ -26,10 +26,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 from steps import names, options
 from steps.core.code_version import code_version
 from steps.core.compare import Configuration
+from steps.core.data import ALL
 from steps.core.model_input import flags_of
 from steps.report import log_report
 from steps.tracking import lifecycle, runs
-from steps.tracking.inputs import absolute_dataset, dataset_digest, load_data, load_model_inputs
+from steps.tracking.inputs import (absolute_dataset, dataset_digest, load_data, load_model_inputs,
+                                  refuse_training_images)
 from steps.tracking.models import ResolvedModel, resolve_model_uri
 from steps.tracking.query import query_samples
 from steps.tracking.step_cache import find_reusable_run
@@ -318,11 +320,18 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
     query_samples(NO_RUN_ID, values["query"], values["order_by"], 1)
     values["dataset"] = absolute_dataset(values["dataset"])
     start = starting_point(model_uri, train_run_id, evaluation_run_id)
+    if values["eval_split"] == ALL and (start.model is None or start.train_run_id):
+        raise click.BadParameter("eval_split=all evaluates every image, which leaves none to "
+                                 "train on; give a model_uri trained elsewhere, or eval_split="
+                                 "test", param_hint="'--eval_split'")
     # Bad data, or a model that does not take it, is one line before any step run exists:
     # the images are decoded here, unless a finished step already read this very content.
     if start.model is not None:
-        data = load_model_inputs(None, values["dataset"], values["image_size"], start.model,
-                                 input_flags=flags_of(values)).data
+        inputs = load_model_inputs(None, values["dataset"], values["image_size"], start.model,
+                                   input_flags=flags_of(values))
+        if values["eval_split"] == ALL:
+            refuse_training_images(inputs)
+        data = inputs.data
         digest, image_shape = data.digest, data.dataset.image_shape
     else:
         digest = dataset_digest(values["dataset"], values["image_size"])
@@ -389,7 +398,7 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
             click.echo(f"The query {values['query']!r} matched no evaluation sample of run "
                        f"{evaluation_id}; no saliency maps made. Try a broader -P query=...")
         else:
-            image_ids = ",".join(samples[f"tags.{names.IMAGE_ID_TAG}"])
+            image_ids = options.as_param(tuple(samples[f"tags.{names.IMAGE_ID_TAG}"]))
             click.echo(f"Query {values['query']!r} selected images {image_ids}")
             mlflow.set_tag(names.QUERIED_IMAGES_TAG, image_ids)
             inputs = {"model_uri": model.uri, **data_params, **split_params, "image_ids": image_ids,

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's `s
 import numpy as np  # noqa: E402
 
 from steps.core.algorithm import make_algorithm  # noqa: E402
-from steps.core.data import ImageDataset, load_dataset, split_dataset  # noqa: E402
+from steps.core.data import ImageDataset, load_dataset, random_split  # noqa: E402
 from steps.core.fast_saliency import engine_from_config  # noqa: E402
 from steps.core.models import ModelParams, ProbaModel, train_classifier  # noqa: E402
 from steps.core.saliency import ImageClassifier, generator_config  # noqa: E402
@@ -34,7 +34,7 @@ def digits_setup(epochs: int, images: int, **rise_settings) -> DigitsSetup:
     """The first `images` test images of digits, a model trained for `epochs`, and RISE's
     engine (with `rise_settings`) from its configuration as stored (JSON) in a map run."""
     data = load_dataset("digits")
-    split = split_dataset(data, 0.25, 0)
+    split = random_split(data, 0.25, 0)
     model = ProbaModel(train_classifier(ModelParams(epochs=epochs),
                                         data.images[split.train_rows],
                                         data.labels[split.train_rows]).classifier)

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm, make_algorithm  # noqa: E402
 from steps.core.blas import SMALL_BATCHES, blas_threads, threads_for  # noqa: E402
-from steps.core.data import load_dataset, resize, split_dataset  # noqa: E402
+from steps.core.data import load_dataset, resize, random_split  # noqa: E402
 from steps.core import fast_saliency  # noqa: E402
 from steps.core.fast_saliency import (  # noqa: E402
     DEFAULT_CHUNK_SIZE,
@@ -227,7 +227,7 @@ def sized_model(shape: tuple[int, ...], epochs: int, hidden: int, train_images: 
     """An MLP trained on digits at `shape` (epochs cut to `EPOCH_FEATURES` / features), and
     the digits of the test split at that shape: `(model, epochs trained, test images)`."""
     data = load_dataset("digits")
-    split = split_dataset(data, 0.25, 0)
+    split = random_split(data, 0.25, 0)
     epochs = max(1, min(epochs, EPOCH_FEATURES // int(np.prod(shape))))
     train_rows = split.train_rows[:train_images]
     with warnings.catch_warnings():
@@ -296,7 +296,7 @@ def cnn_model(shape: tuple[int, ...]) -> OnnxModel:
 def test_digits(shape: tuple[int, ...]) -> np.ndarray:
     """The digits of the test split at `shape`, as `sized_model` gives them."""
     data = load_dataset("digits")
-    return sized_images(data.images[split_dataset(data, 0.25, 0).test_rows], shape, 2)
+    return sized_images(data.images[random_split(data, 0.25, 0).test_rows], shape, 2)
 
 
 def run_size(args, params, config, kind, shape) -> dict:

@@ -21,6 +21,7 @@ from steps import names, options, phases
 from steps.core import plots
 from steps.core.compare import AGREEMENTS, CrossCorrelation, agreements, configuration_labels
 from steps.core.metrics import class_map
+from steps.core.parameters import text_items
 from steps.saliency import BATCH_PARAM, ImageFacts, stored_explainer, stored_map
 from steps.tracking import runs
 
@@ -88,7 +89,7 @@ def map_meaning(configurations: list[dict[str, str]]) -> plots.MapMeaning:
 def compare(saliency_run_ids):
     step_runs = saliency_step_runs(saliency_run_ids)
     by_run = [runs.map_runs(run) for run in step_runs]
-    image_ids = [i for i in step_runs[0].data.tags[names.IMAGE_IDS_TAG].split(",")
+    image_ids = [i for i in text_items(step_runs[0].data.tags[names.IMAGE_IDS_TAG])
                  if all(i in maps for maps in by_run)]
     if not image_ids:
         raise click.BadParameter("the runs share no image; compare runs of the same images",
@@ -104,7 +105,7 @@ def compare(saliency_run_ids):
         mlflow.set_tags({**explainer.step_tags(),
                          names.COMPARED_RUNS_TAG: ",".join(saliency_run_ids),
                          names.CONFIGURATIONS_TAG: ", ".join(labels),
-                         names.IMAGE_IDS_TAG: ",".join(image_ids)})
+                         names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids))})
         mlflow.log_dict({label: {"saliency_run_id": run.info.run_id, **configuration}
                          for label, run, configuration in zip(labels, step_runs, configurations)},
                         names.CONFIGURATIONS_ARTIFACT)

@@ -18,11 +18,11 @@ from mlflow.tracking import MlflowClient
 
 from steps import names, options, phases
 from steps.core.blas import ONE_PREDICTION, blas_threads
-from steps.core.data import DatasetError, split_dataset
 from steps.core.model_input import flags_of
 from steps.tracking import lifecycle, runs
 from steps.tracking.datasets import log_dataset
-from steps.tracking.inputs import load_model_inputs
+from steps.core.data import ALL
+from steps.tracking.inputs import load_model_inputs, refuse_training_images, split_data
 from steps.tracking.models import convention_tags
 from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client,
                                     run_partitions)
@@ -39,8 +39,9 @@ PREDICTION_BYTES = 2**28
 
 
 def sample_runs(image_ids, true_names, predicted_names, confidences, column_names,
-                tags) -> list[SampleRun]:
-    """The per-sample runs to write: confidences as metrics, identity and outcome as tags."""
+                tags, split_name: str) -> list[SampleRun]:
+    """The per-sample runs to write: confidences as metrics, identity and outcome as tags;
+    `split_name` is the evaluated split's (test, val or all)."""
     metric_names = [names.class_conf_metric(name) for name in column_names]
     runs = []
     for image_id, truth, pred, conf in zip(image_ids, true_names, predicted_names, confidences):
@@ -55,7 +56,7 @@ def sample_runs(image_ids, true_names, predicted_names, confidences, column_name
                 names.GT_CLASS_TAG: str(truth),
                 names.PREDICTED_CLASS_TAG: str(pred),
                 names.CORRECT_TAG: str(bool(truth == pred)).lower(),
-                names.SPLIT_TAG: names.TEST_SPLIT,  # only test images are evaluated
+                names.SPLIT_TAG: split_name,
             },
         ))
     return runs
@@ -140,8 +141,8 @@ def write_samples(samples: list[SampleRun], parent: Run, cluster: ClusterSpec | 
 
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["evaluate"])
-def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samples, cluster,
-             resume_run_id, **input_values):
+def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_split, num_samples,
+             cluster, resume_run_id, **input_values):
     resume = None
     if resume_run_id:
         resume = runs.require_resumable(resume_run_id, names.EVALUATION_EXPERIMENT)
@@ -152,6 +153,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
         model_uri, dataset, image_size, test_fraction, split_seed, num_samples = (
             stored[name] for name in ("model_uri", "dataset", "image_size", "test_fraction",
                                       "split_seed", "num_samples"))
+        eval_split = stored.get("eval_split", eval_split)  # a run logged before it existed
         input_values = {d.name: stored[d.name] for d in options.MODEL_INPUT}
     if not model_uri:
         raise click.BadParameter("give the model to evaluate", param_hint="'--model_uri'")
@@ -162,10 +164,12 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
     data = inputs.dataset
     if resume is not None:
         runs.require_same_data(resume, inputs.data.digest)
-    try:
-        test_rows = split_dataset(data, test_fraction, split_seed).test_rows
-    except DatasetError as error:
-        raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
+    split_values = {"test_fraction": test_fraction, "split_seed": split_seed,
+                    "eval_split": eval_split}
+    split = split_data(data, options.split_choice(split_values))
+    if split.evaluated == ALL:
+        refuse_training_images(inputs)
+    test_rows = split.test_rows
     if num_samples:
         test_rows = test_rows[:num_samples]
     phases.enter(names.COMPUTE_PHASE)
@@ -188,8 +192,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
                          **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
         if resume is None:
             log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
-                        {"test_fraction": test_fraction, "split_seed": split_seed,
-                         "image_size": image_size})
+                        split, {**split_values, "image_size": image_size})
         from steps.core.classification import Evaluated  # scikit-learn's metrics: 0.8 s
 
         result = Evaluated(data.labels[test_rows], np.asarray(confidences),
@@ -203,12 +206,13 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, num_samp
                 names.sample_key(parent_id): "true",
                 names.PARENT_RUN_TAG: parent_id,
                 names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
-            })
+            }, split.evaluated)
         run_ids = write_samples(samples, parent, cluster, resume is not None)
         mlflow.set_tag(names.SAMPLES_KEYED_TAG, "true")
         log_evaluation(result, samples, run_ids)
         accuracy = float(np.mean(result.correct))
-        runs.describe(f"Evaluated model `{inputs.resolved.uri}` on {len(samples)} test images "
+        runs.describe(f"Evaluated model `{inputs.resolved.uri}` on {len(samples)} "
+                      f"{'' if split.evaluated == ALL else split.evaluated + ' '}images "
                       f"of `{data.name}`: accuracy {accuracy:.2%}, "
                       f"{int((~result.correct).sum())} wrong. One run per image below; "
                       f"the table `{names.RESULTS_TABLE}` lists them.")

@@ -20,6 +20,7 @@ import click
 from steps import phases
 from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_parameters
 from steps.core.compare import Configurations
+from steps.core.data import EVAL_SPLITS, TEST, SplitChoice
 from steps.core.model_input import MODEL_INPUT_PARAMETERS
 from steps.core.models import MLP_PARAMETERS
 from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
@@ -67,7 +68,8 @@ class RunId(RunIdList):
 
 class ModelUri(click.ParamType):
     """An MLflow model URI (`runs:/<run ID>/<path>`, `models:/<name>/<version>`,
-    `models:/<name>@<alias>`, `models:/<model ID>`); empty means none (None)."""
+    `models:/<name>@<alias>`, `models:/<name>/latest`, `models:/<model ID>`); empty means none
+    (None)."""
 
     name = "model_uri"
     SCHEMES = ("runs:/", "models:/")
@@ -91,9 +93,21 @@ DATA = [
 
 SPLIT = [
     option("test_fraction", 0.25, Float(0, 1, min_open=True, max_open=True),
-           "Fraction of the dataset held out as the test split."),
+           "Fraction of the dataset held out as the test split (data with its own train/ and "
+           "test/ split ignores it)."),
     option("split_seed", 0, click.IntRange(min=0), "Seed of the train/test split."),
+    option("eval_split", TEST, click.Choice(EVAL_SPLITS),
+           "The images evaluated and explained: `test` (the data's own test/ split, else the "
+           "random test_fraction), `val` (the data's own val/ split) or `all` (every image; "
+           "for a model_uri trained elsewhere)."),
 ]
+
+def split_choice(values: dict) -> SplitChoice:
+    """The SPLIT parameters' values (converted, or as logged) as a SplitChoice."""
+    fraction, seed = float(values["test_fraction"]), int(values["split_seed"])
+    return SplitChoice(fraction, seed, values.get("eval_split") or TEST,
+                       settings_given=(fraction, seed) != (SPLIT[0].default, SPLIT[1].default))
+
 
 MODEL = [
     *MLP_PARAMETERS,
@@ -105,7 +119,7 @@ TRAIN = DATA + SPLIT + MODEL
 
 MODEL_URI = option("model_uri", "", ModelUri(),
                    "The model to evaluate and explain: runs:/<run ID>/<path>, "
-                   "models:/<name>/<version> or models:/<name>@<alias>.")
+                   "models:/<name>/<version>, models:/<name>@<alias> or models:/<name>/latest.")
 #: How the images become the model's input and its output probabilities.
 MODEL_INPUT = list(MODEL_INPUT_PARAMETERS)
 

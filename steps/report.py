@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from steps import names, options
 from steps.core.metrics import beats_random
+from steps.core.parameters import text_items
 from steps.core.report import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
                                render)
 from steps.tracking import lifecycle, runs
@@ -94,7 +95,7 @@ def explained_image(reader: StoreReader, run: Run) -> ExplainedImage:
 
 def explanation_set(reader: StoreReader, step: Run) -> ExplanationSet:
     by_image = runs.map_runs(step)
-    order = step.data.tags.get(names.IMAGE_IDS_TAG, "").split(",")
+    order = text_items(step.data.tags.get(names.IMAGE_IDS_TAG, ""))
     images = [by_image[i] for i in order if i in by_image]
     images += [r for i, r in by_image.items() if i not in order]
     aggregates = {k: v for k, v in sorted(step.data.metrics.items())

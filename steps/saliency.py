@@ -12,8 +12,9 @@ configuration, data and batch size and fails when the new map differs; `update_r
 maps of more images to a stored run under new artifact paths, deleting nothing: the run keeps
 its identity on its own image, and each added image is recorded in `Update_<k>_...` tags.
 
-Every map run records which part of the dataset's train/test split (`test_fraction`,
-`split_seed`) its image is in (`Split` tag); explaining a training image prints a warning.
+Every map run records which part of the dataset's split its image is in (`Split` tag: the
+data's own train/test/val, else the random `test_fraction`/`split_seed` one); explaining a
+training image prints a warning.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from steps import names, options, phases
 from steps.core import plots
 from steps.core.algorithm import algorithm_parameters, make_algorithm
-from steps.core.data import DatasetError, split_dataset
+from steps.core.data import TRAIN, DatasetError, Split, SplitChoice
 from steps.core.model_input import flags_of
 from steps.core.metrics import MapScores, average_maps, class_map, score_map
 from steps.core.saliency import ImageClassifier, generator_config
@@ -43,7 +44,7 @@ from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, check_reach
                                     dask_client, run_partitions)
 from steps.tracking.lifecycle import keep_finished
 from steps.tracking.console import Progress, quiet_run_links
-from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs
+from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs, split_data
 from steps.tracking.models import convention_tags
 
 # Stored with each map: the model's float32 confidences round by batch shape, so regenerating
@@ -189,16 +190,16 @@ class Explainer:
     data_params: dict[str, str]
     #: What the console calls the algorithm, e.g. `rise(s=8)`.
     label: str = ""
-    #: The images of the test split (`data_params`' test_fraction and split_seed).
-    test_ids: frozenset = frozenset()
+    #: The dataset's split as `data_params` say: which images the model was trained on.
+    split: Split | None = None
     #: `facts` by image ID, once predicted.
     known_facts: dict[str, ImageFacts] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
               pictures: plots.PictureStyle, predict_batch_size: int, image_ids=(), *,
-              split: tuple[float, int], input_flags: dict | None = None) -> Explainer:
-        """`split`: the test_fraction and split_seed that tell training from test images.
+              split: SplitChoice, input_flags: dict | None = None) -> Explainer:
+        """`split`: how the dataset is split, which tells training from test images.
         The model's input convention is the one `config` holds (a stored map's), else
         resolved from `input_flags`; either way `config` then holds it."""
         dataset = absolute_dataset(dataset)
@@ -211,18 +212,15 @@ class Explainer:
             inputs.dataset.rows(image_ids)
         except DatasetError as error:
             raise click.BadParameter(str(error), param_hint="'--image_ids'") from None
-        test_fraction, split_seed = split
-        try:
-            test_rows = split_dataset(inputs.dataset, test_fraction, split_seed).test_rows
-        except DatasetError as error:
-            raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
+        made = split_data(inputs.dataset, split, quiet=lifecycle.under_driver())
         classifier = ImageClassifier(inputs.model, batch_size=predict_batch_size,
                                      classes=len(inputs.classes.names))
         return cls(inputs, classifier, config, pictures,
                    options.values_of(options.DATA + options.SPLIT, {
                        "dataset": dataset, "image_size": image_size,
-                       "test_fraction": test_fraction, "split_seed": split_seed}),
-                   test_ids=frozenset(inputs.dataset.image_ids[row] for row in test_rows))
+                       "test_fraction": split.test_fraction, "split_seed": split.seed,
+                       "eval_split": split.eval_split}),
+                   split=made)
 
     @functools.cached_property
     def engine(self):
@@ -233,15 +231,18 @@ class Explainer:
         return engine_from_config(self.config)
 
     def split_of(self, image_id: str) -> str:
-        """`test` or `train`: the part of the train/test split the image is in."""
-        return names.TEST_SPLIT if image_id in self.test_ids else names.TRAIN_SPLIT
+        """The part of the dataset's split the image is in: train, test, val or all."""
+        data = self.inputs.dataset
+        return self.split.name_of(int(data.rows([image_id])[0]), data)
 
     def training_images(self, image_ids) -> list[str]:
-        return [i for i in image_ids if self.split_of(i) == names.TRAIN_SPLIT]
+        return [i for i in image_ids if self.split_of(i) == TRAIN]
 
     def split_description(self) -> str:
-        """`test_fraction 0.25, split_seed 0`."""
-        return ", ".join(f"{d.name} {self.data_params[d.name]}" for d in options.SPLIT)
+        """`test_fraction 0.25, split_seed 0`, or `its own train/ split`."""
+        if self.inputs.dataset.predefined:
+            return f"{self.inputs.dataset.name}'s own train/ split"
+        return ", ".join(f"{d.name} {self.data_params[d.name]}" for d in options.SPLIT[:2])
 
     def warn_about_training_images(self, image_ids) -> None:
         """One `Warning:` line naming the images of the training split, if any."""
@@ -390,7 +391,7 @@ class MapRecipe:
     model_uri: str
     dataset: str
     image_size: tuple | None
-    split: tuple[float, int]
+    split: SplitChoice
     config: dict
     pictures: plots.PictureStyle
     predict_batch_size: int
@@ -518,7 +519,7 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
             f"{', '.join(trained_on)} {'is' if one else 'are'} in the training split, but "
             f"{'its evaluation run' if one else 'their evaluation runs'} evaluated "
             f"{'it as a test image' if one else 'them as test images'}; give the evaluation's "
-            "test_fraction and split_seed", param_hint="'--split_seed'")
+            "test_fraction, split_seed and eval_split", param_hint="'--split_seed'")
     explainer.warn_about_training_images(image_ids)
     recipe = MapRecipe(explainer.inputs.resolved.uri, explainer.data_params["dataset"],
                        image_size, split, config, pictures, predict_batch_size,
@@ -526,7 +527,7 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
                         BATCH_PARAM: str(predict_batch_size)}, explainer.label)
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency", parameters, resume) as parent:
         mlflow.set_tags({**explainer.step_tags(), names.ALGORITHM_TAG: algorithm.name,
-                         names.IMAGE_IDS_TAG: ",".join(image_ids),
+                         names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids)),
                          **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
         found = {}
         if resume is not None:
@@ -578,9 +579,9 @@ def log_scores(scores: MapScores) -> None:
         plots.plt.close(fig)
 
 
-def stored_split(run: Run) -> tuple[float, int]:
-    """The test_fraction and split_seed of a stored map run: its own parameters; for a run made
-    before it recorded them, its evaluation's, else the defaults."""
+def stored_split(run: Run) -> SplitChoice:
+    """The split of a stored map run: its own parameters; for a run made before it recorded
+    them, its evaluation's, else the defaults."""
     params = run.data.params
     if not all(d.name in params for d in options.SPLIT):
         evaluation = run.data.tags.get(names.EVALUATION_PARENT_TAG)
@@ -588,8 +589,7 @@ def stored_split(run: Run) -> tuple[float, int]:
             params = MlflowClient().get_run(evaluation).data.params if evaluation else {}
         except MlflowException:  # the evaluation was purged
             params = {}
-    values = {d.name: params.get(d.name, d.default) for d in options.SPLIT}
-    return float(values["test_fraction"]), int(values["split_seed"])
+    return options.split_choice({d.name: params.get(d.name, d.default) for d in options.SPLIT})
 
 
 def stored_explainer(run: Run, pictures: plots.PictureStyle, predict_batch_size: int, image_ids,
@@ -701,7 +701,7 @@ def update(target_id: str, image_ids, pictures: plots.PictureStyle,
     explainer.warn_about_training_images(image_ids)
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-update") as parent:
         mlflow.set_tags({names.UPDATED_RUN_TAG: target_id,
-                         names.IMAGE_IDS_TAG: ",".join(image_ids)})
+                         names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids))})
         with mlflow.start_run(run_id=target_id, nested=True):
             fixed, metrics = settled_identity(explainer, tags, own, added)
             if fixed:
@@ -753,7 +753,7 @@ def generate_with(values: dict, cluster: ClusterSpec | None, resume: Run | None 
     """`generate` from the step's parameters as converted by its command line."""
     algorithm_values = {p.name: values[p.name] for p in algorithm_parameters()}
     generate(values["model_uri"], values["dataset"], values["image_size"],
-             (values["test_fraction"], values["split_seed"]), values["image_ids"],
+             options.split_choice(values), values["image_ids"],
              values["evaluation_run_ids"],
              make_algorithm(values["algorithm"], **algorithm_values),
              plots.PictureStyle(values["picture_mode"], values["top_classes"],

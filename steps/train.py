@@ -20,11 +20,11 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from steps import names, options, phases
-from steps.core.data import DatasetError, flatten, split_dataset
+from steps.core.data import ALL, flatten
 from steps.core.models import ModelParams, accuracy, train_classifier
-from steps.tracking import runs
+from steps.tracking import lifecycle, runs
 from steps.tracking.datasets import log_dataset
-from steps.tracking.inputs import load_data
+from steps.tracking.inputs import load_data, split_data
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ENVIRONMENT_FILES = ("conda.yaml", "requirements.txt")
@@ -91,14 +91,22 @@ def register(model_uri: str, name: str, run_id: str, digest: str, test_acc: floa
 
 @click.command(help=__doc__)
 @options.with_options(options.TRAIN)
-def train(dataset, image_size, test_fraction, split_seed, register_as, **model_args):
+def train(dataset, image_size, test_fraction, split_seed, eval_split, register_as, **model_args):
+    split_values = {"test_fraction": test_fraction, "split_seed": split_seed,
+                    "eval_split": eval_split}
+    if eval_split == ALL:
+        raise click.BadParameter("eval_split=all evaluates every image, which leaves none to "
+                                 "train on; give a model_uri trained elsewhere, or eval_split="
+                                 "test", param_hint="'--eval_split'")
     model_params = ModelParams(**model_args)
     data = load_data(dataset, image_size)
     images, labels = data.dataset.images, data.dataset.labels
-    try:
-        split = split_dataset(data.dataset, test_fraction, split_seed)
-    except DatasetError as error:
-        raise click.BadParameter(str(error), param_hint="'--test_fraction'") from None
+    split = split_data(data.dataset, options.split_choice(split_values),
+                       quiet=lifecycle.under_driver())
+    if not len(split.train_rows):
+        raise click.BadParameter(f"dataset {data.dataset.name} has no train/ split to train on; "
+                                 "give a model_uri to evaluate a model trained elsewhere",
+                                 param_hint="'--dataset'")
     train_images, train_labels = images[split.train_rows], labels[split.train_rows]
     test_images, test_labels = images[split.test_rows], labels[split.test_rows]
 
@@ -106,14 +114,12 @@ def train(dataset, image_size, test_fraction, split_seed, register_as, **model_a
         run_id = run.info.run_id
         log_new_params(run_id, {
             **options.values_of(options.DATA + options.SPLIT, {
-                "dataset": dataset, "image_size": image_size, "test_fraction": test_fraction,
-                "split_seed": split_seed}),
+                "dataset": dataset, "image_size": image_size, **split_values}),
             "register_as": register_as,
             **{k: options.as_param(v) for k, v in model_args.items()},
         })
-        log_dataset(data.source, data.dataset, data.digest, names.TRAINING_CONTEXT,
-                    {"test_fraction": test_fraction, "split_seed": split_seed,
-                     "image_size": image_size})
+        log_dataset(data.source, data.dataset, data.digest, names.TRAINING_CONTEXT, split,
+                    {**split_values, "image_size": image_size})
         click.echo(f"Training MLPClassifier{model_params.hidden_layer_sizes} on {len(train_labels)} "
                    f"{data.dataset.describe_shape()} images of {data.dataset.name} "
                    f"({model_params.solver}, up to {model_params.epochs} epochs)...")

@@ -6,11 +6,13 @@ subprocess, then reads what it wrote back with `MlflowClient`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pytest
@@ -122,9 +124,33 @@ class Store:
         ids = [e.experiment_id for e in self.client.search_experiments()]
         return self.client.search_runs(ids, max_results=10000)
 
+    @classmethod
+    @contextlib.contextmanager
+    def current(cls, directory: Path) -> Iterator[Store]:
+        """A SQLite store in `directory`, this process's MLflow client pointing at it while
+        the block runs."""
+        store = cls(f"sqlite:///{directory / 'mlflow.db'}", directory)
+        mlflow.set_tracking_uri(store.uri)
+        try:
+            yield store
+        finally:
+            mlflow.set_tracking_uri(None)
+
     def train(self, **params) -> str:
         """Run the train entry point alone; returns the Train run's ID."""
         result = self.run({**FAST_TRAIN, **params}, entry_point="train")
         assert result.returncode == 0, result.output
         (run,) = self.runs("Train")[:1]
         return run.info.run_id
+
+
+def module_store(name: str):
+    """A module-scoped `store` fixture: a SQLite store in a directory named after `name`,
+    this process's MLflow client pointing at it."""
+
+    @pytest.fixture(scope="module")
+    def store(tmp_path_factory):
+        with Store.current(tmp_path_factory.mktemp(name)) as store:
+            yield store
+
+    return store

@@ -48,3 +48,24 @@ def write_npz(path: Path, per_class: int = 30, size: int = 10, seed: int = 1) ->
     images, labels = tinted_digits(per_class, size, seed)
     np.savez(path, images=images, labels=labels, class_names=np.array(CLASSES))
     return path
+
+
+def write_split_folder(root: Path, train_per_class: int = 12, test_per_class: int = 5,
+                       size: int = 12, seed: int = 2, splits=("train", "test")) -> dict[str, list]:
+    """`root/<split>/<class>/<n>.png`: different images in each split (`train` first, then
+    the next ones for `test`, then `val`). Returns each split's image IDs."""
+    counts = {"train": train_per_class, "test": test_per_class, "val": test_per_class}
+    per_class = sum(counts[split] for split in splits)
+    images, labels = tinted_digits(per_class, size, seed)
+    ids: dict[str, list] = {split: [] for split in splits}
+    for label in range(len(CLASSES)):
+        own = images[labels == label]
+        start = 0
+        for split in splits:
+            for n in range(start, start + counts[split]):
+                image_id = f"{split}/{CLASSES[label]}/{n:03d}.png"
+                (root / image_id).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(own[n]).save(root / image_id)
+                ids[split].append(image_id)
+            start += counts[split]
+    return ids

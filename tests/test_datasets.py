@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steps.core.data import DatasetError, dataset_source, load_dataset, split_dataset
+from steps.core.data import DatasetError, dataset_source, load_dataset, random_split
 from tests.images import CLASSES, write_image_folder, write_npz
 
 
@@ -145,4 +145,4 @@ def test_unknown_dataset_names_what_is_accepted():
 def test_split_that_leaves_a_part_without_every_class_is_refused():
     data = load_dataset("digits")
     with pytest.raises(DatasetError, match="each part needs at least one image per class"):
-        split_dataset(data, 0.001, 0)
+        random_split(data, 0.001, 0)

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from sklearn.linear_model import LogisticRegression
 
-from steps.core.data import load_dataset, split_dataset
+from steps.core.data import load_dataset, random_split
 from steps.core.fast_saliency import engine_from_config
 from steps.core.model_input import flags_of
 from steps.core.models import ProbaModel, check_model_fits
@@ -59,7 +59,7 @@ def npz(store):
 def regression(npz):
     """The scikit-learn model the ONNX models equal, fitted on the pipeline's [0, 1] rows."""
     data = load_dataset(str(npz))
-    rows = split_dataset(data, 0.25, 0).train_rows
+    rows = random_split(data, 0.25, 0).train_rows
     return LogisticRegression(max_iter=300).fit(data.images[rows].reshape(len(rows), -1),
                                                 data.labels[rows])
 

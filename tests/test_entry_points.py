@@ -77,7 +77,7 @@ def test_evaluate_alone(store, train_run, model_uri):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-# The README's figure for the whole split on SQLite is 21.1 s on an idle machine; CI shares
+# benchmarks/README.md's figure for the whole split on SQLite is 21.1 s on an idle machine; CI shares
 # the machine with another test worker, so this allows several times that.
 WHOLE_SPLIT_SECONDS = 120
 
@@ -118,7 +118,7 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
                                    "stride": "2,2", "scoring": "occlusion", "fill": "0.5",
                                    "predict_batch_size": "256",
                                    "dataset": "digits", "image_size": "",
-                                   "test_fraction": "0.25", "split_seed": "0"}
+                                   "test_fraction": "0.25", "split_seed": "0", "eval_split": "test"}
         assert run.data.tags["Evaluation_run_id"] == ""
         assert run.data.tags["Split"] == "train"
         assert {"Deletion_auc", "Insertion_auc", "Entropy"} <= set(run.data.metrics)

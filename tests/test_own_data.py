@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.core.data import dataset_source, load_dataset, split_dataset
-from tests.conftest import Store
+from steps.core.data import dataset_source, load_dataset, random_split
+from tests.conftest import module_store
 from tests.images import CLASSES, write_image_folder, write_npz
 
 SMALL = {"epochs": "40", "hidden_layer_sizes": "32", "n": "40", "max_images": "2",
@@ -20,13 +20,7 @@ SIZE = "16,16"
 STEP_EXPERIMENTS = ("Train", "Evaluation", "Saliency Map Generation")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("own_data")
-    store = Store(f"sqlite:///{directory / 'mlflow.db'}", directory)
-    mlflow.set_tracking_uri(store.uri)
-    yield store
-    mlflow.set_tracking_uri(None)
+store = module_store("own_data")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +85,7 @@ def test_folder_pipeline_runs_tags_and_dataset_inputs(store, folder, folder_pipe
         input_tags = {t.key: t.value for t in logged.tags}
         assert input_tags["mlflow.data.context"] == context
         assert input_tags["test_fraction"] == "0.25" and input_tags["split_seed"] == "0"
+        assert input_tags["split"] == "random" and input_tags["eval_split"] == "test"
     # The registered version, named on the main run, carries its lineage.
     assert train.data.tags["Registered_model"] == "shapes-mlp/1"
     assert tags["Model_version"] == "shapes-mlp/1"
@@ -113,7 +108,7 @@ def test_folder_samples_are_found_by_their_relative_path(store, folder, folder_p
     evaluation_id = main.data.tags["Evaluation_run_id"]
     samples = store.runs("Evaluation", f"tags.Evaluation_parent_run_id = '{evaluation_id}'")
     data = load_dataset(str(folder), (16, 16))
-    test_ids = {data.image_ids[row] for row in split_dataset(data, 0.25, 0).test_rows}
+    test_ids = {data.image_ids[row] for row in random_split(data, 0.25, 0).test_rows}
     assert {r.data.tags["Image_id"] for r in samples} == test_ids and len(samples) == 25
     for run in samples:
         image_id = run.data.tags["Image_id"]
@@ -180,7 +175,7 @@ def user_model(store):
 
     npz = write_npz(store.dir / "tinted.npz")
     data = load_dataset(str(npz))
-    rows = split_dataset(data, 0.25, 0).train_rows
+    rows = random_split(data, 0.25, 0).train_rows
     model = LogisticRegression(max_iter=300).fit(
         data.images[rows].reshape(len(rows), -1), np.asarray(data.class_names)[data.labels[rows]])
     mlflow.set_experiment("user models")
@@ -297,7 +292,7 @@ def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, alg
                         f"params.algorithm = '{algorithm}' AND tags.Image_id = '{image_id}'")
     assert run.data.params == {"algorithm": algorithm, **logged, "predict_batch_size": "256",
                                "dataset": str(folder), "image_size": SIZE,
-                               "test_fraction": "0.25", "split_seed": "0"}
+                               "test_fraction": "0.25", "split_seed": "0", "eval_split": "test"}
     stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
     assert stored.shape == shape and np.isfinite(stored).all()
     assert picture in artifact_paths(store.client, run.info.run_id)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from steps import names
-from steps.core.data import load_dataset, split_dataset
+from steps.core.data import load_dataset, random_split
 from steps.core.models import ProbaModel
 from steps.core.saliency import ImageClassifier, compute_saliency, generator_from_config
 from steps.tracking.sqlite_journal import journal_mode
@@ -201,7 +201,7 @@ def test_evaluation_per_sample_runs(pipeline, runs):
     samples = runs["samples"]
     assert len(samples) == NUM_SAMPLES
     data = load_dataset("digits")
-    test_ids = {data.image_ids[row] for row in split_dataset(data, 0.25, 0).test_rows}
+    test_ids = {data.image_ids[row] for row in random_split(data, 0.25, 0).test_rows}
     image_ids = [r.data.tags["Image_id"] for r in samples]
     assert len(set(image_ids)) == NUM_SAMPLES and set(image_ids) <= test_ids
     parent_id = runs["evaluation"].info.run_id

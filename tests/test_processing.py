@@ -10,7 +10,7 @@ import pytest
 
 from steps.core import plots
 from steps.core.algorithm import make_algorithm
-from steps.core.data import flatten, load_dataset, split_dataset
+from steps.core.data import flatten, load_dataset, random_split
 from steps.core.models import (
     ModelParams,
     ProbaModel,
@@ -35,7 +35,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def model(digits):
-    split = split_dataset(digits, 0.25, 0)
+    split = random_split(digits, 0.25, 0)
     params = ModelParams(hidden_layer_sizes=(32,), epochs=30)
     return train_classifier(params, digits.images[split.train_rows],
                             digits.labels[split.train_rows])
@@ -58,8 +58,8 @@ def test_unknown_dataset_is_a_clear_error():
 
 
 def test_split_is_deterministic_disjoint_and_complete(digits):
-    a, b = split_dataset(digits, 0.25, 7), split_dataset(digits, 0.25, 7)
-    other = split_dataset(digits, 0.25, 8)
+    a, b = random_split(digits, 0.25, 7), random_split(digits, 0.25, 7)
+    other = random_split(digits, 0.25, 8)
     np.testing.assert_array_equal(a.test_rows, b.test_rows)
     assert not np.array_equal(a.test_rows, other.test_rows)
     assert set(a.train_rows).isdisjoint(a.test_rows)
@@ -70,7 +70,7 @@ def test_split_is_deterministic_disjoint_and_complete(digits):
 def test_training_reports_loss_per_epoch_and_learns(digits, model):
     assert len(model.loss_curve) == model.classifier.n_iter_ <= 30
     assert model.loss_curve[-1] < model.loss_curve[0]
-    split = split_dataset(digits, 0.25, 0)
+    split = random_split(digits, 0.25, 0)
     assert accuracy(model.classifier, digits.images[split.test_rows],
                     digits.labels[split.test_rows]) > 0.9
 

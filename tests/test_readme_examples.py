@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from steps import options
-from steps.core.data import load_dataset, split_dataset
+from steps.core.data import load_dataset, random_split
 from tests.conftest import FAST_TRAIN, PROJECT_DIR, Store
 
 README = PROJECT_DIR / "README.md"
@@ -37,7 +37,7 @@ def default_test_ids() -> list[str]:
     """The test split of digits with the default test_fraction and split_seed, in order."""
     defaults = {d.name: d.default for d in options.SPLIT}
     data = load_dataset("digits")
-    split = split_dataset(data, defaults["test_fraction"], defaults["split_seed"])
+    split = random_split(data, defaults["test_fraction"], defaults["split_seed"])
     return [data.image_ids[row] for row in split.test_rows]
 
 

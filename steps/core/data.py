@@ -3,8 +3,13 @@
 A dataset source is a small class registered in `DATASET_SOURCES` (one module per source in
 `steps/core/datasets/`): it says whether it accepts a `-P dataset=` value, loads the images
 and computes a content digest. Every source gives an `ImageDataset`: float32 pixels in [0, 1],
-`[N, H, W]` (grey) or `[N, H, W, C]` (colour), integer labels indexing `class_names`, and a
-stable `image_ids` string per image. Nothing here knows about MLflow.
+`[N, H, W]` (grey) or `[N, H, W, C]` (colour), integer labels indexing `class_names`, a
+stable `image_ids` string per image and, for data that comes split (`train/`, `test/`, `val/`
+folders, an `.npz` `split` array), each image's split. Nothing here knows about MLflow.
+
+Which images train and which are evaluated (`SplitChoice`): the data's own split where it has
+one, else a stratified random one (`test_fraction`, `split_seed`); `eval_split=all` evaluates
+every image, for a model trained elsewhere.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ class DatasetError(ValueError):
     """Data that cannot be used; the message names the file or the fix."""
 
 
+#: The splits a dataset may come with, and what a map run's `Split` tag says.
+TRAIN, TEST, VAL = "train", "test", "val"
+SPLIT_NAMES = (TRAIN, TEST, VAL)
+#: `eval_split=all`: every image is evaluated; none is held out for training.
+ALL = "all"
+EVAL_SPLITS = (TEST, VAL, ALL)
+
+
 @dataclass(frozen=True)
 class ImageDataset:
     """Images in [0, 1], integer labels `[N]`, the class names and each image's stable ID."""
@@ -31,6 +44,8 @@ class ImageDataset:
     labels: np.ndarray
     class_names: tuple[str, ...]
     image_ids: tuple[str, ...]
+    #: Each image's split (`train`, `test`, `val`) when the data comes split, else None.
+    splits: tuple[str, ...] | None = None
     _rows: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +66,18 @@ class ImageDataset:
                                            in enumerate(self.image_ids)})
         if len(self._rows) != n:
             raise DatasetError(f"dataset {self.name}: image IDs are not unique")
+        if self.splits is not None:
+            unknown = sorted(set(self.splits) - set(SPLIT_NAMES))
+            if len(self.splits) != n or unknown:
+                raise DatasetError(f"dataset {self.name}: give each image's split as one of "
+                                   f"{', '.join(SPLIT_NAMES)}, one per image"
+                                   + (f" (found {', '.join(map(repr, unknown[:3]))})"
+                                      if unknown else ""))
+
+    @property
+    def predefined(self) -> bool:
+        """Whether the data comes with its own split."""
+        return self.splits is not None
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -76,14 +103,86 @@ class ImageDataset:
 
 
 @dataclass(frozen=True)
+class SplitChoice:
+    """How the user asked to split: the random split's fraction and seed (used only for data
+    that does not come split), and which images are evaluated (`test`, `val` or `all`)."""
+
+    test_fraction: float
+    seed: int
+    eval_split: str = TEST
+    #: Whether the user set test_fraction or split_seed (a note says when they are ignored).
+    settings_given: bool = field(default=False, compare=False)
+
+    def apply(self, dataset: ImageDataset) -> Split:
+        if self.eval_split not in EVAL_SPLITS:
+            raise DatasetError(f"eval_split {self.eval_split!r}: give one of "
+                               f"{', '.join(EVAL_SPLITS)}")
+        rows = np.arange(len(dataset))
+        if self.eval_split == ALL:
+            return Split(np.array([], dtype=np.int64), rows, ALL)
+        if dataset.predefined:
+            splits = np.asarray(dataset.splits)
+            evaluated = rows[splits == self.eval_split]
+            if not len(evaluated):
+                present = ", ".join(f"{name}/" for name in SPLIT_NAMES if name in splits)
+                raise DatasetError(f"dataset {dataset.name} has no {self.eval_split}/ split "
+                                   f"to evaluate (it has {present}); choose one of those with "
+                                   "-P eval_split=, or all")
+            return Split(rows[splits == TRAIN], evaluated, self.eval_split, predefined=True)
+        if self.eval_split == VAL:
+            raise DatasetError(f"dataset {dataset.name} has no val/ split of its own (it is "
+                               "split at random by test_fraction and split_seed); give a "
+                               "folder with train/, test/ and val/ sub-folders or an .npz "
+                               "with a split array, or evaluate eval_split=test")
+        return random_split(dataset, self.test_fraction, self.seed)
+
+    def notes(self, dataset: ImageDataset) -> list[str]:
+        """What a user should know about this split of `dataset`, one line each: settings it
+        ignores, classes missing from a split."""
+        lines = []
+        if self.settings_given and (dataset.predefined or self.eval_split == ALL):
+            why = ("comes with its own split" if dataset.predefined and self.eval_split != ALL
+                   else "is evaluated whole (eval_split=all)")
+            lines.append(f"Note: test_fraction and split_seed are ignored: {dataset.name} {why}")
+        if dataset.predefined and self.eval_split != ALL:
+            splits = np.asarray(dataset.splits)
+            for name in SPLIT_NAMES:
+                present = set(dataset.labels[splits == name].tolist())
+                missing = [c for i, c in enumerate(dataset.class_names) if i not in present]
+                if present and missing:
+                    lines.append(f"Note: {name}/ of {dataset.name} has no image of class"
+                                 f"{'es' if len(missing) > 1 else ''} {', '.join(missing)}")
+        return lines
+
+
+@dataclass(frozen=True)
 class Split:
-    """Rows of the train and test parts."""
+    """Rows of the train part and of the evaluated part, and where the split came from."""
 
     train_rows: np.ndarray
     test_rows: np.ndarray
+    #: What the evaluated images are called on their runs' `Split` tag: test, val or all.
+    evaluated: str = TEST
+    #: From the data itself (folders, an .npz array) rather than drawn at random.
+    predefined: bool = False
+
+    @property
+    def origin(self) -> str:
+        """`predefined`, `random` or `all` (no training split)."""
+        if self.evaluated == ALL:
+            return ALL
+        return "predefined" if self.predefined else "random"
+
+    def name_of(self, row: int, dataset: ImageDataset) -> str:
+        """The split an image is in, as its `Split` tag says."""
+        if self.evaluated == ALL:
+            return ALL
+        if dataset.predefined:
+            return dataset.splits[row]
+        return TEST if row in set(self.test_rows.tolist()) else TRAIN
 
 
-def split_dataset(dataset: ImageDataset, test_fraction: float, seed: int) -> Split:
+def random_split(dataset: ImageDataset, test_fraction: float, seed: int) -> Split:
     """Stratified split of the rows, the same for the same data, fraction and seed."""
     from sklearn.model_selection import train_test_split  # sklearn takes a second to import
 

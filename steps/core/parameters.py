@@ -8,6 +8,7 @@ bad values with a message naming what they accept; floats must be finite.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -102,16 +103,39 @@ class ItemList(click.ParamType):
 
 
 class TextList(ItemList):
-    """Comma-separated non-empty strings (e.g. image IDs such as `cat/001.png,808`); empty
-    means none."""
+    """Comma-separated non-empty strings (e.g. image IDs such as `cat/001.png,808`), or a JSON
+    list of strings for items that hold commas (`["a,b.png","c.png"]`); empty means none."""
 
     name = "text_list"
 
     def items(self, text, param, ctx):
+        try:
+            return text_items(text)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+def text_items(text: str) -> tuple[str, ...]:
+    """The strings of a TextList value (as `as_param` writes a tuple of them); ValueError for
+    a malformed one."""
+    text = text.strip()
+    if not text:
+        return ()
+    if text.startswith("["):
+        try:
+            parts = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{text!r} is not a JSON list ({error.msg} at character "
+                             f"{error.pos})") from None
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+            raise ValueError(f"{text!r} is not a JSON list of strings")
+        parts = tuple(parts)
+    else:
         parts = tuple(part.strip() for part in text.split(","))
-        if not all(parts):
-            self.fail(f"{text!r} has an empty item; give comma-separated values", param, ctx)
-        return parts
+    if not all(parts):
+        raise ValueError(f"{text!r} has an empty item; give comma-separated values or a JSON "
+                         "list")
+    return parts
 
 
 def as_param(value) -> str:
@@ -123,5 +147,8 @@ def as_param(value) -> str:
     if isinstance(value, tuple) and value and isinstance(value[0], tuple):
         return ";".join(map(as_param, value))  # a list of lists, such as colours
     if isinstance(value, tuple):
-        return ",".join(map(str, value))
+        texts = [str(item) for item in value]
+        if any("," in text for text in texts) or (texts and texts[0].startswith("[")):
+            return json.dumps(texts)  # as TextList reads it back
+        return ",".join(texts)
     return str(value)

@@ -7,7 +7,7 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.exceptions import MlflowException
 
-from steps.core.data import DatasetSource, ImageDataset
+from steps.core.data import DatasetSource, ImageDataset, Split
 from steps.core.parameters import as_param
 
 #: What SQLite and PostgreSQL say when a concurrent insert of the same dataset got there first.
@@ -15,15 +15,16 @@ DUPLICATE_DATASET = ("UNIQUE constraint failed: datasets", "duplicate key value"
 
 
 def log_dataset(source: DatasetSource, data: ImageDataset, digest: str, context: str,
-                split: dict) -> None:
+                split: Split, settings: dict) -> None:
     """Log the whole dataset as an input of the active run: its name, where it is, our content
-    digest (the one step reuse compares), and the split settings as the input's tags."""
+    digest (the one step reuse compares), and the split as the input's tags: where it comes
+    from (`split`: predefined, random or all) and the settings."""
     location = source.location()
     origin = (resolve_dataset_source(location) if location.startswith("/")
               else CodeDatasetSource({"loader": location}))
     dataset = mlflow.data.from_numpy(data.images, targets=data.labels, source=origin,
                                      name=data.name, digest=digest)
-    tags = {key: as_param(value) for key, value in split.items()}
+    tags = {"split": split.origin, **{key: as_param(value) for key, value in settings.items()}}
     try:
         mlflow.log_input(dataset, context=context, tags=tags)
     except MlflowException as error:

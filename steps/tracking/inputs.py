@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import click
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from steps.core.data import DatasetError, DatasetSource, ImageDataset, dataset_source
+from steps.core.data import (DatasetError, DatasetSource, ImageDataset, Split, SplitChoice,
+                             dataset_source)
 from steps.core.model_input import FROM_MEASURED
 from steps.core.models import ClassMapping, ImageModel, ModelError, check_model_fits
+from steps import names
 from steps.tracking import lifecycle
 from steps.tracking.models import ResolvedModel, load_image_model, resolve_model_uri
 from steps.tracking.store_check import launch_directory
@@ -112,3 +116,34 @@ def load_model_inputs(model_uri: str | None, spec: str, image_size: tuple[int, .
                    "as logits (softmax applied); set -P model_output= to say otherwise",
                    err=True)
     return ModelInputs(data, model, resolved, classes)
+
+
+def split_data(dataset: ImageDataset, choice: SplitChoice, quiet: bool = False) -> Split:
+    """The dataset split as chosen, with a line for each note (unless `quiet`); a click error
+    naming `eval_split` (or `test_fraction`) for a split that cannot be made."""
+    try:
+        split = choice.apply(dataset)
+    except DatasetError as error:
+        param = "test_fraction" if "test_fraction " in str(error) else "eval_split"
+        raise click.BadParameter(str(error), param_hint=f"'--{param}'") from None
+    if not quiet:
+        for line in choice.notes(dataset):
+            click.echo(line, err=True)
+    return split
+
+
+def refuse_training_images(inputs: ModelInputs) -> None:
+    """`eval_split=all` evaluates every image: a click error for a model this pipeline trained
+    on part of these very images."""
+    run_id = inputs.resolved.source_run_id
+    if not run_id:
+        return
+    try:
+        trained_on = MlflowClient().get_run(run_id).data.tags.get(names.DATASET_DIGEST_TAG)
+    except MlflowException:  # a run of another store, or purged
+        return
+    if trained_on == inputs.data.digest:
+        raise click.BadParameter(
+            f"model {inputs.resolved.given} was trained on part of these images (run {run_id}); "
+            "eval_split=all would evaluate it on its training images. Use eval_split=test, or "
+            "all with a model trained elsewhere", param_hint="'--eval_split'")

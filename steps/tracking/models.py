@@ -1,7 +1,8 @@
 """Models from MLflow: resolving a model URI and loading it as an `ImageModel`.
 
-A user gives `runs:/<run ID>/<path>`, `models:/<name>/<version>`, `models:/<name>@<alias>` or
-`models:/<model ID>`. An alias is resolved to its version first (aliases move), and that
+A user gives `runs:/<run ID>/<path>`, `models:/<name>/<version>`, `models:/<name>@<alias>`,
+`models:/<name>/latest` or `models:/<model ID>`. An alias or `latest` is resolved to its version
+first (both move), and that
 version's URI is what the steps log, compare for reuse and load. A model is loaded by the first
 registered flavour source its MLmodel offers: the sklearn flavour when the model has
 `predict_proba`; the onnx flavour, run by onnxruntime directly; else the pyfunc flavour (PyTorch,
@@ -32,6 +33,9 @@ from steps.core.registry import Registry
 
 ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+#: `models:/<name>/latest`: the newest version, recorded as that version (as an alias is).
+LATEST_URI = re.compile(r"^models:/(?P<name>[^/@]+)/latest$")
+LATEST = "latest"
 LOGGED_MODEL_URI = re.compile(r"^models:/(?P<model_id>m-[0-9a-f]+)$")
 RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/.+$")
 
@@ -74,6 +78,15 @@ def resolve_model_uri(uri: str, param: str = "model_uri") -> ResolvedModel:
             version = client.get_model_version_by_alias(match["name"], match["alias"])
             return ResolvedModel(f"models:/{match['name']}/{version.version}", uri,
                                  f"{match['name']}/{version.version}", match["alias"],
+                                 version.run_id or None)
+        if match := LATEST_URI.match(uri):
+            versions = client.search_model_versions(f"name = '{match['name']}'")
+            if not versions:
+                raise _bad(uri, f"registered model {match['name']} has no version in "
+                           f"{mlflow.get_tracking_uri()}", param)
+            version = max(versions, key=lambda v: int(v.version))
+            return ResolvedModel(f"models:/{match['name']}/{version.version}", uri,
+                                 f"{match['name']}/{version.version}", LATEST,
                                  version.run_id or None)
         if match := VERSION_URI.match(uri):
             version = client.get_model_version(match["name"], match["version"])

@@ -1,8 +1,11 @@
 """A folder of images laid out one sub-folder per class, `root/<class>/<file>` (the layout of
-torchvision's `ImageFolder`), PNG or JPEG, grey or colour, any size.
+torchvision's `ImageFolder`), PNG or JPEG, grey or colour, any size; or already split,
+`root/train/<class>/<file>` beside `root/test/...` and/or `root/val/...` (when those are the
+root's only sub-folders and hold class folders), each image then in its folder's split.
 
-Classes are the sub-folders' names, sorted; an image's ID is its path relative to the root
-(`cat/001.png`), so it stays the same when files are added. Images are decoded with Pillow: if
+Classes are the class folders' names, sorted (the union over the splits); an image's ID is its
+path relative to the root (`cat/001.png`, `test/cat/001.png`), so it stays the same when files
+are added. Images are decoded with Pillow: if
 any is in colour, all are read as RGB, otherwise as grey. With `image_size` every image is
 resized to it (bilinear, antialiased); without it all must have the same size.
 """
@@ -13,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from steps.core.data import DATASET_SOURCES, DatasetError, DatasetSource, ImageDataset
+from steps.core.data import (DATASET_SOURCES, SPLIT_NAMES, DatasetError, DatasetSource,
+                             ImageDataset)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -34,23 +38,33 @@ class ImageFolder(DatasetSource):
     def root(self) -> Path:
         return Path(self.spec).expanduser()
 
-    def files(self) -> list[tuple[str, Path]]:
-        """`(class name, file)` for every image file, sorted; DatasetError for a folder that
-        is missing, empty or has a class folder without images."""
+    def class_roots(self) -> list[tuple[str | None, Path]]:
+        """`(split, folder of class folders)`: the root's `train/`, `test/`, `val/` when the
+        data comes split, else `(None, root)`. DatasetError for a missing folder."""
         root = self.root
         if not root.is_dir():
             raise DatasetError(f"no folder at {root}")
-        classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise DatasetError(f"{root} has no class sub-folders; lay it out as "
-                               "root/<class>/<image file>")
+        folders = _sub_folders(root)
+        if folders and all(f.name in SPLIT_NAMES and _sub_folders(f) for f in folders):
+            return [(folder.name, folder) for folder in folders]
+        return [(None, root)]
+
+    def files(self) -> list[tuple[str | None, str, Path]]:
+        """`(split, class name, file)` for every image file, sorted; DatasetError for a folder
+        that is missing, empty or has a class folder without images."""
         found = []
-        for folder in classes:
-            images = sorted(p for p in folder.rglob("*") if p.is_file()
-                            and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
-            if not images:
-                raise DatasetError(f"class folder {folder} holds no PNG or JPEG image")
-            found += [(folder.name, path) for path in images]
+        for split, folder in self.class_roots():
+            classes = _sub_folders(folder)
+            if not classes:
+                raise DatasetError(f"{folder} has no class sub-folders; lay it out as "
+                                   "root/<class>/<image file> (or root/train/<class>/..., "
+                                   "root/test/<class>/...)")
+            for class_folder in classes:
+                images = sorted(p for p in class_folder.rglob("*") if p.is_file()
+                                and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+                if not images:
+                    raise DatasetError(f"class folder {class_folder} holds no PNG or JPEG image")
+                found += [(split, class_folder.name, path) for path in images]
         return found
 
     def load(self) -> ImageDataset:
@@ -58,7 +72,7 @@ class ImageFolder(DatasetSource):
 
         files = self.files()
         decoded = []
-        for _, path in files:
+        for *_, path in files:
             try:
                 with Image.open(path) as image:
                     image.load()
@@ -73,7 +87,7 @@ class ImageFolder(DatasetSource):
                        for image in decoded]
         else:
             sizes = {}
-            for (_, path), image in zip(files, decoded):
+            for (*_, path), image in zip(files, decoded):
                 sizes.setdefault(image.size, path)
             if len(sizes) > 1:
                 (a, path_a), (b, path_b) = list(sizes.items())[:2]
@@ -82,18 +96,20 @@ class ImageFolder(DatasetSource):
                     f"{b[1]}×{b[0]}); set -P image_size=H,W to resize them all")
             decoded = [image.convert(mode) for image in decoded]
         images = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in decoded])
-        class_names = tuple(sorted({name for name, _ in files}))
+        class_names = tuple(sorted({name for _, name, _ in files}))
         index = {name: i for i, name in enumerate(class_names)}
+        splits = tuple(split for split, _, _ in files)
         return ImageDataset(
             name=self.root.resolve().name,
             images=images,
-            labels=np.array([index[name] for name, _ in files], dtype=np.int64),
+            labels=np.array([index[name] for _, name, _ in files], dtype=np.int64),
             class_names=class_names,
-            image_ids=tuple(path.relative_to(self.root).as_posix() for _, path in files),
+            image_ids=tuple(path.relative_to(self.root).as_posix() for *_, path in files),
+            splits=None if splits[0] is None else splits,
         )
 
     def content_digest(self, digest) -> None:
-        for _, path in self.files():
+        for *_, path in self.files():
             digest.update(path.relative_to(self.root).as_posix().encode() + b"\0")
             try:
                 digest.update(path.read_bytes())
@@ -102,3 +118,7 @@ class ImageFolder(DatasetSource):
 
     def location(self) -> str:
         return str(self.root.resolve())
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

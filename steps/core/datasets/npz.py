@@ -1,7 +1,9 @@
 """A NumPy `.npz` file holding `images` (`[N, H, W]` or `[N, H, W, C]`) and `labels` (`[N]`).
 
-Optional arrays: `class_names` (one per class, in label order) and `image_ids` (one string per
-image). Without them the classes are the sorted distinct labels and an image's ID is its index.
+Optional arrays: `class_names` (one per class, in label order), `image_ids` (one string per
+image) and `split` (`train`, `test` or `val` per image: the data's own split). Without them the
+classes are the sorted distinct labels, an image's ID is its index and the split is drawn at
+random.
 Integer images are read as 8-bit (divided by 255), float images must already be in [0, 1].
 """
 
@@ -41,6 +43,7 @@ class NpzFile(DatasetSource):
                 images, labels = arrays["images"], arrays["labels"]
                 names = arrays["class_names"] if "class_names" in arrays.files else None
                 ids = arrays["image_ids"] if "image_ids" in arrays.files else None
+                splits = arrays["split"] if "split" in arrays.files else None
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             if isinstance(error, DatasetError):
                 raise
@@ -70,7 +73,8 @@ class NpzFile(DatasetSource):
         image_ids = (tuple(str(i) for i in ids) if ids is not None
                      else tuple(str(i) for i in range(len(images))))
         return ImageDataset(name=path.name, images=images, labels=np.asarray(codes, np.int64),
-                            class_names=class_names, image_ids=image_ids)
+                            class_names=class_names, image_ids=image_ids,
+                            splits=None if splits is None else tuple(str(s) for s in splits))
 
     def content_digest(self, digest) -> None:
         try:
