@@ -62,12 +62,18 @@ def test_signed_colormap_is_transparent_at_zero_red_above_blue_below():
     cmap = plots.RED_TRANSPARENT_BLUE
     assert cmap(0.5)[3] == 0
     red, green, blue, alpha = cmap(1.0)
-    assert alpha == 1 and red > 0.9 and blue < 0.5
+    assert alpha == plots.MAP_OPACITY and red > 0.9 and blue < 0.5
     red, green, blue, alpha = cmap(0.0)
-    assert alpha == 1 and blue > 0.8 and red < 0.2
-    # Opacity grows with |value|, the same on both sides.
-    assert 0 < cmap(0.75)[3] < 1 and cmap(0.75)[3] == pytest.approx(cmap(0.25)[3], abs=0.01)
-    assert plots.TRANSPARENT_RED(0.0)[3] == 0 and plots.TRANSPARENT_RED(1.0)[3] == 1
+    assert alpha == plots.MAP_OPACITY and blue > 0.8 and red < 0.2
+    # Opacity grows with |value|, the same on both sides, short of hiding the image.
+    assert 0 < cmap(0.75)[3] < plots.MAP_OPACITY < 1
+    assert cmap(0.75)[3] == pytest.approx(cmap(0.25)[3], abs=0.01)
+    # The sequential ones: clear at 0, darker and more opaque away from it.
+    reds, blues = plots.TRANSPARENT_REDS, plots.TRANSPARENT_BLUES
+    assert reds(0.0)[3] == 0 and reds(1.0)[3] == plots.MAP_OPACITY
+    assert blues(1.0)[3] == 0 and blues(0.0)[3] == plots.MAP_OPACITY
+    assert sum(reds(1.0)[:3]) < sum(reds(0.5)[:3]) and reds(1.0)[0] > reds(1.0)[2]
+    assert sum(blues(0.0)[:3]) < sum(blues(0.5)[:3]) and blues(0.0)[2] > blues(0.0)[0]
 
 
 def test_panels_are_ordered_by_confidence_and_titled_with_it(image, maps):
@@ -155,22 +161,66 @@ def test_colour_bar_says_what_the_colours_mean(image, maps):
     fig = plots.all_classes_figure(image, whole, ["prediction"], "t",
                                    meaning=plots.OCCLUDING)
     (panel,) = class_panels(fig, 1)
-    assert overlay(panel).get_cmap().name == "transparent_red"
+    assert overlay(panel).get_cmap().name == "transparent_reds"
     assert overlay(panel).norm.vmin == 0 and overlay(panel).norm.vmax == pytest.approx(0.1)
     assert "changes the model's prediction" in fig.axes[-1].get_xlabel()
+    assert "every value ≥ 0: a scale from 0" in fig.axes[-1].get_xlabel()
     # MC-RISE's maps: what filling a region with a colour does.
     fig = plots.all_classes_figure(image, maps, NAMES, "t", meaning=plots.FILLING)
     assert "filling a region with this colour" in fig.axes[-1].get_xlabel()
 
 
-def test_colour_images_are_faded_in_their_colours(maps):
-    colour = np.zeros((6, 6, 3))
-    colour[..., 0] = 1  # red
-    fig = plots.all_classes_figure(colour, maps, NAMES, "t")
+def panel_pixels(fig, ax) -> np.ndarray:
+    """The RGB pixels the figure draws inside `ax` (a pixel's margin left off)."""
+    fig.canvas.draw()
+    drawn = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255
+    x0, y0, x1, y1 = np.round(ax.get_window_extent().extents).astype(int)
+    return drawn[drawn.shape[0] - y1 + 1:drawn.shape[0] - y0 - 1, x0 + 1:x1 - 1]
+
+
+def coloured_scene(size: int) -> np.ndarray:
+    """A yellow disk on a dark green and blue checkered ground, `[size, size, 3]`."""
+    rows, cols = np.mgrid[:size, :size] / size
+    image = np.zeros((size, size, 3))
+    image[..., 1] = 0.1 + 0.2 * ((rows * 8).astype(int) % 2)
+    image[..., 2] = 0.1 + 0.4 * ((cols * 8).astype(int) % 2)
+    disk = (rows - 0.5) ** 2 + (cols - 0.5) ** 2 < 0.09
+    image[disk] = [0.9, 0.8, 0.1]
+    return image
+
+
+@pytest.mark.parametrize("size", [8, 32, 224])
+def test_a_colour_image_shows_in_grey_under_every_map(size):
+    """The panel is the image's grey blended with the map, as Captum's blended heat map: the
+    image's structure is there where the map is 0 and where it is at its strongest."""
+    image = coloured_scene(size)
+    strong = np.zeros((2, size, size))
+    strong[:, :, : size // 2] = 1.0  # the left half at the top of the scale, the right at 0
+    strong[1] *= -1
+    fig = plots.all_classes_figure(image, strong, ["up", "down"], "t")
     background = class_panels(fig, 1)[0].images[0].get_array()
-    assert background.shape == (6, 6, 3)
-    np.testing.assert_allclose(background[0, 0], [1, 1 - plots.IMAGE_STRENGTH,
-                                                  1 - plots.IMAGE_STRENGTH])
+    np.testing.assert_array_equal(background[..., 0], background[..., 2])  # grey
+    luma = image @ plots.LUMA
+    for ax in class_panels(fig, 2):
+        drawn = panel_pixels(fig, ax)
+        rows = np.arange(drawn.shape[0]) * size // drawn.shape[0]
+        cols = np.arange(drawn.shape[1]) * size // drawn.shape[1]
+        expected = luma[np.ix_(rows, cols)]
+        shown = drawn @ plots.LUMA
+        for half in (cols < size // 2, cols >= size // 2):  # under the map, and beside it
+            assert np.corrcoef(shown[:, half].ravel(), expected[:, half].ravel())[0, 1] > 0.8
+        # The map still shows: red over the left half of the first class, blue of the second.
+        red, _, blue = drawn[:, cols < size // 2].reshape(-1, 3).mean(axis=0)
+        assert (red > blue + 0.15) if ax.get_title() == "up" else (blue > red + 0.15)
+
+
+def test_a_faint_image_is_stretched_to_its_range_under_the_maps(maps):
+    dark = np.zeros((6, 6, 3))
+    dark[2:4, 2:4] = [0.1, 0.3, 0.1]  # a dark green square on black
+    fig = plots.all_classes_figure(dark, maps, NAMES, "t")
+    background = class_panels(fig, 1)[0].images[0].get_array()[..., 0]
+    assert background.min() == pytest.approx(1 - plots.IMAGE_STRENGTH)
+    assert background.max() == pytest.approx(1.0)
 
 
 def test_write_pictures_draws_what_the_figures_draw(tmp_path, image, maps):
@@ -194,6 +244,126 @@ def test_write_pictures_draws_what_the_figures_draw(tmp_path, image, maps):
     plots.write_pictures(tmp_path / "one", image, maps, NAMES, "t", answer,
                          plots.PictureStyle("combined"))
     assert [p.name for p in (tmp_path / "one").iterdir()] == ["all_classes.png"]
+
+
+@pytest.fixture
+def one_signed_maps():
+    """As random_grid's on digits: the predicted class's map all positive (0.75 to 1), the
+    other classes' all negative."""
+    rng = np.random.default_rng(3)
+    maps = -rng.uniform(0.4, 0.9, size=(5, 6, 6))
+    maps[1] = rng.uniform(0.75, 1.0, size=(6, 6))
+    return maps / maps.max()  # reaching 1, as xaitk's do
+
+
+def test_a_picture_whose_maps_share_a_sign_gets_a_sequential_scale_from_0(image,
+                                                                         one_signed_maps):
+    answer = plots.Answer(CONFIDENCES, 1, 1)
+    top = float(one_signed_maps[1].max())
+    fig = plots.all_classes_figure(image, one_signed_maps, NAMES, "t", answer,
+                                   plots.PictureStyle(top_classes=1))
+    (panel,) = class_panels(fig, 1)
+    assert overlay(panel).get_cmap().name == "transparent_reds"
+    assert (overlay(panel).norm.vmin, overlay(panel).norm.vmax) == (0.0, top)  # to the data
+    bar = fig.axes[-1]
+    assert [t.get_text() for t in bar.get_xticklabels()] == ["0", f"{top / 2:.2g}",
+                                                             f"{top:.2g}"]
+    assert "every value ≥ 0: a scale from 0" in bar.get_xlabel()
+    # All negative: from the lowest value up to 0, in blues.
+    fig = plots.all_classes_figure(image, -np.abs(one_signed_maps), NAMES, "t", answer)
+    negatives = class_panels(fig, 5)
+    assert {overlay(ax).get_cmap().name for ax in negatives} == {"transparent_blues"}
+    assert {(overlay(ax).norm.vmin, overlay(ax).norm.vmax) for ax in negatives} == {
+        (-float(np.abs(one_signed_maps).max()), 0.0)}
+    assert "every value ≤ 0" in fig.axes[-1].get_xlabel()
+    # Panels that share a scale share the decision: both signs in the picture, diverging.
+    fig = plots.all_classes_figure(image, one_signed_maps, NAMES, "t", answer)
+    assert {overlay(ax).get_cmap().name for ax in class_panels(fig, 5)} == {
+        "red_transparent_blue"}
+    assert all(overlay(ax).norm.vmin == -overlay(ax).norm.vmax for ax in class_panels(fig, 5))
+    assert "every value" not in fig.axes[-1].get_xlabel()
+
+
+def test_each_per_class_picture_decides_by_its_own_map(image, one_signed_maps):
+    answer = plots.Answer(CONFIDENCES, 1, 1)
+    seen = {}
+    for column, fig in plots.class_overlay_figures(image, one_signed_maps, NAMES, "t", answer):
+        shown = fig.axes[1].images[1]
+        (bar,) = [ax for ax in fig.axes[2:] if ax.get_visible()]
+        seen[column] = (shown.get_cmap().name, shown.norm.vmin, shown.norm.vmax,
+                        bar.get_xlabel().count("every value ≥ 0"),
+                        [t.get_text() for t in bar.get_xticklabels()])
+    top = float(np.abs(one_signed_maps).max())  # the classes' shared scale
+    ticks = [f"{t:.2g}".replace("-", "−") for t in (0, top / 2, top)]
+    assert seen[1] == ("transparent_reds", 0.0, top, 1, ticks)
+    assert all(seen[c] == ("transparent_blues", -top, 0.0, 0,
+                           ["−" + t for t in ticks[:0:-1]] + ["0"]) for c in (0, 2, 3, 4))
+
+
+def test_the_fast_path_draws_what_the_figures_draw_as_the_scale_changes(
+        tmp_path, image, one_signed_maps):
+    """Per-class pictures whose scales change from class to class (sequential red, blue,
+    diverging), one after the other in one reused figure, as the figures draw them."""
+    maps = np.concatenate([one_signed_maps, [np.where(image > 0.5, 1.0, -1.0) * 0.5]])
+    names = [*NAMES, "mixed"]
+    answer = plots.Answer(np.append(CONFIDENCES, 0.4) / 1.4, 1, 5)
+    plots.write_pictures(tmp_path, image, maps, names, "t", answer)
+    for column, fig in plots.class_overlay_figures(image, maps, names, "t", answer):
+        np.testing.assert_array_equal(pixels(tmp_path / f"class_{names[column]}.png"),
+                                      pixels(png(fig)), err_msg=f"class {column}")
+
+
+def test_colour_bars_stay_clear_at_0_whatever_their_scale(image, maps):
+    """The bar shows the colormap's transparency on any scale (not only ±1): clear at 0, the
+    colour fading in toward the ends, not one solid colour each side of 0."""
+    for column, fig in plots.class_overlay_figures(image, maps, NAMES, "t",
+                                                   plots.Answer(CONFIDENCES, 1, 3)):
+        (bar,) = [ax for ax in fig.axes[2:] if ax.get_visible()]
+        drawn = panel_pixels(fig, bar)
+        strip = drawn[len(drawn) // 2]
+        width = len(strip)
+        assert strip[width // 2].min() > 0.9  # 0: clear, the white under the bar
+        red, _, blue = strip[width // 4]  # halfway to the bottom: half-faded blue
+        assert blue > red + 0.15 and red > 0.4, (column, strip[width // 4])
+
+
+def test_sign_of_and_scale_limits():
+    assert plots.sign_of([np.array([0.0, 0.75, 1.0])]) == "positive"
+    assert plots.sign_of(np.array([[-0.2, 0.0]])) == "negative"
+    assert plots.sign_of([np.array([0.5]), np.array([-0.5])]) == "diverging"
+    assert plots.sign_of([np.zeros(3)]) == "diverging"  # no sign to show
+    assert plots.sign_of([np.array([np.nan, 2.0])]) == "positive"
+    # Any scale, not only xaitk's ±1: e.g. a confidence's change of 0.03.
+    assert plots.scale_limits(0.03, "positive") == (0.0, 0.03)
+    assert plots.scale_limits(0.03, "negative") == (-0.03, 0.0)
+    assert plots.scale_limits(0.03, "diverging") == (-0.03, 0.03)
+
+
+def test_long_titles_are_wrapped_to_fit_the_figure(image, maps):
+    title = ("the first 12 of 40 maps by random_grid(n=1000, cell_size=2,2, p1=0.5, seed=0): "
+             "the predicted class, and the true class where it differs")
+    figures = [plots.rows_figure([(image, "7: true 1", {"predicted 1": maps[1]})], title),
+               plots.class_overlay_figure(image, maps, NAMES, title, 0),
+               plots.all_classes_figure(image, maps, NAMES, title)]
+    for fig in figures:
+        fig.canvas.draw()
+        head = fig.get_suptitle()
+        assert head.replace("\n", " ") == title
+        extent = fig._suptitle.get_window_extent()
+        assert extent.x0 > 0 and extent.x1 < fig.bbox.width and extent.y1 <= fig.bbox.height
+        # Its room was made for its lines: it ends above the panels' titles.
+        assert extent.y0 > max(ax.title.get_window_extent().y1 for ax in fig.axes[:-1])
+    assert "\n" in figures[0].get_suptitle() and "\n" in figures[1].get_suptitle()
+    assert plots.wrapped_title("short", 2) == "short"
+
+
+def test_fill_colours_are_named():
+    assert plots.fill_colour_name(0) == "black (0)"
+    assert plots.fill_colour_name([1.0]) == "white (1)"
+    assert plots.fill_colour_name((1, 0, 0)) == "red (1,0,0)"
+    assert plots.fill_colour_name((0.5, 0.5, 0.5)) == "grey (0.5,0.5,0.5)"
+    assert plots.fill_colour_name((0.2, 0.4, 0.6)) == "(0.2,0.4,0.6)"
+    assert plots.fill_colour_name(0.25) == "(0.25)"
 
 
 def test_comparison_shares_one_scale_over_the_figure(image, maps):

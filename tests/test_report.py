@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 
 import numpy as np
@@ -12,7 +13,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from steps.core.classification import Evaluated, classifier_metrics, curve_figures, \
     expected_calibration_error
 from steps.core.report import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
-                               render)
+                               metric_meaning, render)
 from tests.browser import render_page
 
 
@@ -109,3 +110,49 @@ def test_curve_figures_draw_one_curve_per_class():
     assert set(figures) == {"roc_curves.png", "precision_recall_curves.png",
                             "calibration_curve.png"}
     assert len(figures["roc_curves.png"].axes[0].get_lines()) >= 3
+
+
+def test_one_vs_rest_curves_say_so_and_not_positive_label():
+    figures = curve_figures(evaluated())
+    for name, labels in (("roc_curves.png", ("False positive rate", "True positive rate")),
+                         ("precision_recall_curves.png", ("Recall", "Precision"))):
+        (ax,) = figures[name].axes
+        assert (ax.get_xlabel(), ax.get_ylabel()) == labels
+        assert "one-vs-rest" in ax.get_title()
+        texts = [ax.get_xlabel(), ax.get_ylabel(), ax.get_title(),
+                 *(t.get_text() for t in ax.get_legend().get_texts())]
+        assert not any("Positive label" in text for text in texts), texts
+        assert [t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()][-3:] == [
+            "class a", "class b", "class c"]
+
+
+def test_the_calibration_plot_shows_how_many_samples_each_bin_holds():
+    result = evaluated()
+    fig = curve_figures(result)["calibration_curve.png"]
+    curve, counts = fig.axes
+    assert "ECE" in curve.get_title()
+    bars = counts.patches
+    assert len(bars) == 10 and sum(b.get_height() for b in bars) == len(result.truth)
+    expected = np.histogram(result.confidences.max(axis=1), bins=np.linspace(0, 1, 11))[0]
+    assert [int(b.get_height()) for b in bars] == expected.tolist()
+    # Each non-empty bin's count is written over it.
+    written = [t.get_text() for t in counts.texts if t.get_text()]
+    assert written == [str(n) for n in expected if n]
+    assert counts.get_ylabel() == "samples per bin"
+    assert curve.get_xlim() == counts.get_xlim()  # the same bins under the curve
+
+
+def test_metric_names_on_the_page_are_explained():
+    assert "lower is better" in metric_meaning("Deletion_auc")
+    assert metric_meaning("Deletion_auc_mean").startswith("mean over the maps of: area")
+    assert "random map" in metric_meaning("Random_insertion_auc")
+    assert "cross-correlation" in metric_meaning("Xcorr_rise_vs_sliding_window")
+    assert metric_meaning("accuracy") and metric_meaning("expected_calibration_error")
+    assert metric_meaning("something_else") is None
+    text = render(page())
+    # Beside every metric in a table: its meaning, the map's deletion row as a tooltip.
+    for shown in ("Maps_beating_random", "accuracy", "num_samples", "Entropy",
+                  "Xcorr_rise_vs_sliding_window"):
+        row = text.split(f"<th>{shown}</th>", 1)[1].split("</tr>", 1)[0]
+        assert f'<td class="what">{html.escape(metric_meaning(shown))}</td>' in row, shown
+    assert f'title="{html.escape(metric_meaning("Deletion_auc"))}"' in text

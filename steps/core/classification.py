@@ -89,27 +89,49 @@ def classifier_metrics(result: Evaluated) -> tuple[dict[str, float], dict[str, d
 def curve_figures(result: Evaluated) -> dict[str, plots.Figure]:
     """ROC and precision-recall curves of each class against the rest, and the calibration
     curve of the top confidence, keyed by file name."""
-    from sklearn.calibration import CalibrationDisplay
     from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
     figures = {}
-    for file_name, display, title in (
-            ("roc_curves.png", RocCurveDisplay, "ROC, each class against the rest"),
-            ("precision_recall_curves.png", PrecisionRecallDisplay,
-             "Precision-recall, each class against the rest")):
+    # The axis labels are set here: scikit-learn's say "(Positive label: 1)", which means
+    # nothing for a class against the rest.
+    for file_name, display, kind, (x_label, y_label), legend in (
+            ("roc_curves.png", RocCurveDisplay, "ROC",
+             ("False positive rate", "True positive rate"), "lower right"),
+            ("precision_recall_curves.png", PrecisionRecallDisplay, "Precision-recall",
+             ("Recall", "Precision"), "lower left")):
         fig, ax = plots.plt.subplots(figsize=(6, 5))
         for name, positive, score in result.one_vs_rest():
             display.from_predictions(positive, score, name=f"class {name}", ax=ax)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="lower right" if display is RocCurveDisplay else "lower left")
+        ax.set_title(f"{kind} curves, one-vs-rest: each class against the rest", fontsize=10)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        ax.legend(fontsize=7, loc=legend)
         figures[file_name] = fig
-    fig, ax = plots.plt.subplots(figsize=(5, 5))
-    CalibrationDisplay.from_predictions(result.correct, result.confidences.max(axis=1),
-                                        n_bins=CALIBRATION_BINS, name="top confidence", ax=ax)
-    ece = expected_calibration_error(result.confidences.max(axis=1), result.correct)
-    ax.set_title(f"Calibration: is the top confidence the accuracy? (ECE {ece:.3f})",
-                 fontsize=10)
-    ax.set_xlabel("confidence of the predicted class")
-    ax.set_ylabel("fraction predicted correctly")
-    figures["calibration_curve.png"] = fig
+    figures["calibration_curve.png"] = calibration_figure(result)
     return figures
+
+
+def calibration_figure(result: Evaluated) -> plots.Figure:
+    """The calibration curve of the top confidence and, under it on the same bins, how many
+    samples each bin holds (as scikit-learn's calibration example draws them): a bin of few
+    samples says little."""
+    from sklearn.calibration import CalibrationDisplay
+
+    confidence = result.confidences.max(axis=1)
+    fig, (curve, counts) = plots.plt.subplots(2, 1, figsize=(5, 6.4), sharex=True,
+                                              height_ratios=(3, 1), layout="constrained")
+    CalibrationDisplay.from_predictions(result.correct, confidence, n_bins=CALIBRATION_BINS,
+                                        name="top confidence", ax=curve)
+    ece = expected_calibration_error(confidence, result.correct)
+    curve.set_title(f"Calibration: is the top confidence the accuracy? (ECE {ece:.3f})",
+                    fontsize=10)
+    curve.set_xlabel("")
+    curve.set_ylabel("fraction predicted correctly")
+    _, _, bars = counts.hist(confidence, bins=np.linspace(0, 1, CALIBRATION_BINS + 1),
+                             color="#888888", edgecolor="white")
+    counts.bar_label(bars, labels=[f"{int(b.get_height())}" if b.get_height() else ""
+                                   for b in bars], fontsize=7, padding=1)
+    counts.margins(y=0.25)  # room for the count over the highest bar
+    counts.set_xlabel("confidence of the predicted class")
+    counts.set_ylabel("samples per bin")
+    return fig

@@ -17,6 +17,7 @@ table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 th, td { text-align: left; padding: 0.25em 0.8em 0.25em 0; vertical-align: top; }
 th { color: #59636e; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.what { color: #59636e; font-size: 0.9em; }
 code { font-size: 0.9em; background: #f6f8fa; padding: 0.1em 0.3em; border-radius: 4px; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .figures figure { margin: 0; }
@@ -109,15 +110,59 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if abs(value) < 1e15 else f"{value:g}"
 
 
-def _table(rows: dict[str, str], numeric: bool = False) -> str:
+def _table(rows: dict[str, str], numeric: bool = False,
+           notes: dict[str, str] | None = None) -> str:
+    """Rows of a label and a value, and, for the labels in `notes`, a note after the value."""
+    notes = notes or {}
     cells = "".join(
-        f"<tr><th>{html.escape(k)}</th><td{' class=num' if numeric else ''}>{v}</td></tr>"
+        f"<tr><th>{html.escape(k)}</th><td{' class=num' if numeric else ''}>{v}</td>"
+        + (f'<td class="what">{html.escape(notes[k])}</td>' if k in notes else "") + "</tr>"
         for k, v in rows.items())
     return f"<table>{cells}</table>"
 
 
+#: What a metric the page shows means, in a few words, by its name (`metric_meaning` also
+#: reads the names made from these: `<name>_mean`, `<agreement>_<a>_vs_<b>`).
+METRIC_MEANINGS = {
+    "accuracy": "share of the evaluated images classified right",
+    "num_samples": "images evaluated",
+    "f1_macro": "F1 (precision and recall together) averaged over the classes; 1 is perfect",
+    "log_loss": "mean -log of the confidence given to the true class; lower is better",
+    "roc_auc_ovr_macro": "area under each class's one-vs-rest ROC curve, averaged; 0.5 is "
+                         "chance, 1 perfect",
+    "expected_calibration_error": "mean gap between confidence and accuracy over confidence "
+                                  "bins; 0 is perfectly calibrated",
+    "Deletion_auc": "area under the class's probability as the pixels the map ranks first are "
+                    "deleted first; lower is better",
+    "Insertion_auc": "area under the class's probability as the pixels the map ranks first are "
+                     "put back first into a blurred copy; higher is better",
+    "Random_deletion_auc": "the same deletion for a random map: the value to beat (from below)",
+    "Random_insertion_auc": "the same insertion for a random map: the value to beat (from above)",
+    "Entropy": "how spread out the map is, in bits; lower is more focused",
+    "Maps_beating_random": "share of the maps whose deletion and insertion both beat a random "
+                           "map's",
+    "Xcorr": "agreement of two maps: normalised cross-correlation, 1 the same map up to scale",
+    "Ssd": "difference of two maps: sum of squared differences over their norms, 0 the same",
+}
+#: Names made of a metric's name and what they are of it.
+STATISTICS = {"_mean": "mean over the maps", "_median": "median over the maps"}
+
+
+def metric_meaning(name: str) -> str | None:
+    """A few words saying what metric `name` means; None for a name not known."""
+    for suffix, statistic in STATISTICS.items():
+        if name.endswith(suffix):
+            meaning = metric_meaning(name.removesuffix(suffix))
+            return f"{statistic} of: {meaning}" if meaning else None
+    if "_vs_" in name:  # an agreement of two configurations' maps
+        name = name.split("_", 1)[0]
+    return METRIC_MEANINGS.get(name)
+
+
 def _metrics_table(metrics: dict[str, float]) -> str:
-    return _table({k: _number(v) for k, v in metrics.items()}, numeric=True)
+    """The metrics' values, each with what it means (`metric_meaning`) beside it."""
+    notes = {k: meaning for k in metrics if (meaning := metric_meaning(k))}
+    return _table({k: _number(v) for k, v in metrics.items()}, numeric=True, notes=notes)
 
 
 #: Faithfulness metrics that have a random map's value to beat: name -> (label, lower is better).
@@ -134,7 +179,8 @@ def _faithfulness_table(metrics: dict[str, float]) -> str:
         value, random = metrics[name], metrics[random_name]
         better = value < random if lower_better else value > random
         mark = '<span class="good">better</span>' if better else '<span class="bad">worse</span>'
-        rows.append(f"<tr><th>{label} ({'lower' if lower_better else 'higher'} is better)</th>"
+        rows.append(f'<tr><th title="{html.escape(METRIC_MEANINGS[name])}">{label} '
+                    f"({'lower' if lower_better else 'higher'} is better)</th>"
                     f"<td class=num>{value:.3f}</td><td class=num>{random:.3f}</td>"
                     f"<td>{mark}</td></tr>")
         shown |= {name, random_name}
