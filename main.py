@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 import mlflow
+from mlflow.entities import Run
 from mlflow.exceptions import ExecutionException, MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
@@ -27,6 +28,7 @@ from steps import names, options
 from steps.core.code_version import code_version
 from steps.core.compare import Configuration
 from steps.core.data import ALL
+from steps.core.parameters import text_items
 from steps.core.model_input import flags_of
 from steps.report import log_report
 from steps.tracking import lifecycle, runs
@@ -35,8 +37,8 @@ from steps.tracking.inputs import (absolute_dataset, dataset_digest, load_data, 
 from steps.tracking.models import ResolvedModel, resolve_model_uri
 from steps.tracking.query import query_samples
 from steps.tracking.step_cache import find_reusable_run
-from steps.tracking.store_check import (TrackingStoreError, check_server_if_any, stop_retrying,
-                                        unreachable_server)
+from steps.tracking.store_check import (TrackingStoreError, check_server_if_any, local_path,
+                                        scheme_of, stop_retrying, unreachable_server)
 
 PROJECT_DIR = Path(__file__).resolve().parent
 NO_RUN_ID = "0" * 32
@@ -281,6 +283,27 @@ def saliency_configurations(values: dict) -> list:
     return [configuration.algorithm(values) for configuration in configurations]
 
 
+def headline_metrics(evaluation_id: str, saliency_ids: list[str]) -> dict[str, float]:
+    """The evaluation's accuracy and, of the first saliency run, how many maps it made and how
+    far they can be trusted."""
+    client = MlflowClient()
+    metrics = {names.TEST_ACCURACY_METRIC: client.get_run(evaluation_id).data.metrics["accuracy"]}
+    if not saliency_ids:
+        return {**metrics, names.MAPS_EXPLAINED_METRIC: 0}
+    saliency = client.get_run(saliency_ids[0]).data
+    explained = len(text_items(saliency.tags[names.IMAGE_IDS_TAG]))
+    return {**metrics, names.MAPS_EXPLAINED_METRIC: explained,
+            **{name: saliency.metrics[name] for name in names.HEADLINE_MAP_METRICS
+               if name in saliency.metrics}}
+
+
+def pipeline_run_name(values: dict) -> str:
+    """`pipeline · digits · rise`: the data and the algorithms, for the UI's runs table."""
+    algorithms = " vs ".join(str(algorithm) for algorithm in saliency_configurations(values))
+    return names.run_name(Path(values["dataset"]).name, algorithms,
+                          head=names.PIPELINE_RUN_NAME)
+
+
 def check_before_any_run(values: dict, image_shape: tuple[int, ...] | None) -> None:
     """Settings that cannot work, refused before any run: algorithm settings that do not fit
     the images (when their shape is known here; the saliency step checks them at its start
@@ -305,6 +328,19 @@ def write_report(main_run_id: str) -> None:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         click.echo(f"Warning: could not write {names.REPORT_ARTIFACT} ({first_line}); rebuild "
                    f"it with: mlflow run . -e report -P main_run_id={main_run_id}", err=True)
+
+
+def report_location(run: Run, tracking_uri: str) -> str:
+    """Where to open the main run's report: its file when the artifacts are on this machine,
+    its page in the MLflow UI of a tracking server, else how to download it."""
+    local = local_path(run.info.artifact_uri)
+    if local is not None:
+        return str(Path(local[0]) / names.REPORT_ARTIFACT)
+    if scheme_of(tracking_uri) in ("http", "https"):
+        return (f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/"
+                f"{run.info.run_id}/artifactPath/{names.REPORT_ARTIFACT}")
+    return (f"{names.REPORT_ARTIFACT} in the main run: mlflow artifacts download -r "
+            f"{run.info.run_id} -a {names.REPORT_ARTIFACT}")
 
 
 def ui_hint(tracking_uri: str) -> str:
@@ -346,7 +382,7 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
 
     os.environ[lifecycle.DRIVER_PID_ENV] = str(os.getpid())  # the steps watch this process
     with lifecycle.run_context(tags={**lifecycle.process_tags(),
-                                     names.RUN_NAME_TAG: names.PIPELINE_RUN_NAME,
+                                     names.RUN_NAME_TAG: pipeline_run_name(values),
                                      names.QUERY_TAG: values["query"],
                                      names.ORDER_BY_TAG: values["order_by"]}) as main_run:
         mlflow.log_dict(options.as_typed(options.ENTRY_POINTS["main"], sys.argv[1:]),
@@ -392,8 +428,20 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
 
         samples = query_samples(evaluation_id, values["query"], values["order_by"],
                                 values["max_images"])
+        if samples.empty and values["query"] == options.DEFAULT_QUERY:
+            # A model that makes no mistake on the split: show where it is least sure instead.
+            samples = query_samples(evaluation_id, options.FALLBACK_QUERY,
+                                    options.FALLBACK_ORDER, values["max_images"])
+            click.echo(f"The model got every evaluated image right: explaining the "
+                       f"{len(samples)} it is least confident about instead (query "
+                       f"{options.FALLBACK_QUERY}, order {options.FALLBACK_ORDER})")
+            values = {**values, "query": options.FALLBACK_QUERY,
+                      "order_by": options.FALLBACK_ORDER}
+            mlflow.set_tags({names.QUERY_TAG: values["query"],
+                             names.ORDER_BY_TAG: values["order_by"]})
         mlflow.log_text(samples.to_csv(index=False), names.QUERY_RESULT_ARTIFACT)
         mlflow.set_tag(names.QUERY_MATCHES_TAG, len(samples))
+        saliency_ids = []
         if samples.empty:
             click.echo(f"The query {values['query']!r} matched no evaluation sample of run "
                        f"{evaluation_id}; no saliency maps made. Try a broader -P query=...")
@@ -414,6 +462,7 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
                                             {"saliency_run_ids": ",".join(saliency_ids)})
                 mlflow.set_tag(names.COMPARISON_RUN_TAG, comparison_id)
                 summary["Comparison run"] = comparison_id
+        mlflow.log_metrics(headline_metrics(evaluation_id, saliency_ids))
         runs.describe("Pipeline: " + ", ".join(f"{label.lower()} `{value}`"
                                                 for label, value in summary.items()
                                                 if label != "Main run")
@@ -425,9 +474,11 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
     for label, run_id in summary.items():
         click.echo(f"  {label + ':':18}{run_id}")
     click.echo(f"  {'Tracking URI:':18}{uri}")
-    click.echo(f"  {'Report:':18}{names.REPORT_ARTIFACT} in the main run")
+    click.echo(f"  {'Report:':18}{report_location(main_run, uri)}")
     click.echo(f"  {'Open the UI:':18}{ui_hint(uri)}")
 
 
 if __name__ == "__main__":
-    options.run_cli(main)
+    options.run_cli(main, failed_name=lambda typed: names.run_name(
+        Path(typed["dataset"]).name, typed["compare"] or typed["algorithm"],
+        head=names.PIPELINE_RUN_NAME))

@@ -21,7 +21,7 @@ from steps.core.blas import ONE_PREDICTION, blas_threads
 from steps.core.model_input import flags_of
 from steps.tracking import lifecycle, runs
 from steps.tracking.datasets import log_dataset
-from steps.core.data import ALL
+from steps.core.data import ALL, TEST
 from steps.tracking.inputs import load_model_inputs, refuse_training_images, split_data
 from steps.tracking.models import convention_tags
 from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client,
@@ -39,7 +39,7 @@ PREDICTION_BYTES = 2**28
 
 
 def sample_runs(image_ids, true_names, predicted_names, confidences, column_names,
-                tags, split_name: str) -> list[SampleRun]:
+                tags, split_name: str = TEST) -> list[SampleRun]:
     """The per-sample runs to write: confidences as metrics, identity and outcome as tags;
     `split_name` is the evaluated split's (test, val or all)."""
     metric_names = [names.class_conf_metric(name) for name in column_names]
@@ -48,7 +48,7 @@ def sample_runs(image_ids, true_names, predicted_names, confidences, column_name
         metrics = dict(zip(metric_names, map(float, conf)))
         metrics[names.PREDICTED_CONF_METRIC] = float(conf.max())
         runs.append(SampleRun(
-            name=f"image-{image_id}",
+            name=names.image_run_name(image_id, pred, truth == pred),
             metrics=metrics,
             tags={
                 **tags,
@@ -211,6 +211,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_spl
         mlflow.set_tag(names.SAMPLES_KEYED_TAG, "true")
         log_evaluation(result, samples, run_ids)
         accuracy = float(np.mean(result.correct))
+        mlflow.set_tag(names.RUN_NAME_TAG, names.evaluation_run_name(len(samples), accuracy))
         runs.describe(f"Evaluated model `{inputs.resolved.uri}` on {len(samples)} "
                       f"{'' if split.evaluated == ALL else split.evaluated + ' '}images "
                       f"of `{data.name}`: accuracy {accuracy:.2%}, "

@@ -36,6 +36,49 @@ PIPELINE_DESCRIPTION = ("saliency-flow **pipeline** runs (`mlflow run .`): each 
                         "train, evaluate and saliency runs by tags and holds `report.html`, the "
                         "pipeline's results on one page.")
 
+#: Run names say what a run is at a glance in the UI's runs table: parts joined by this, the
+#: outcome early (the table's name column shows the first 25 or so characters; the run's page
+#: and a wider column show all), each name at most RUN_NAME_WIDTH characters.
+RUN_NAME_JOIN = " · "
+RUN_NAME_WIDTH = 48
+
+
+def shortened(text: str, width: int) -> str:
+    """`text` cut in the middle with an ellipsis to at most `width` characters."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return f"{text[:keep - keep // 2]}…{text[len(text) - keep // 2:]}"
+
+
+def run_name(*parts: str, head: str = "") -> str:
+    """`head · part · part`, the longest part shortened where the whole would be too wide."""
+    texts = [text for text in (head, *map(str, parts)) if text]
+    longest = max(range(len(texts)), key=lambda i: len(texts[i]))
+    over = len(RUN_NAME_JOIN.join(texts)) - RUN_NAME_WIDTH
+    if over > 0:
+        texts[longest] = shortened(texts[longest], max(8, len(texts[longest]) - over))
+    return RUN_NAME_JOIN.join(texts)
+
+
+def image_run_name(image_id: str, predicted: str, correct: bool) -> str:
+    """`image-circle/019.png · square ✗`: an evaluation sample's or a map's run."""
+    return run_name(f"image-{image_id}", f"{predicted} {'✓' if correct else '✗'}")
+
+
+def evaluation_run_name(images: int, accuracy: float) -> str:
+    """`evaluate · 97.6% · 450 images`."""
+    return run_name(f"{accuracy:.1%}", f"{images} images", head="evaluate")
+
+
+def saliency_run_name(algorithm: str, beating: int | None = None, maps: int = 0) -> str:
+    """`saliency · 3/5 beat random · rise(n=1000)`; `saliency · rise(n=1000)` before the maps
+    are made."""
+    if beating is None:
+        return run_name(algorithm, head="saliency")
+    return run_name(f"{beating}/{maps} beat random", algorithm, head="saliency")
+
+
 # An image's identity and outcome, on every per-sample and per-map run.
 IMAGE_ID_TAG = "Image_id"
 GT_CLASS_TAG = "GT_class"
@@ -164,6 +207,12 @@ MODIFIED_BY_TAG = "Modified_by_run_id"
 UPDATED_RUN_TAG = "Updated_run_id"
 MAX_DIFFERENCE_METRIC = "Max_abs_difference"
 BEATING_RANDOM_METRIC = "Maps_beating_random"
+#: The main run's headline metrics, so the pipelines' runs table compares pipelines: the
+#: evaluation's accuracy, how many maps were made and, of the (first) saliency run, the share
+#: beating a random map and the mean deletion and insertion areas.
+TEST_ACCURACY_METRIC = "Test_accuracy"
+MAPS_EXPLAINED_METRIC = "Maps_explained"
+HEADLINE_MAP_METRICS = (BEATING_RANDOM_METRIC, "Deletion_auc_mean", "Insertion_auc_mean")
 
 # Comparison runs (several algorithm configurations on the same images).
 COMPARED_RUNS_TAG = "Compared_saliency_run_ids"
@@ -192,6 +241,9 @@ def agreement_metric(measure: str, first: str, second: str, image_id: str | None
 MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "generator_config.json"
 MAP_ARTIFACT = "saliency_map.npy"
+#: The map before xaitk's per-class scaling, in the model's confidence units (what the pictures'
+#: scale shows); absent where xaitk's own generator made the map (MC-RISE).
+RAW_MAP_ARTIFACT = "saliency_map_raw.npy"
 CONFUSION_MATRIX_ARTIFACT = "confusion_matrix.png"
 RESULTS_TABLE = "results.json"
 CURVES_DIR = "curves"
@@ -214,3 +266,4 @@ CONFIGURATIONS_ARTIFACT = "comparison/configurations.json"
 # Input-dataset contexts (mlflow.log_input).
 TRAINING_CONTEXT = "training"
 EVALUATION_CONTEXT = "evaluation"
+SALIENCY_CONTEXT = "saliency"

@@ -156,8 +156,13 @@ def resume_option(what: str) -> Callable:
                   f"Finish this stopped step run: write only its missing {what} into it, with "
                   "its own parameters (only `cluster` may change), and end it FINISHED.")
 
+DEFAULT_QUERY = "tags.Correct = 'false'"
+#: What the driver explains when DEFAULT_QUERY finds no mistake: the least confident correct
+#: answers.
+FALLBACK_QUERY = "tags.Correct = 'true'"
+FALLBACK_ORDER = "metrics.Predicted_class_conf ASC"
 QUERY = [
-    option("query", "tags.Correct = 'false'", str,
+    option("query", DEFAULT_QUERY, str,
            "mlflow.search_runs filter string selecting evaluation samples to explain."),
     option("order_by", "metrics.Predicted_class_conf ASC", str,
            "Order of the query's results (comma-separated search_runs order_by clauses)."),
@@ -175,8 +180,9 @@ MAP_MAKING = [
            "class_<k>.png files), most confident first, and the true class after them when it "
            "is not among them (0: all classes, up to 10)."),
     option("picture_scale", "shared", click.Choice(PICTURE_SCALES),
-           "Colour scale of a picture's class panels: one symmetric scale shared by all "
-           "(`shared`), or each panel its own (`per_class`)."),
+           "Colour scale of a picture's class panels: one scale shared by all, in the model's "
+           "confidence units where the map has them (`shared`), or each panel its own "
+           "(`per_class`)."),
     option("predict_batch_size", PREDICT_BATCH_SIZE, click.IntRange(min=1),
            "How many perturbed images the classifier scores per call."),
 ]
@@ -257,7 +263,8 @@ def with_options(options: list[Callable]) -> Callable:
     return decorate
 
 
-def run_cli(command: click.Command, args: list[str] | None = None) -> None:
+def run_cli(command: click.Command, args: list[str] | None = None,
+            failed_name: Callable[[dict[str, str]], str] | None = None) -> None:
     """Run a click command so that any failure ends in one `Error: ...` line and a non-zero exit.
 
     Click's standalone mode prints a usage block before the error; users of `mlflow run` never
@@ -266,13 +273,21 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     Runs left RUNNING by processes of this host that were killed outright are ended first
     (steps/tracking/lifecycle.py). A signal ends the runs KILLED and says so in one line (a step
     the driver launched leaves the `Error:` line to the driver); an unexpected exception is one
-    line too, with its traceback only when SALIENCY_FLOW_DEBUG is set.
+    line too, with its traceback only when SALIENCY_FLOW_DEBUG is set. `failed_name(values)`,
+    of the `-P` values as typed (defaults for the others), names the run `mlflow run` made when
+    the process fails before naming it.
     """
     argv = sys.argv[1:] if args is None else args
     lifecycle.install_signal_handlers()
     bound_server_retries()
     under_driver = lifecycle.under_driver()
     launched_run_id = os.environ.get(RUN_ID_ENV)  # the command may take it out of the environment
+    early_name = None
+    if failed_name is not None:
+        declared = [p for p in command.params if isinstance(p, click.Option)]
+        early_name = failed_name({**{p.name: as_param(p.default) for p in declared},
+                                  **as_typed([option(p.name, None, None, "") for p in declared],
+                                             argv)})
     try:
         if "--help" not in argv:
             check_tracking_store()
@@ -286,12 +301,12 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     except click.exceptions.Exit as done:  # --help
         sys.exit(done.exit_code)
     except click.ClickException as error:
-        lifecycle.record_early_failure(error)
+        lifecycle.record_early_failure(error, early_name)
         prefix = "" if getattr(error, "reported", False) else "Error: "
         click.echo(f"{prefix}{error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except (click.Abort, KeyboardInterrupt) as error:
-        lifecycle.record_early_failure(error)
+        lifecycle.record_early_failure(error, early_name)
         if not under_driver:
             lifecycle.keep_killed_after_launcher(launched_run_id)
         signal_name = lifecycle.interruption(error) or "SIGINT"
@@ -303,7 +318,7 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
                    f"{'' if under_driver else lifecycle.resume_hint()}", err=True)
         sys.exit(128 + signal.Signals[signal_name].value)
     except Exception as error:
-        lifecycle.record_early_failure(error)
+        lifecycle.record_early_failure(error, early_name)
         if os.environ.get(DEBUG_ENV):
             raise
         lost = unreachable_server(error)

@@ -45,6 +45,7 @@ from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, check_reach
 from steps.tracking.lifecycle import keep_finished
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs, split_data
+from steps.tracking.datasets import log_dataset
 from steps.tracking.models import convention_tags
 
 # Stored with each map: the model's float32 confidences round by batch shape, so regenerating
@@ -118,22 +119,42 @@ def original_image_id(run: Run) -> str:
 
 
 def write_pictures(folder: Path, image, maps, class_names, title: str, answer: plots.Answer,
-                   pictures: plots.PictureStyle, prefix: str = "") -> None:
+                   pictures: plots.PictureStyle, prefix: str = "",
+                   meaning: plots.MapMeaning | None = None, fill_colours=()) -> None:
     """Pictures of `[classes, H, W]` maps as PNG files in `folder`, their names starting with
-    `prefix`; of `[colours, classes, H, W]` ones (MC-RISE), the pictures of each fill colour's
-    maps in `folder/<prefix>fill_colour_<i>/`; of one `[H, W]` map for the whole prediction
-    (SquaredDifferenceScoring), one panel `prediction`, on a scale from 0."""
+    `prefix`; of `[colours, classes, H, W]` ones (MC-RISE, filled with `fill_colours`), the
+    pictures of each fill colour's maps in `folder/<prefix>fill_colour_<i>/`; of one `[H, W]`
+    map for the whole prediction (SquaredDifferenceScoring), one panel `prediction`.
+    `meaning`: what the values are, when not xaitk's scaled maps (`plots.meaning_of`)."""
+    meaning = meaning or plots.meaning_of(maps)
     if maps.ndim == 2:
         plots.write_pictures(folder, image, maps[np.newaxis], (WHOLE_PREDICTION,), title,
-                             plots.Answer(), pictures, plots.OCCLUDING, class_file, prefix)
+                             plots.Answer(), pictures, meaning, class_file, prefix)
     elif maps.ndim == 4:
         for colour, colour_maps in enumerate(maps):
+            named = (plots.fill_colour_name(fill_colours[colour])
+                     if colour < len(fill_colours) else f"colour {colour}")
             plots.write_pictures(folder / f"{prefix}fill_colour_{colour}", image, colour_maps,
-                                 class_names, f"{title}, fill colour {colour}", answer,
-                                 pictures, plots.FILLING, class_file)
+                                 class_names, f"{title}, fill {named}", answer,
+                                 pictures, meaning, class_file)
     else:
         plots.write_pictures(folder, image, maps, class_names, title, answer, pictures,
-                             plots.SHOWING, class_file, prefix)
+                             meaning, class_file, prefix)
+
+
+def raw_meaning(weighting) -> plots.MapMeaning:
+    """What a raw map's values are (`RegionWeighting.in_confidence_units`)."""
+    if weighting.squared:
+        return plots.OCCLUDING_IN_CONFIDENCE
+    if weighting.normalize or weighting.offset:
+        return plots.SHOWING_IN_CONFIDENCE
+    return plots.SHOWN_IN_CONFIDENCE
+
+
+def fill_colours_of(config: dict) -> list:
+    """The fill colours of an MC-RISE configuration (`[[0.0], [1.0]]`), else none."""
+    generator = config["generator"]
+    return generator.get(generator.get("type"), {}).get("fill_colors", [])
 
 
 def class_file(name: str) -> str:
@@ -141,13 +162,15 @@ def class_file(name: str) -> str:
 
 
 def log_pictures(image, maps, class_names, title: str, answer: plots.Answer,
-                 pictures: plots.PictureStyle, folder: str) -> None:
+                 pictures: plots.PictureStyle, folder: str, **how) -> None:
     """`write_pictures` under `folder` of the active run (a folder ending in `/`, or one and a
-    file-name prefix after its last `/`), logged by one `mlflow.log_artifacts` call."""
+    file-name prefix after its last `/`), logged by one `mlflow.log_artifacts` call; `how`:
+    its `meaning` and `fill_colours`."""
     directory, _, prefix = folder.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
         with phases.phase(names.PICTURES_PHASE):
-            write_pictures(Path(tmp), image, maps, class_names, title, answer, pictures, prefix)
+            write_pictures(Path(tmp), image, maps, class_names, title, answer, pictures, prefix,
+                           **how)
         mlflow.log_artifacts(tmp, directory or None)
 
 
@@ -177,6 +200,10 @@ class ImageFacts:
         """What the pictures title, order and mark the class panels by."""
         return plots.Answer(self.confidences, self.predicted_column, self.true_column)
 
+    def run_name(self) -> str:
+        truth, predicted = (self.tags[names.GT_CLASS_TAG], self.tags[names.PREDICTED_CLASS_TAG])
+        return names.image_run_name(self.image_id, predicted, truth == predicted)
+
 
 @dataclass
 class Explainer:
@@ -194,6 +221,8 @@ class Explainer:
     split: Split | None = None
     #: `facts` by image ID, once predicted.
     known_facts: dict[str, ImageFacts] = field(default_factory=dict)
+    #: The maps before xaitk's scaling (`RAW_MAP_ARTIFACT`) by image ID, once made.
+    known_raw: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
@@ -283,10 +312,21 @@ class Explainer:
                 **convention_tags(self.inputs.model.convention),
                 names.DATASET_TAG: data.dataset.name, names.DATASET_DIGEST_TAG: data.digest}
 
+    def log_dataset(self) -> None:
+        """The dataset as an input of the active run, with its split."""
+        data = self.inputs.data
+        log_dataset(data.source, data.dataset, data.digest, names.SALIENCY_CONTEXT, self.split,
+                    {k: v for k, v in self.data_params.items() if k != "dataset"})
+
     def maps_of(self, facts: list[ImageFacts]) -> list[np.ndarray]:
-        """The images' maps, made together (the engine scores images of a shape in one pass)."""
+        """The images' maps, made together (the engine scores images of a shape in one pass);
+        their raw maps kept for `explain`."""
         with phases.phase(names.COMPUTE_PHASE):
-            return self.engine.maps([one.image for one in facts], self.classifier)
+            made = self.engine.maps_and_raw([one.image for one in facts], self.classifier)
+        for one, (_, raw) in zip(facts, made):
+            if raw is not None:
+                self.known_raw[one.image_id] = raw
+        return [maps for maps, _ in made]
 
     def explain(self, facts: ImageFacts, prefix: str = "", maps: np.ndarray | None = None
                 ) -> np.ndarray:
@@ -295,15 +335,22 @@ class Explainer:
         if maps is None:
             maps = self.maps_of([facts])[0]
         log_map(maps, prefix)
+        raw = self.known_raw.pop(facts.image_id, None)
+        if raw is not None:
+            log_map(raw, prefix, names.RAW_MAP_ARTIFACT)
         title = (f"image {facts.image_id}: true {facts.tags[names.GT_CLASS_TAG]}, "
                  f"predicted {facts.tags[names.PREDICTED_CLASS_TAG]}")
-        log_pictures(facts.image, maps, self.inputs.classes.names, title, facts.answer(),
-                     self.pictures, f"{prefix}{names.PICTURES_DIR}/")
+        # Pictured in confidence units where the raw map exists: a class the model ignores
+        # fades beside the one it predicts (xaitk scales each to ±1).
+        log_pictures(facts.image, maps if raw is None else raw, self.inputs.classes.names,
+                     title, facts.answer(), self.pictures, f"{prefix}{names.PICTURES_DIR}/",
+                     meaning=None if raw is None else raw_meaning(self.engine.weighting),
+                     fill_colours=fill_colours_of(self.config))
         return maps
 
     def log_averages(self, made: list[tuple[ImageFacts, np.ndarray]]) -> None:
-        """Mean maps by true class and by confusion cell (true → predicted), as `.npy` and
-        pictures over the mean image, under `averages/` of the active (step) run: the classes
+        """Mean maps by true class and by confusion cell (true → predicted) of two maps or more,
+        as `.npy` and pictures over the mean image, under `averages/` of the active (step) run: the classes
         in the model's order (a mean has no one confidence), the group's true class and, of a
         confusion cell, its predicted class marked."""
         groups = average_maps([maps for _, maps in made], [facts.image for facts, _ in made],
@@ -316,7 +363,7 @@ class Explainer:
             log_map(mean_maps, f"{names.AVERAGES_DIR}/", f"{name}.npy")
             column = {n: k for k, n in enumerate(self.inputs.classes.names)}.get
             log_pictures(mean_image, mean_maps, self.inputs.classes.names,
-                         f"mean of {count} map{'s' if count != 1 else ''}: {what}",
+                         f"mean of {count} maps: {what}",
                          plots.Answer(None, column(predicted), column(true)),
                          replace(self.pictures, mode="combined", top_classes=0),
                          f"{names.AVERAGES_DIR}/{name}_")
@@ -354,7 +401,7 @@ class Explainer:
         run is active) with its tags, params, config, map (made now unless given), pictures
         and metrics."""
         image_id = facts.image_id
-        with lifecycle.run_context(run_name=f"image-{image_id}",
+        with lifecycle.run_context(run_name=facts.run_name(),
                                    nested=mlflow.active_run() is not None,
                                    experiment_id=parent.info.experiment_id,
                                    tags={names.PARENT_RUN_TAG: parent.info.run_id}) as run:
@@ -371,16 +418,14 @@ class Explainer:
                                    facts.predicted_column, facts.true_column)
             log_scores(scores)
             mlflow.log_metrics({names.PREDICTED_CONF_METRIC: facts.confidence, **scores.metrics})
+            runs.describe(map_verdict(scores))
             return run, maps, scores
 
     def warn_unless_beating_random(self, image_id: str, scores: MapScores) -> None:
         if not scores.beats_random():
-            m = scores.metrics
             click.echo(f"Warning: the {self.label + ' ' if self.label else ''}map of image "
-                       f"{image_id} does not beat a random map "
-                       f"(deletion {m['Deletion_auc']:.3f} vs {m['Random_deletion_auc']:.3f}"
-                       f", lower is better; insertion {m['Insertion_auc']:.3f} vs "
-                       f"{m['Random_insertion_auc']:.3f}, higher is better)", err=True)
+                       f"{image_id} does not beat a random map ({against_random(scores)})",
+                       err=True)
 
 
 @dataclass(frozen=True)
@@ -528,7 +573,10 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
     with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency", parameters, resume) as parent:
         mlflow.set_tags({**explainer.step_tags(), names.ALGORITHM_TAG: algorithm.name,
                          names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids)),
+                         names.RUN_NAME_TAG: names.saliency_run_name(explainer.label),
                          **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
+        if resume is None:
+            explainer.log_dataset()
         found = {}
         if resume is not None:
             found = earlier_maps(MlflowClient(), parent.info.run_id, parent.info.experiment_id,
@@ -551,10 +599,29 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
             explainer.log_averages(pairs)
             explainer.log_summary(pairs)
         beating = sum(s.beats_random() for s in scores)
+        mlflow.set_tag(names.RUN_NAME_TAG,
+                       names.saliency_run_name(explainer.label, beating, len(scores)))
         runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
                       f"of them beat a random map. One run per image below.")
         click.echo(f"Saliency run {parent.info.run_id} ({algorithm}): {len(image_ids)} maps, "
                    f"{beating} beating a random map")
+
+
+def against_random(scores: MapScores) -> str:
+    """`deletion 0.110 vs 0.590, lower is better; insertion ...`."""
+    m = scores.metrics
+    return (f"deletion {m['Deletion_auc']:.3f} vs {m['Random_deletion_auc']:.3f}, lower is "
+            f"better; insertion {m['Insertion_auc']:.3f} vs {m['Random_insertion_auc']:.3f}, "
+            "higher is better")
+
+
+def map_verdict(scores: MapScores) -> str:
+    """A map run's description: whether the map beats a random map, in words."""
+    verdict = ("**Beats a random map**" if scores.beats_random()
+               else "**Does not beat a random map**")
+    return (f"{verdict}: hiding its most salient pixels first lowers the predicted class's "
+            f"confidence, and showing them first raises it, against a random map's order "
+            f"({against_random(scores)}; areas under the curves in `metrics/`).")
 
 
 def aggregate_scores(scores: list[MapScores]) -> dict[str, float]:

@@ -79,3 +79,15 @@ def render_page(page: Path, out_dir: Path, width: int = 1280, height: int = 3000
     return Rendered(*(int(counts[n].group(1)) for n in ("images", "decoded", "errors",
                                                         "external")),
                     dumped.stdout, screenshot)
+
+
+def render_url(url: str, screenshot: Path, *, width: int = 1600, height: int = 1000,
+               budget_ms: int = 15000) -> str:
+    """Load `url` (a web app's page) once in headless Chromium: a screenshot of the window into
+    `screenshot`, and the page's DOM, returned, both once `budget_ms` of virtual time has passed
+    (the later `--virtual-time-budget` is the one Chromium keeps)."""
+    screenshot.unlink(missing_ok=True)
+    shot = _headless(f"--virtual-time-budget={budget_ms}", f"--window-size={width},{height}",
+                     f"--screenshot={screenshot}", "--dump-dom", url)
+    assert screenshot.exists(), f"no screenshot of {url}: {shot.stderr[-2000:]}"
+    return shot.stdout

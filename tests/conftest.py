@@ -113,6 +113,16 @@ class Store:
         return mlflow_run(params, entry_point=entry_point, tracking_uri=self.uri, cwd=self.dir,
                           **kwargs)
 
+    def process(self, params: dict[str, str], entry_point: str = "main") -> Completed:
+        """The entry point's process started directly, as `mlflow run` starts it (without the
+        run `mlflow run` makes first): seconds quicker, for what fails before any run."""
+        module = ["main.py"] if entry_point == "main" else ["-m", f"steps.{entry_point}"]
+        args = [item for key, value in params.items() for item in (f"--{key}", value)]
+        env = {**project_env(self.uri), "PYTHONPATH": str(PROJECT_DIR)}
+        proc = subprocess.run([sys.executable, *module, *args], cwd=PROJECT_DIR, env=env,
+                              capture_output=True, text=True, timeout=300)
+        return Completed(proc.returncode, proc.stdout, proc.stderr)
+
     def runs(self, experiment_name: str, filter_string: str = "") -> list:
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:

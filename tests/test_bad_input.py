@@ -133,3 +133,8 @@ def test_bad_input_is_one_clear_line_and_a_failed_run(store, train_id, model_uri
     assert new_runs, "the run MLflow started should be kept, marked FAILED"
     assert {r.info.status for r in new_runs} == {"FAILED"}
     assert "RUNNING" not in {r.info.status for r in store.all_runs()}
+    if entry_point == "main":  # named for what it was asked to do, not at random
+        dataset = params.get("dataset", "digits").rstrip("/").rsplit("/", 1)[-1]
+        (main,) = new_runs
+        assert main.info.run_name == \
+            f"pipeline · {dataset} · {params.get('compare') or params.get('algorithm', 'rise')}"

@@ -146,3 +146,14 @@ def test_split_that_leaves_a_part_without_every_class_is_refused():
     data = load_dataset("digits")
     with pytest.raises(DatasetError, match="each part needs at least one image per class"):
         random_split(data, 0.001, 0)
+
+
+def test_files_a_folder_skips_are_named_and_hidden_ones_are_not(tmp_path):
+    write_image_folder(tmp_path / "shapes", per_class=4, sizes=(8,))
+    (tmp_path / "shapes" / "README.txt").write_text("about the data")
+    (tmp_path / "shapes" / "one" / "labels.csv").write_text("a,b")
+    (tmp_path / "shapes" / "one" / ".DS_Store").write_bytes(b"\0")
+    (note,) = dataset_source(str(tmp_path / "shapes")).notes()
+    assert note == (f"Note: skipped 2 files of {tmp_path / 'shapes'} that are not a PNG or "
+                    "JPEG image in a class folder: README.txt, one/labels.csv")
+    assert len(load_dataset(str(tmp_path / "shapes"))) == 16

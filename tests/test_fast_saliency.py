@@ -15,7 +15,7 @@ from sklearn.preprocessing import maxabs_scale
 from smqtk_classifier.interfaces.classify_image import ClassifyImage
 from threadpoolctl import threadpool_info
 from xaitk_saliency.impls.perturb_image.rise import RISEGrid
-from xaitk_saliency.utils.masking import occlude_image_streaming
+from xaitk_saliency.utils.masking import occlude_image_streaming, weight_regions_by_scalar
 
 from steps.core import blas, fast_saliency
 from steps.core.algorithm import SaliencyAlgorithm, make_algorithm
@@ -25,6 +25,7 @@ from steps.core.fast_saliency import (
     engine_from_config,
     FastSaliency,
     MaskCache,
+    classify_array,
     depends_only_on_shape,
     occlude,
     scale_by_max_abs,
@@ -537,3 +538,35 @@ def test_blas_benchmark_runs_on_tiny_sizes():
     for line in ("small batches", "one prediction", "1 thread", "2 threads", "chosen",
                  "load average"):
         assert line in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("params", [
+    make_algorithm("sliding_window", window_size=(2, 2), stride=(1, 1)),
+    make_algorithm("random_grid", n=60, cell_size=(2, 2), scoring="squared_difference"),
+    make_algorithm("rise", n=120, s=2),
+    make_algorithm("rise", n=120, s=2, debiased=False),
+], ids=["occlusion", "squared", "rise", "rise-not-debiased"])
+def test_the_raw_map_is_xaitks_sum_before_its_scaling_in_confidence_units(model, images, params):
+    """xaitk's own `weight_regions_by_scalar` of the perturbed confidences, as its scorer calls
+    it, before `maxabs_scale`: occlusion's is already a mean change of confidence; RISE's sum
+    over n masks is divided into one (by n·p1·(1 - p1) debiased, by n·p1 not)."""
+    engine = FastSaliency.from_config(stored_config(params))
+    classifier = image_classifier(model.classifier)
+    image = images[0]
+    ((maps, raw),) = engine.maps_and_raw([image], classifier)
+    np.testing.assert_array_equal(maps, engine(image, classifier))
+    masks = engine.masks(image)
+    confidences = classify_array(classifier, occlude(image, masks, engine.fill))
+    reference = classify_array(classifier, image[np.newaxis])[0]
+    if params.name == "rise":
+        p1 = params.p1 if params.debiased else 0.0
+        expected = weight_regions_by_scalar(confidences, masks - p1, inv_masks=False,
+                                            normalize=False)
+        expected /= len(masks) * (p1 * (1 - p1) if params.debiased else masks.mean())
+    elif params.scoring == "squared_difference":
+        change = 0.5 * ((reference - confidences) ** 2).sum(axis=1, keepdims=True)
+        expected = weight_regions_by_scalar(change, masks)[0]
+    else:
+        expected = weight_regions_by_scalar(reference - confidences, masks)
+    np.testing.assert_allclose(raw, expected, rtol=1e-9, atol=1e-12)
+    assert raw.shape == maps.shape

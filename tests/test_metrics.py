@@ -9,8 +9,8 @@ from scipy.ndimage import gaussian_filter
 from sklearn.linear_model import LogisticRegression
 
 from steps.core.data import load_dataset
-from steps.core.metrics import (CAUSAL_STEPS, Deletion, Insertion, MapContext, blur_sigma,
-                                class_map, score_map)
+from steps.core.metrics import (CAUSAL_STEPS, Deletion, Insertion, MapContext, average_maps,
+                                blur_sigma, class_map, score_map)
 
 WEIGHTS = np.array([[0.4, 0.3], [0.2, 0.1]])
 
@@ -124,3 +124,18 @@ def test_metrics_benchmark_runs_on_tiny_sizes():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "ours / naive:" in result.stdout and "maps/s" in result.stdout
+
+
+def test_mean_maps_by_class_and_confusion_cell_of_two_maps_or_more():
+    rng = np.random.default_rng(0)
+    maps = [rng.normal(size=(3, 4, 4)) for _ in range(4)]
+    images = [rng.uniform(size=(4, 4)) for _ in range(4)]
+    groups = average_maps(maps, images, ["cat", "cat", "cat", "dog"],
+                          ["cat", "dog", "dog", "dog"])
+    # cat: 3 maps; cat → dog: 2; cat → cat and dog (one map each) would only copy a map.
+    assert set(groups) == {("cat", None), ("cat", "dog")}
+    mean, mean_image, count = groups[("cat", "dog")]
+    np.testing.assert_allclose(mean, (maps[1] + maps[2]) / 2)
+    np.testing.assert_allclose(mean_image, (images[1] + images[2]) / 2)
+    assert count == 2 and groups[("cat", None)][2] == 3
+    assert set(average_maps(maps, images, ["a", "b", "c", "d"], ["a", "b", "c", "d"])) == set()

@@ -308,3 +308,31 @@ def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, alg
     again = generator_from_config(config)(data.images[data.rows([image_id])[0]],
                                           ImageClassifier(model))
     np.testing.assert_allclose(again, stored, atol=1e-5)
+
+
+def test_a_first_run_with_a_model_that_makes_no_mistake_shows_maps(store):
+    """The default query (the mistakes) finds none: the least confident correct images are
+    explained instead, and the driver says so."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 2
+    images = (rng.uniform(0, 0.3, (40, 6, 6)) + 0.7 * labels[:, None, None]).astype(np.float32)
+    np.savez(store.dir / "dark_bright.npz", images=images, labels=labels,
+             class_names=np.array(["dark", "bright"]))
+    model = LogisticRegression().fit(images.reshape(40, -1), labels)
+    mlflow.set_experiment("user models")
+    with mlflow.start_run():
+        logged = mlflow.sklearn.log_model(model, name="perfect")
+    params = {key: value for key, value in SMALL.items() if key != "query"}
+    result = store.run({**params, "dataset": "dark_bright.npz", "model_uri": logged.model_uri})
+    assert result.returncode == 0, result.output
+    assert ("The model got every evaluated image right: explaining the 2 it is least confident "
+            "about instead (query tags.Correct = 'true', order metrics.Predicted_class_conf ASC)"
+            in result.stdout), result.output
+    main = [r for r in main_runs(store) if r.data.tags.get("Model_uri") == logged.model_uri][0]
+    assert main.data.tags["Query"] == "tags.Correct = 'true'"
+    maps = store.runs("Saliency Map Generation",
+                      f"tags.`mlflow.parentRunId` = '{main.data.tags['Saliency_run_id']}'")
+    assert len(maps) == 2
+    assert all(r.data.tags["GT_class"] == r.data.tags["Predicted_class"] for r in maps)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from steps import names
 from steps.core.data import load_dataset, random_split
+from steps.core.metrics import beats_random
 from steps.core.models import ProbaModel
 from steps.core.saliency import ImageClassifier, compute_saliency, generator_from_config
 from steps.tracking.sqlite_journal import journal_mode
@@ -89,6 +90,11 @@ def test_driver_prints_run_ids_tracking_uri_and_ui_command(pipeline, runs):
         assert runs[key].info.run_id in result.stdout
     assert store.uri in result.stdout
     assert f"mlflow ui --backend-store-uri {store.uri}" in result.stdout
+    # The report as a file to open, where the artifacts are on this machine.
+    (report,) = [line.split("Report:", 1)[1].strip() for line in result.stdout.splitlines()
+                 if line.strip().startswith("Report:")]
+    assert Path(report).is_file() and Path(report).name == "report.html"
+    assert runs["main"].info.run_id in report
 
 
 def test_the_sqlite_store_is_left_in_wal_mode(pipeline):
@@ -275,7 +281,8 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         assert run.data.params == {"algorithm": "rise", "n": FAST_SALIENCY["n"], "s": "4",
                                    "p1": "0.5", "seed": "0", "debiased": "true", "fill": "0.0",
                                    "predict_batch_size": "256", "dataset": "digits",
-                                   "image_size": "", "test_fraction": "0.25", "split_seed": "0"}
+                                   "image_size": "", "test_fraction": "0.25", "split_seed": "0",
+                                   "eval_split": "test"}
         assert tags["Split"] == "test" and sample.data.tags["Split"] == "test"
         paths = artifact_paths(store.client, run_id)
         assert {"saliency_map.npy", "generator_config.json", "pictures/all_classes.png"} <= paths
@@ -289,6 +296,10 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         (row,) = data.rows([tags["Image_id"]])
         again = compute_saliency(generator, data.images[row], ImageClassifier(ProbaModel(model)))
         np.testing.assert_allclose(again, stored, atol=1e-6)
+        # Beside it, the map before xaitk scales each class's map to ±1: in confidence units.
+        raw = np.load(store.client.download_artifacts(run_id, "saliency_map_raw.npy"))
+        peak = np.abs(raw).reshape(10, -1).max(axis=1)[:, None, None]
+        np.testing.assert_allclose(raw / peak, stored, atol=1e-12)
 
 
 def test_every_map_carries_its_faithfulness_metrics_and_curves(pipeline, runs):
@@ -347,13 +358,14 @@ def test_the_step_run_holds_mean_maps_by_class_and_confusion_cell(pipeline, runs
         key = (run.data.tags["GT_class"], run.data.tags["Predicted_class"])
         stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
         by_cell.setdefault(key, []).append(stored)
-    for true in {t for t, _ in by_cell}:
-        members = [m for (t, _), maps in by_cell.items() if t == true for m in maps]
-        mean = np.load(store.client.download_artifacts(step_id, f"averages/true_{true}.npy"))
-        np.testing.assert_allclose(mean, np.mean(members, axis=0), atol=1e-12)
-        assert f"averages/true_{true}_all_classes.png" in paths
-    for (true, predicted), members in by_cell.items():
-        name = f"averages/true_{true}_predicted_{predicted}"
+    groups = {f"averages/true_{true}": [m for (t, _), maps in by_cell.items() if t == true
+                                        for m in maps] for true in {t for t, _ in by_cell}}
+    groups.update({f"averages/true_{true}_predicted_{predicted}": members
+                   for (true, predicted), members in by_cell.items()})
+    for name, members in groups.items():
+        if len(members) < 2:  # a mean of one map would only copy that map
+            assert f"{name}.npy" not in paths and f"{name}_all_classes.png" not in paths
+            continue
         mean = np.load(store.client.download_artifacts(step_id, f"{name}.npy"))
         np.testing.assert_allclose(mean, np.mean(members, axis=0), atol=1e-12)
         assert f"{name}_all_classes.png" in paths
@@ -363,10 +375,25 @@ def test_every_run_and_experiment_says_what_it_is(pipeline, runs):
     store, _ = pipeline
     names = {key: runs[key].data.tags["mlflow.runName"]
              for key in ("main", "train", "evaluation", "saliency")}
-    assert names == {"main": "pipeline", "train": "train", "evaluation": "evaluate",
-                     "saliency": "saliency"}
+    accuracy = runs["evaluation"].data.metrics["accuracy"]
+    beating = round(runs["saliency"].data.metrics["Maps_beating_random"] * MAX_IMAGES)
+    assert names == {"main": "pipeline · digits · rise(n=100)", "train": "train",
+                     "evaluation": f"evaluate · {accuracy:.1%} · {NUM_SAMPLES} images",
+                     "saliency": f"saliency · {beating}/{MAX_IMAGES} beat random · rise(n=100)"}
     for run in runs["samples"] + runs["maps"]:
-        assert run.data.tags["mlflow.runName"] == f"image-{run.data.tags['Image_id']}"
+        tags = run.data.tags
+        mark = "✓" if tags["GT_class"] == tags["Predicted_class"] else "✗"
+        assert tags["mlflow.runName"] == \
+            f"image-{tags['Image_id']} · {tags['Predicted_class']} {mark}"
+    # The pipelines' runs table compares pipelines by the main run's headline metrics.
+    headline = runs["main"].data.metrics
+    assert headline["Test_accuracy"] == accuracy and headline["Maps_explained"] == MAX_IMAGES
+    for name in ("Maps_beating_random", "Deletion_auc_mean", "Insertion_auc_mean"):
+        assert headline[name] == runs["saliency"].data.metrics[name]
+    for run in runs["maps"]:
+        assert run.data.tags["mlflow.note.content"].startswith(
+            "**Beats a random map**" if beats_random(run.data.metrics)
+            else "**Does not beat a random map**")
     for key in ("main", "train", "evaluation", "saliency"):
         assert len(runs[key].data.tags.get("mlflow.note.content", "")) > 20, key
     assert "accuracy" in runs["evaluation"].data.tags["mlflow.note.content"]

@@ -150,7 +150,8 @@ def test_update_adds_maps_without_deleting_or_overwriting(store):
     updated = store.client.get_run(run_id)
     tags, metrics = updated.data.tags, updated.data.metrics
     assert updated.info.status == "FINISHED"
-    assert updated.info.run_name == "image-1023"
+    assert updated.info.run_name == target.info.run_name
+    assert updated.info.run_name.startswith("image-1023 · ")
     assert updated.data.params == target.data.params
     # The run is still the map of its own image, as its evaluation sample says ...
     samples = evaluation_samples(store)

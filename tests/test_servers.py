@@ -118,7 +118,11 @@ def test_pipeline_against_a_server_with_postgresql_backend(tmp_path):
         with mlflow_server(tmp_path / "server", backend) as server:
             result = run_project(PROJECT_DIR, SMALL, cwd=tmp_path, tracking_uri=server.url)
             assert result.returncode == 0, result.output
-            assert_pipeline_on_server(server, tmp_path)
+            (pipeline,) = assert_pipeline_on_server(server, tmp_path)
+            # The report's page in the server's UI.
+            main = pipeline.main
+            assert (f"Report:           {server.url}/#/experiments/{main.info.experiment_id}/"
+                    f"runs/{main.info.run_id}/artifactPath/report.html") in result.stdout
 
 
 def our_process(args: list[str], tracking_uri: str, env: dict, cwd: Path):

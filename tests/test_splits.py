@@ -106,6 +106,7 @@ def split_folder(store):
     ids = write_split_folder(store.dir / "split")
     first = ids["test"][0]  # a zero
     (store.dir / "split" / first).rename(store.dir / "split" / COMMA_ID)
+    (store.dir / "split" / "test" / "one" / "labels.txt").write_text("not an image")
     ids["test"] = [COMMA_ID if i == first else i for i in ids["test"]]
     return ids
 
@@ -132,6 +133,9 @@ def test_the_pipeline_trains_on_train_and_evaluates_exactly_test(store, split_fo
     main, result = split_pipeline
     assert result.output.count("Note: test_fraction and split_seed are ignored: split comes "
                                "with its own split") == 1, result.output
+    assert result.output.count("Note: skipped 1 file of ") == 1
+    assert "that is not a PNG or JPEG image in a class folder: test/one/labels.txt" in \
+        result.output
     train = store.client.get_run(main.data.tags["Train_run_id"])
     assert train.data.tags["Train_size"] == str(len(split_folder["train"]))
     assert train.data.tags["Test_size"] == str(len(split_folder["test"]))
@@ -198,28 +202,28 @@ def test_split_refusals_are_one_line_each(store, split_folder, split_pipeline, o
     np.savez(store.dir / "plain.npz", images=images, labels=labels)
     before = {r.info.run_id for e in ("Train", "Evaluation", "Saliency Map Generation")
               for r in store.runs(e)}
-    cases = [
-        ("main", {"dataset": "split", "eval_split": "all"},
-         "Invalid value for '--eval_split': eval_split=all evaluates every image, which leaves "
-         "none to train on"),
-        ("evaluate", {"model_uri": "models:/own/latest", "dataset": "split", "eval_split": "val"},
+    line = one_error_line(store.run({"dataset": "split", "eval_split": "all"}))
+    assert ("Invalid value for '--eval_split': eval_split=all evaluates every image, which "
+            "leaves none to train on") in line, line
+    split, plain = str(store.dir / "split"), str(store.dir / "plain.npz")
+    cases = [  # the steps' own processes: what `mlflow run -e <step>` would start
+        ("evaluate", {"model_uri": "models:/own/latest", "dataset": split, "eval_split": "val"},
          "Invalid value for '--eval_split': dataset split has no val/ split to evaluate (it has "
          "train/, test/)"),
-        ("evaluate", {"model_uri": trained_here, "dataset": "split", "eval_split": "all"},
+        ("evaluate", {"model_uri": trained_here, "dataset": split, "eval_split": "all"},
          "eval_split=all would evaluate it on its training images"),
-        ("evaluate", {"model_uri": "models:/own/latest", "dataset": "plain.npz",
-                      "eval_split": "val"},
+        ("evaluate", {"model_uri": "models:/own/latest", "dataset": plain, "eval_split": "val"},
          "dataset plain.npz has no val/ split of its own"),
-        ("train", {"dataset": "tests_only"},
+        ("train", {"dataset": str(store.dir / "tests_only")},
          "Invalid value for '--dataset': dataset tests_only has no train/ split to train on"),
-        ("evaluate", {"model_uri": "models:/nobody/latest", "dataset": "split"},
+        ("evaluate", {"model_uri": "models:/nobody/latest", "dataset": split},
          "registered model nobody has no version"),
-        ("saliency", {"model_uri": "models:/own/latest", "dataset": "split",
+        ("saliency", {"model_uri": "models:/own/latest", "dataset": split,
                       "image_ids": '["test/zero/a,b.png"'},
          "Invalid value for '--image_ids': '[\"test/zero/a,b.png\"' is not a JSON list"),
     ]
     for entry_point, params, words in cases:
-        line = one_error_line(store.run(params, entry_point=entry_point))
+        line = one_error_line(store.process(params, entry_point=entry_point))
         assert words in line, (entry_point, params, line)
     assert {r.info.run_id for e in ("Train", "Evaluation", "Saliency Map Generation")
             for r in store.runs(e)} == before, "a refused step writes no run"

@@ -260,6 +260,11 @@ class DatasetSource:
         self.content_digest(digest)
         return digest.hexdigest()[:16]
 
+    def notes(self) -> list[str]:
+        """What a user should know about how the data was read (e.g. files skipped), one
+        line each."""
+        return []
+
     def location(self) -> str:
         """Where the data is, for MLflow's dataset source."""
         return self.spec

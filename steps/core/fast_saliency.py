@@ -318,6 +318,20 @@ class RegionWeighting:
                     coverage[column:column + columns] += weights.sum(axis=0)
         return total, coverage
 
+    def in_confidence_units(self, total: np.ndarray, coverage: Any, masks: np.ndarray
+                            ) -> np.ndarray:
+        """The sums over the masks before xaitk's scaling, `[maps, H*W]`, as a change of
+        confidence. Occlusion: the class's mean confidence drop when the pixel is hidden
+        (squared scoring: the mean of half the squared change of all confidences). Debiased
+        RISE: the class's mean confidence with the pixel shown less that with it hidden (the sum
+        of `(mask - p1) × confidence` over n masks is n·p1·(1 - p1) times that); RISE not
+        debiased: the mean confidence with the pixel shown."""
+        if self.normalize:
+            return total / np.where(coverage == 0, 1.0, coverage)
+        if self.offset:
+            return total / (len(masks) * self.offset * (1 - self.offset))
+        return total / max(float(masks.sum(dtype=np.float64)) / masks[0].size, 1e-12)
+
     def finish(self, total: np.ndarray, coverage: Any) -> np.ndarray:
         """The maps `[classes, H*W]` (`[1, H*W]` when squared) from the sums over all chunks."""
         if self.normalize:
@@ -380,7 +394,13 @@ class FastSaliency:
         return self.maps([image], classifier)[0]
 
     def maps(self, images: Sequence[np.ndarray], classifier: ClassifyImage) -> list[np.ndarray]:
-        """The maps of several images, each as `engine(image, classifier)` gives it.
+        """The maps of several images, each as `engine(image, classifier)` gives it."""
+        return [maps for maps, _ in self.maps_and_raw(images, classifier)]
+
+    def maps_and_raw(self, images: Sequence[np.ndarray], classifier: ClassifyImage
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The maps of several images, each with the same map before xaitk's scaling, in the
+        model's confidence units (`RegionWeighting.in_confidence_units`).
 
         Each image is occluded and classified as on its own; images of one shape that share
         their masks (`depends_only_on_shape`) are then scored together, as many at a time as
@@ -393,7 +413,7 @@ class FastSaliency:
             if image.ndim not in (2, 3):
                 raise ValueError(f"expected an image [H, W] or [H, W, C], got {image.ndim} "
                                  "dimensions")
-        made: list[np.ndarray] = [np.empty(0)] * len(images)
+        made: list = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             by_shape.setdefault(image.shape, []).append(index)
@@ -458,9 +478,9 @@ class FastSaliency:
         return masks, np.concatenate(parts)
 
     def _score(self, image: np.ndarray, masks: np.ndarray, scalars: list[np.ndarray]
-               ) -> list[np.ndarray]:
-        """The maps of images of `image`'s shape and `masks` from their `_scalars`, in one
-        pass."""
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The maps, and raw maps, of images of `image`'s shape and `masks` from their
+        `_scalars`, in one pass."""
         weighting = self.weighting
         joined = np.concatenate(scalars, axis=1)
         whole = None
@@ -472,10 +492,13 @@ class FastSaliency:
         total, coverage = weighting.weigh(joined, masks, whole)
         maps, first = [], 0
         for own in scalars:
-            part = weighting.finish(total[first:first + own.shape[1]], coverage)
+            rows = total[first:first + own.shape[1]]
             first += own.shape[1]
-            part = part.reshape(-1, *image.shape[:2])
-            maps.append(part[0] if weighting.squared else part)  # one map for the prediction
+            pair = [part.reshape(-1, *image.shape[:2]) for part in (
+                weighting.finish(rows, coverage),
+                weighting.in_confidence_units(rows, coverage, masks))]
+            # One map for the whole prediction with squared scoring.
+            maps.append(tuple(part[0] for part in pair) if weighting.squared else tuple(pair))
         return maps
 
 
@@ -494,6 +517,11 @@ class XaitkGenerator:
     def maps(self, images: Sequence[np.ndarray], classifier: ClassifyImage) -> list[np.ndarray]:
         """The maps of several images, one at a time."""
         return [self(image, classifier) for image in images]
+
+    def maps_and_raw(self, images: Sequence[np.ndarray], classifier: ClassifyImage
+                     ) -> list[tuple[np.ndarray, None]]:
+        """The maps, with no raw map: xaitk's generator gives only its scaled one."""
+        return [(maps, None) for maps in self.maps(images, classifier)]
 
     def __call__(self, image: np.ndarray, classifier: ClassifyImage) -> np.ndarray:
         image = np.asarray(image)

@@ -197,10 +197,12 @@ def score_map(maps: np.ndarray, image: np.ndarray, predict, predicted_column: in
 
 
 def average_maps(maps: list[np.ndarray], images: list[np.ndarray], true_names: list[str],
-                 predicted_names: list[str]) -> dict[tuple[str, str | None], tuple]:
+                 predicted_names: list[str], fewest: int = 2
+                 ) -> dict[tuple[str, str | None], tuple]:
     """Mean maps and mean images by true class (`(true, None)`) and by confusion cell
     (`(true, predicted)`), over maps of one shape: what the model looks at for a class, and
-    for the mistakes it makes on it."""
+    for the mistakes it makes on it. Only groups of at least `fewest` maps: a mean of one is
+    that map."""
     groups: dict[tuple[str, str | None], list[int]] = {}
     for index, (true, predicted) in enumerate(zip(true_names, predicted_names)):
         groups.setdefault((true, None), []).append(index)
@@ -208,4 +210,5 @@ def average_maps(maps: list[np.ndarray], images: list[np.ndarray], true_names: l
     return {key: (np.mean([maps[i] for i in members], axis=0),
                   np.mean([images[i] for i in members], axis=0), len(members))
             for key, members in sorted(groups.items(), key=lambda item: (item[0][0],
-                                                                          item[0][1] or ""))}
+                                                                          item[0][1] or ""))
+            if len(members) >= fewest}

@@ -44,11 +44,16 @@ class Data:
     digest: str
 
 
-def load_data(spec: str, image_size: tuple[int, ...]) -> Data:
-    """The dataset and its digest; a click error naming `dataset` for data that cannot be used."""
+def load_data(spec: str, image_size: tuple[int, ...], quiet: bool = False) -> Data:
+    """The dataset and its digest, with a line for each of the source's notes (unless `quiet`
+    or under the driver); a click error naming `dataset` for data that cannot be used."""
     with dataset_errors():
         source = dataset_source(absolute_dataset(spec), image_size)
-        return Data(source, source.load(), source.digest())
+        data = Data(source, source.load(), source.digest())
+    if not quiet and not lifecycle.under_driver():  # the driver said so already
+        for line in source.notes():
+            click.echo(line, err=True)
+    return data
 
 
 def dataset_digest(spec: str, image_size: tuple[int, ...]) -> str:
@@ -102,7 +107,7 @@ def load_model_inputs(model_uri: str | None, spec: str, image_size: tuple[int, .
             click.echo(f"Resizing the {data.dataset.describe_shape()} images of {spec} to "
                        f"{height}×{width}, the size model {resolved.given} takes (its "
                        f"{model.size_source}); set -P image_size=H,W to choose", err=True)
-        data = load_data(spec, (height, width))
+        data = load_data(spec, (height, width), quiet=True)
     try:
         classes = check_model_fits(model, data.dataset.images, data.dataset.class_names,
                                    data.dataset.describe_shape())

@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from steps.tracking.store_check import launcher_pid, stop_retrying, unreachable_server
 from steps.names import (ERROR_TAG, IMAGE_ID_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG,
-                         PARTITION_TAG, PROCESS_HOST_TAG, PROCESS_ID_TAG, PROCESS_START_TAG,
+                         PARTITION_TAG, PROCESS_HOST_TAG, RUN_NAME_TAG, PROCESS_ID_TAG, PROCESS_START_TAG,
                          RESULTS_DELETED_TAG)
 
 #: Set by the driver for the steps it launches: its process ID.
@@ -220,10 +220,11 @@ def failed_artifact_uri() -> str | None:
     return _failed_artifact_uris[0] if _failed_artifact_uris else None
 
 
-def record_early_failure(error: BaseException) -> None:
+def record_early_failure(error: BaseException, name: str | None = None) -> None:
     """Tag the run `mlflow run` started for this process with why it ended, when the process
     failed before taking the run over (e.g. on a bad parameter), so the driver can tell an error
-    from a kill. Best effort: the store may be what failed."""
+    from a kill; `name` it unless the process named it already. Best effort: the store may be
+    what failed."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
@@ -232,6 +233,9 @@ def record_early_failure(error: BaseException) -> None:
         client = MlflowClient()
         for key, value in end_reason(error).items():
             client.set_tag(run_id, key, value)
+        if name and not client.get_run(run_id).data.tags.get(RUN_NAME_TAG, "").startswith(
+                name.split(" ", 1)[0]):
+            client.set_tag(run_id, RUN_NAME_TAG, name)
     except Exception:
         pass
 

@@ -52,20 +52,40 @@ class ImageFolder(DatasetSource):
     def files(self) -> list[tuple[str | None, str, Path]]:
         """`(split, class name, file)` for every image file, sorted; DatasetError for a folder
         that is missing, empty or has a class folder without images."""
-        found = []
-        for split, folder in self.class_roots():
+        return self.scan()[0]
+
+    def notes(self) -> list[str]:
+        skipped = self.scan()[1]
+        if not skipped:
+            return []
+        names = ", ".join(path.relative_to(self.root).as_posix() for path in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        return [f"Note: skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''} of "
+                f"{self.root} that {'is' if len(skipped) == 1 else 'are'} not a PNG or JPEG "
+                f"image in a class folder: {names}{more}"]
+
+    def scan(self) -> tuple[list[tuple[str | None, str, Path]], list[Path]]:
+        """The image files as `files` gives them, and the other (not hidden) files skipped."""
+        found, skipped = [], []
+        roots = self.class_roots()
+        if roots[0][0] is not None:
+            skipped += _loose_files(self.root)
+        for split, folder in roots:
+            skipped += _loose_files(folder)
             classes = _sub_folders(folder)
             if not classes:
                 raise DatasetError(f"{folder} has no class sub-folders; lay it out as "
                                    "root/<class>/<image file> (or root/train/<class>/..., "
                                    "root/test/<class>/...)")
             for class_folder in classes:
-                images = sorted(p for p in class_folder.rglob("*") if p.is_file()
-                                and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+                files = sorted(p for p in class_folder.rglob("*") if p.is_file()
+                               and not p.name.startswith("."))
+                images = [p for p in files if p.suffix.lower() in EXTENSIONS]
                 if not images:
                     raise DatasetError(f"class folder {class_folder} holds no PNG or JPEG image")
                 found += [(split, class_folder.name, path) for path in images]
-        return found
+                skipped += [p for p in files if p.suffix.lower() not in EXTENSIONS]
+        return found, sorted(skipped)
 
     def load(self) -> ImageDataset:
         from PIL import Image, UnidentifiedImageError
@@ -118,6 +138,11 @@ class ImageFolder(DatasetSource):
 
     def location(self) -> str:
         return str(self.root.resolve())
+
+
+def _loose_files(folder: Path) -> list[Path]:
+    """Files (not hidden) beside the class or split folders: no image of any class."""
+    return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
 
 
 def _sub_folders(folder: Path) -> list[Path]:
