@@ -179,7 +179,7 @@ class Split:
             return ALL
         if dataset.predefined:
             return dataset.splits[row]
-        return TEST if row in set(self.test_rows.tolist()) else TRAIN
+        return TEST if row in self.test_rows else TRAIN
 
 
 def random_split(dataset: ImageDataset, test_fraction: float, seed: int) -> Split:
