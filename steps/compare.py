@@ -22,8 +22,10 @@ from steps.core import plots
 from steps.core.compare import AGREEMENTS, CrossCorrelation, agreements, configuration_labels
 from steps.core.metrics import class_map
 from steps.core.parameters import text_items
-from steps.saliency import BATCH_PARAM, ImageFacts, stored_explainer, stored_map
+from steps.core.explain import PredictedImage
 from steps.tracking import runs
+from steps.tracking.map_runs import BATCH_PARAM, identity_tags, stored_map
+from steps.tracking.stored_maps import stored_writer
 
 PARAM = "saliency_run_ids"
 #: The agreement measure the pictures and the console show.
@@ -56,7 +58,7 @@ def algorithm_params(run: Run) -> dict[str, str]:
     return {k: v for k, v in run.data.params.items() if k not in data and k != BATCH_PARAM}
 
 
-def comparison_rows(facts: ImageFacts, maps: dict[str, np.ndarray], class_names,
+def comparison_rows(facts: PredictedImage, maps: dict[str, np.ndarray], class_names,
                     captions: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
     """Each configuration's map of the predicted class (its panel titled with its label and
     caption), and of the true class when it differs, by row title (the class and the model's
@@ -97,12 +99,12 @@ def compare(saliency_run_ids):
     configurations = [algorithm_params(maps[image_ids[0]]) for maps in by_run]
     labels = configuration_labels(configurations)
     first = by_run[0][image_ids[0]]
-    explainer = stored_explainer(first, plots.PictureStyle("combined"),
+    writer = stored_writer(first, plots.PictureStyle("combined"),
                                  int(first.data.params[BATCH_PARAM]), image_ids, PARAM)
-    class_names = explainer.inputs.classes.names
+    class_names = writer.inputs.classes.names
     rows, metrics = [], {}
     with runs.step_run(names.SALIENCY_EXPERIMENT, "compare"):
-        mlflow.set_tags({**explainer.step_tags(),
+        mlflow.set_tags({**writer.step_tags(),
                          names.COMPARED_RUNS_TAG: ",".join(saliency_run_ids),
                          names.CONFIGURATIONS_TAG: ", ".join(labels),
                          names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids))})
@@ -110,12 +112,12 @@ def compare(saliency_run_ids):
                          for label, run, configuration in zip(labels, step_runs, configurations)},
                         names.CONFIGURATIONS_ARTIFACT)
         for image_id in image_ids:
-            facts = explainer.facts(image_id)
+            facts = writer.explainer.predict(image_id)
             maps = {label: stored_map(maps[image_id]) for label, maps in zip(labels, by_run)}
             predicted = {label: class_map(m, facts.predicted_column) for label, m in maps.items()}
             captions = {}
             for (a, b), values in agreements(predicted).items():
-                rows.append({**facts.tags, "first": a, "second": b, **values})
+                rows.append({**identity_tags(facts), "first": a, "second": b, **values})
                 metrics.update({names.agreement_metric(measure, a, b, image_id): value
                                 for measure, value in values.items()})
                 if a == labels[0]:
@@ -123,8 +125,7 @@ def compare(saliency_run_ids):
             with phases.phase(names.PICTURES_PHASE):
                 fig = plots.comparison_figure(
                     facts.image, comparison_rows(facts, maps, class_names, captions),
-                    f"image {image_id}: true {facts.tags[names.GT_CLASS_TAG]}, predicted "
-                    f"{facts.tags[names.PREDICTED_CLASS_TAG]}", map_meaning(configurations))
+                    facts.title(), map_meaning(configurations))
                 mlflow.log_figure(fig, f"{names.COMPARISON_DIR}/image_"
                                        f"{names.metric_safe(image_id)}.png")
                 plots.plt.close(fig)

@@ -14,7 +14,7 @@ import gc
 import os
 import sys
 import time
-from typing import Iterator
+from typing import Iterable, Iterator, TypeVar
 
 from steps.names import LOAD_PHASE, STARTUP_PHASE
 
@@ -79,6 +79,21 @@ PHASES = Phases()
 body_begins = PHASES.begin_body
 enter = PHASES.enter
 phase = PHASES.during
+
+Item = TypeVar("Item")
+
+
+def produced_in(name: str, items: Iterable[Item]) -> Iterator[Item]:
+    """`items` as they come, the time spent producing each (a generator's work) in phase
+    `name` and the time the caller spends between them in its own."""
+    iterator = iter(items)
+    while True:
+        with phase(name):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
 
 
 def quick_exit() -> None:

@@ -1,0 +1,423 @@
+"""Map runs: one "Saliency Map Generation" run per image, with its map, pictures and config.
+
+Each is nested under its step run and holds the algorithm's parameters, the xaitk/smqtk
+configuration that rebuilds the same generator (`generator_config.json`), the map
+(`saliency_map.npy`, `[classes, H, W]` in [-1, 1]), the map before xaitk's scaling
+(`saliency_map_raw.npy`, in the model's confidence units) and pictures of it over the image,
+and the map's metrics. They are made in this process or by a Dask cluster's workers, in
+partitions a retry makes whole without doubling. What is computed comes from
+`steps/core/explain.py`; this module only logs it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import click
+import mlflow
+import numpy as np
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from steps import names, options, phases
+from steps.core import plots
+from steps.core.data import DatasetError, SplitChoice
+from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
+                                fill_colours_of)
+from steps.core.metrics import MapScores, average_maps, class_map
+from steps.tracking import lifecycle, runs
+from steps.tracking.cluster import MAP_PARTITION_SIZE, ClusterSpec, dask_client, run_partitions
+from steps.tracking.console import Progress, quiet_run_links
+from steps.tracking.datasets import log_dataset
+from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs, split_data
+from steps.tracking.lifecycle import keep_finished
+from steps.tracking.models import convention_tags
+
+# Stored with each map: the model's float32 confidences round by batch shape, so regenerating
+# the very same map takes the same batches.
+BATCH_PARAM = "predict_batch_size"
+#: Images in the step run's `summary.png`, one row each.
+SUMMARY_MAX_IMAGES = 30
+# The panel of a map that is not any one class's (SquaredDifferenceScoring's).
+WHOLE_PREDICTION = "prediction"
+
+
+def identity_tags(predicted: PredictedImage) -> dict[str, str]:
+    """`Image_id`, `GT_class` and `Predicted_class`: how a user finds an image's runs."""
+    return {names.IMAGE_ID_TAG: predicted.image_id, names.GT_CLASS_TAG: predicted.true_class,
+            names.PREDICTED_CLASS_TAG: predicted.predicted_class}
+
+
+def class_file(name: str) -> str:
+    return f"class_{names.metric_safe(name)}.png"
+
+
+def write_pictures(folder: Path, image, maps, class_names, title: str, marks: plots.Answer,
+                   pictures: plots.PictureStyle, prefix: str = "",
+                   meaning: plots.MapMeaning | None = None, fill_colours=()) -> None:
+    """Pictures of `[classes, H, W]` maps as PNG files in `folder`, their names starting with
+    `prefix`; of `[colours, classes, H, W]` ones (MC-RISE, filled with `fill_colours`), the
+    pictures of each fill colour's maps in `folder/<prefix>fill_colour_<i>/`; of one `[H, W]`
+    map for the whole prediction (SquaredDifferenceScoring), one panel `prediction`.
+    `meaning`: what the values are, when not xaitk's scaled maps (`plots.meaning_of`)."""
+    meaning = meaning or plots.meaning_of(maps)
+    if maps.ndim == 2:
+        plots.write_pictures(folder, image, maps[np.newaxis], (WHOLE_PREDICTION,), title,
+                             plots.Answer(), pictures, meaning, class_file, prefix)
+    elif maps.ndim == 4:
+        for colour, colour_maps in enumerate(maps):
+            named = (plots.fill_colour_name(fill_colours[colour])
+                     if colour < len(fill_colours) else f"colour {colour}")
+            plots.write_pictures(folder / f"{prefix}fill_colour_{colour}", image, colour_maps,
+                                 class_names, f"{title}, fill {named}", marks,
+                                 pictures, meaning, class_file)
+    else:
+        plots.write_pictures(folder, image, maps, class_names, title, marks, pictures,
+                             meaning, class_file, prefix)
+
+
+def log_pictures(image, maps, class_names, title: str, marks: plots.Answer,
+                 pictures: plots.PictureStyle, folder: str, **how) -> None:
+    """`write_pictures` under `folder` of the active run (a folder ending in `/`, or one and a
+    file-name prefix after its last `/`), logged by one `mlflow.log_artifacts` call; `how`:
+    its `meaning` and `fill_colours`."""
+    directory, _, prefix = folder.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        with phases.phase(names.PICTURES_PHASE):
+            write_pictures(Path(tmp), image, maps, class_names, title, marks, pictures, prefix,
+                           **how)
+        mlflow.log_artifacts(tmp, directory or None)
+
+
+def log_map(maps: np.ndarray, prefix: str, file_name: str = names.MAP_ARTIFACT) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, file_name)
+        np.save(path, maps)
+        mlflow.log_artifact(str(path), artifact_path=prefix.rstrip("/") or None)
+
+
+def log_scores(scores: MapScores) -> None:
+    """The causal curves as an array file and a picture."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, names.CURVES_ARTIFACT)
+        np.savez(path, **scores.curves)
+        mlflow.log_artifact(str(path), artifact_path=names.METRICS_DIR)
+    with phases.phase(names.PICTURES_PHASE):
+        fig = plots.causal_curves_figure(scores.curves, scores.metrics)
+        mlflow.log_figure(fig, f"{names.METRICS_DIR}/{names.CURVES_PICTURE}")
+        plots.plt.close(fig)
+
+
+def against_random(scores: MapScores) -> str:
+    """`deletion 0.110 vs 0.590, lower is better; insertion ...`."""
+    m = scores.metrics
+    return (f"deletion {m['Deletion_auc']:.3f} vs {m['Random_deletion_auc']:.3f}, lower is "
+            f"better; insertion {m['Insertion_auc']:.3f} vs {m['Random_insertion_auc']:.3f}, "
+            "higher is better")
+
+
+def map_verdict(scores: MapScores) -> str:
+    """A map run's description: whether the map beats a random map, in words."""
+    verdict = ("**Beats a random map**" if scores.beats_random()
+               else "**Does not beat a random map**")
+    return (f"{verdict}: hiding its most salient pixels first lowers the predicted class's "
+            f"confidence, and showing them first raises it, against a random map's order "
+            f"({against_random(scores)}; areas under the curves in `metrics/`).")
+
+
+def aggregate_scores(scores: list[MapScores]) -> dict[str, float]:
+    """Mean and median of each metric over the maps, and the share that beats a random map."""
+    aggregates = {names.BEATING_RANDOM_METRIC: float(np.mean([s.beats_random() for s in scores]))}
+    for name in scores[0].metrics:
+        values = [s.metrics[name] for s in scores if name in s.metrics]
+        aggregates[f"{name}_mean"] = float(np.mean(values))
+        aggregates[f"{name}_median"] = float(np.median(values))
+    return aggregates
+
+
+@dataclass
+class MapRunWriter:
+    """An `ImageExplainer` and what its runs record: the model's lineage, the data's source and
+    digest, the data parameters, how pictures are drawn."""
+
+    explainer: ImageExplainer
+    inputs: ModelInputs
+    pictures: plots.PictureStyle
+    data_params: dict[str, str]
+    #: What the console calls the algorithm, e.g. `rise(s=8)`.
+    label: str = ""
+    #: Raw maps made and not yet logged, by image ID.
+    pending_raw: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
+              pictures: plots.PictureStyle, predict_batch_size: int, image_ids=(), *,
+              split: SplitChoice, input_flags: dict | None = None) -> MapRunWriter:
+        """`split`: how the dataset is split, which tells training from test images.
+        The model's input convention is the one `config` holds (a stored map's), else
+        resolved from `input_flags`; either way the explainer's config then holds it."""
+        dataset = absolute_dataset(dataset)
+        inputs = load_model_inputs(model_uri, dataset, image_size, input_flags=input_flags,
+                                   stored_convention=config.get(names.MODEL_INPUT_CONFIG_KEY))
+        config = {**config, names.MODEL_INPUT_CONFIG_KEY: inputs.model.convention.as_dict()}
+        if not image_ids:
+            raise click.BadParameter("give at least one image ID", param_hint="'--image_ids'")
+        try:
+            inputs.dataset.rows(image_ids)
+        except DatasetError as error:
+            raise click.BadParameter(str(error), param_hint="'--image_ids'") from None
+        made = split_data(inputs.dataset, split, quiet=lifecycle.under_driver())
+        explainer = ImageExplainer(inputs.dataset, inputs.model, inputs.classes, config, made,
+                                   predict_batch_size)
+        return cls(explainer, inputs, pictures,
+                   options.values_of(options.DATA + options.SPLIT, {
+                       "dataset": dataset, "image_size": image_size,
+                       "test_fraction": split.test_fraction, "split_seed": split.seed,
+                       "eval_split": split.eval_split}))
+
+    @property
+    def config(self) -> dict:
+        return self.explainer.config
+
+    def split_description(self) -> str:
+        """`test_fraction 0.25, split_seed 0`, or `its own train/ split`."""
+        if self.inputs.dataset.predefined:
+            return f"{self.inputs.dataset.name}'s own train/ split"
+        return ", ".join(f"{d.name} {self.data_params[d.name]}" for d in options.SPLIT[:2])
+
+    def warn_about_training_images(self, image_ids) -> None:
+        """One `Warning:` line naming the images of the training split, if any."""
+        seen = self.explainer.training_images(image_ids)
+        if seen:
+            one = len(seen) == 1
+            click.echo(f"Warning: image{'' if one else 's'} {', '.join(seen)} "
+                       f"{'is' if one else 'are'} in the training split "
+                       f"({self.split_description()}): the model has seen "
+                       f"{'it' if one else 'them'}", err=True)
+
+    def warn_unless_beating_random(self, image_id: str, scores: MapScores) -> None:
+        if not scores.beats_random():
+            click.echo(f"Warning: the {self.label + ' ' if self.label else ''}map of image "
+                       f"{image_id} does not beat a random map ({against_random(scores)})",
+                       err=True)
+
+    def step_tags(self) -> dict[str, str]:
+        """What every run of this step records about its model and data."""
+        data = self.inputs.data
+        return {**self.inputs.resolved.lineage_tags(),
+                **convention_tags(self.inputs.model.convention),
+                names.DATASET_TAG: data.dataset.name, names.DATASET_DIGEST_TAG: data.digest}
+
+    def log_dataset(self) -> None:
+        """The dataset as an input of the active run, with its split."""
+        data = self.inputs.data
+        log_dataset(data.source, data.dataset, data.digest, names.SALIENCY_CONTEXT,
+                    self.explainer.split,
+                    {k: v for k, v in self.data_params.items() if k != "dataset"})
+
+    def log_maps(self, predicted: PredictedImage, maps: np.ndarray, raw: np.ndarray | None,
+                 prefix: str = "") -> None:
+        """The image's map, raw map and pictures (under `prefix`) in the active run."""
+        log_map(maps, prefix)
+        if raw is not None:
+            log_map(raw, prefix, names.RAW_MAP_ARTIFACT)
+        # Pictured in confidence units where the raw map exists: a class the model ignores
+        # fades beside the one it predicts (xaitk scales each to ±1).
+        log_pictures(predicted.image, maps if raw is None else raw, self.inputs.classes.names,
+                     predicted.title(), predicted.class_marks(), self.pictures,
+                     f"{prefix}{names.PICTURES_DIR}/",
+                     meaning=None if raw is None else self.explainer.raw_meaning(),
+                     fill_colours=fill_colours_of(self.config))
+
+    def make_and_log_maps(self, predicted: PredictedImage, prefix: str) -> None:
+        """Make the image's map now and log it (`log_maps`), unscored."""
+        with phases.phase(names.COMPUTE_PHASE):
+            (maps, raw), = self.explainer.maps_of([predicted])
+        self.log_maps(predicted, maps, raw, prefix)
+
+    def map_run(self, explained: ExplainedImage, parent: Run, params: dict,
+                extra_tags: dict[str, str]) -> Run:
+        """A per-image run nested under the step run `parent` (also on a Dask worker, where no
+        run is active) with its tags, params, config, maps, pictures and metrics."""
+        predicted, scores = explained.predicted, explained.scores
+        with lifecycle.run_context(run_name=names.image_run_name(
+                predicted.image_id, predicted.predicted_class, predicted.correct),
+                nested=mlflow.active_run() is not None,
+                experiment_id=parent.info.experiment_id,
+                tags={names.PARENT_RUN_TAG: parent.info.run_id}) as run:
+            mlflow.set_tags({**identity_tags(predicted), **self.step_tags(),
+                             names.SPLIT_TAG: self.explainer.split_of(predicted.image_id),
+                             names.SALIENCY_PARENT_TAG: parent.info.run_id,
+                             names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
+                             **extra_tags})
+            mlflow.log_params({**params, **self.data_params})
+            mlflow.log_dict(self.config, names.CONFIG_ARTIFACT)
+            self.log_maps(predicted, explained.maps, explained.raw)
+            log_scores(scores)
+            mlflow.log_metrics({names.PREDICTED_CONF_METRIC: predicted.confidence,
+                                **scores.metrics})
+            runs.describe(map_verdict(scores))
+            return run
+
+    def log_averages(self, made: list[tuple[PredictedImage, np.ndarray]]) -> None:
+        """Mean maps by true class and by confusion cell (true → predicted) of two maps or more,
+        as `.npy` and pictures over the mean image, under `averages/` of the active (step) run:
+        the classes in the model's order (a mean has no one confidence), the group's true class
+        and, of a confusion cell, its predicted class marked."""
+        groups = average_maps([maps for _, maps in made], [one.image for one, _ in made],
+                              [one.true_class for one, _ in made],
+                              [one.predicted_class for one, _ in made])
+        column = {n: k for k, n in enumerate(self.inputs.classes.names)}.get
+        for (true, predicted), (mean_maps, mean_image, count) in groups.items():
+            name = f"true_{names.metric_safe(true)}" + (
+                f"_predicted_{names.metric_safe(predicted)}" if predicted is not None else "")
+            what = f"true {true}" + (f", predicted {predicted}" if predicted is not None else "")
+            log_map(mean_maps, f"{names.AVERAGES_DIR}/", f"{name}.npy")
+            log_pictures(mean_image, mean_maps, self.inputs.classes.names,
+                         f"mean of {count} maps: {what}",
+                         plots.Answer(None, column(predicted), column(true)),
+                         replace(self.pictures, mode="combined", top_classes=0),
+                         f"{names.AVERAGES_DIR}/{name}_")
+
+    def log_summary(self, made: list[tuple[PredictedImage, np.ndarray]]) -> None:
+        """One picture of the step's maps (`summary.png` of the active, step run): a row per
+        image (the first `SUMMARY_MAX_IMAGES`), its map of the predicted class and, where the
+        model was wrong, of the true class, all on one scale."""
+        class_names, rows = self.inputs.classes.names, []
+        for one, maps in made[:SUMMARY_MAX_IMAGES]:
+            def label(kind: str, column: int) -> str:
+                return (f"{kind} {class_names[column]}  "
+                        f"{plots.confidence_text(one.confidences[column])}")
+            if maps.ndim == 2:
+                row = {WHOLE_PREDICTION: maps}
+            else:
+                row = {label("predicted", one.predicted_column):
+                       class_map(maps, one.predicted_column)}
+                if one.true_column not in (None, one.predicted_column):
+                    row[label("true", one.true_column)] = class_map(maps, one.true_column)
+            rows.append((one.image, f"{one.image_id}: true {one.true_class}", row))
+        shown = (f"the first {len(rows)} of {len(made)}" if len(rows) < len(made)
+                 else f"{len(made)}")
+        fig = plots.rows_figure(rows, f"{shown} maps by {self.label or 'the algorithm'}: the "
+                                      "predicted class, and the true class where it differs",
+                                plots.meaning_of(made[0][1]))
+        mlflow.log_figure(fig, names.SUMMARY_PICTURE)
+        plots.plt.close(fig)
+
+
+@dataclass(frozen=True)
+class MapRecipe:
+    """What makes a step's map runs, sent to the Dask workers: each builds its own writer
+    from it."""
+
+    model_uri: str
+    dataset: str
+    image_size: tuple | None
+    split: SplitChoice
+    config: dict
+    pictures: plots.PictureStyle
+    predict_batch_size: int
+    #: The algorithm's parameters, logged on each map run.
+    params: dict
+    label: str
+
+    def writer(self, image_ids) -> MapRunWriter:
+        writer = MapRunWriter.build(self.model_uri, self.dataset, self.image_size, self.config,
+                                    self.pictures, self.predict_batch_size, image_ids,
+                                    split=self.split)
+        writer.label = self.label
+        return writer
+
+
+def stored_map(run: Run) -> np.ndarray:
+    return np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                       artifact_path=names.MAP_ARTIFACT))
+
+
+@dataclass(frozen=True)
+class MapMade:
+    """One image's map run, made or found: its ID, map and metrics."""
+
+    image_id: str
+    run_id: str
+    maps: np.ndarray
+    scores: MapScores
+
+    @classmethod
+    def stored(cls, run: Run) -> MapMade:
+        metrics = {k: v for k, v in run.data.metrics.items() if k != names.PREDICTED_CONF_METRIC}
+        return cls(run.data.tags[names.IMAGE_ID_TAG], run.info.run_id, stored_map(run),
+                   MapScores(metrics, {}))
+
+
+def earlier_maps(client: MlflowClient, parent_id: str, experiment_id: str, restore: bool,
+                 partition: int | None = None) -> dict[str, MapMade]:
+    """The FINISHED map runs an earlier try of a step run (or of one of its partitions) made,
+    by image ID; any other run of it is ended KILLED and soft-deleted (`keep_finished`)."""
+    kept = keep_finished(client, experiment_id, parent_id, partition, restore)
+    return {image_id: MapMade.stored(run) for image_id, run in kept.items()}
+
+
+def map_runs(writer: MapRunWriter, params: dict, parent: Run, todo: list[tuple[str, dict]],
+             extra_tags: dict[str, str] | None = None, stopped=lambda: False
+             ) -> Iterator[MapMade]:
+    """The map runs of `todo` (image ID, lineage tags) under the step run `parent`, in order;
+    the maps of `MAP_PARTITION_SIZE` images at a time made together. Ends early, before a run,
+    once `stopped()`."""
+    for first in range(0, len(todo), MAP_PARTITION_SIZE):
+        group = todo[first:first + MAP_PARTITION_SIZE]
+        predicted = writer.explainer.predict_all([image_id for image_id, _ in group])
+        explained = phases.produced_in(names.COMPUTE_PHASE, writer.explainer.explain(predicted))
+        for (_, lineage), one in zip(group, explained):
+            if stopped():
+                return
+            run = writer.map_run(one, parent, params, {**lineage, **(extra_tags or {})})
+            yield MapMade(one.predicted.image_id, run.info.run_id, one.maps, one.scores)
+
+
+def explain_partition(index: int, items: list[tuple[str, dict]], *, tracking_uri: str,
+                      parent_id: str, recipe: MapRecipe, stop_event: str | None = None
+                      ) -> list[MapMade]:
+    """On a Dask worker: the map runs of one partition of a step's images (`items`: image ID
+    and lineage tags), under the step run `parent_id`, in the order of `items`. Safe to run
+    again after a try that died part-way: only the images without a FINISHED run are
+    explained."""
+    from steps.tracking.cluster import stop_check, worker_name
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    made = earlier_maps(client, parent_id, parent.info.experiment_id, False, index)
+    writer = recipe.writer([image_id for image_id, _ in items])
+    extra = {names.PARTITION_TAG: str(index), names.WORKER_TAG: worker_name()}
+    with quiet_run_links():
+        for one in map_runs(writer, recipe.params, parent,
+                            [item for item in items if item[0] not in made], extra,
+                            stop_check(stop_event)):
+            made[one.image_id] = one
+    if len(made) < len(items):
+        return []  # stopped: the step is failing and discards it, a quiet end
+    return [made[image_id] for image_id, _ in items]
+
+
+def map_progress(total: int, label: str, done: int = 0) -> Progress:
+    """Maps made so far, their rate and ETA, on stderr."""
+    return Progress(total, label, unit="maps", done=done)
+
+
+def make_maps(writer: MapRunWriter, recipe: MapRecipe, parent: Run,
+              todo: list[tuple[str, dict]], cluster: ClusterSpec | None, bar: Progress
+              ) -> list[MapMade]:
+    """The map runs of `todo` (image ID, lineage tags), made in this process or on the
+    cluster's workers, in order."""
+    if cluster is None:
+        return [bar.advanced(one) for one in map_runs(writer, recipe.params, parent, todo)]
+    with tempfile.TemporaryDirectory() as scratch, dask_client(cluster, Path(scratch)) as client:
+        parts = run_partitions(client, explain_partition, todo,
+                               lambda done: bar.advanced(done, len(done)), MAP_PARTITION_SIZE,
+                               tracking_uri=mlflow.get_tracking_uri(),
+                               parent_id=parent.info.run_id, recipe=recipe)
+    return [made for part in parts for made in part]
