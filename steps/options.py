@@ -20,10 +20,12 @@ import click
 from steps import phases
 from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_parameters
 from steps.core.compare import Configurations
-from steps.core.data import EVAL_SPLITS, TEST, SplitChoice
+from steps.core.data import DATA_PARAMETERS, SPLIT_PARAMETERS, split_choice  # noqa: F401
 from steps.core.model_input import MODEL_INPUT_PARAMETERS
 from steps.core.models import MLP_PARAMETERS
-from steps.core.parameters import Float, IntList, Parameter, TextList, as_param  # noqa: F401
+from steps.core.errors import SaliencyFlowError
+from steps.core.parameters import (BOOLEAN, TEXT, Choice, Float, Integer, IntList,  # noqa: F401
+                                   Parameter, ParamType, TextList, as_param, values_of)
 from steps.tracking import lifecycle
 from steps.tracking.cluster import ClusterSpec
 from steps.tracking.store_check import (DEBUG_ENV, RUN_ID_ENV, bound_server_retries,
@@ -41,7 +43,7 @@ class RunIdList(TextList):
 
     name = "run_id_list"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value, param=None, ctx=None):
         ids = super().convert(value, param, ctx)
         for run_id in ids:
             if not RUN_ID_PATTERN.match(run_id):
@@ -57,7 +59,7 @@ class RunId(RunIdList):
     def __init__(self, optional: bool = False):
         self.optional = optional
 
-    def convert(self, value, param, ctx):
+    def convert(self, value, param=None, ctx=None):
         ids = super().convert(value, param, ctx)
         if not ids and self.optional:
             return None
@@ -66,7 +68,7 @@ class RunId(RunIdList):
         return ids[0]
 
 
-class ModelUri(click.ParamType):
+class ModelUri(ParamType):
     """An MLflow model URI (`runs:/<run ID>/<path>`, `models:/<name>/<version>`,
     `models:/<name>@<alias>`, `models:/<name>/latest`, `models:/<model ID>`); empty means none
     (None)."""
@@ -74,7 +76,7 @@ class ModelUri(click.ParamType):
     name = "model_uri"
     SCHEMES = ("runs:/", "models:/")
 
-    def convert(self, value, param, ctx):
+    def convert(self, value, param=None, ctx=None):
         text = str(value or "").strip()
         if not text:
             return None
@@ -84,34 +86,12 @@ class ModelUri(click.ParamType):
         return text
 
 
-DATA = [
-    option("dataset", "digits", str,
-           "`digits`, a folder of class sub-folders of images, or an .npz file."),
-    option("image_size", "", IntList(minimum=1, length=2, allow_empty=True),
-           "Resize every image to height,width (empty: keep the images' size)."),
-]
-
-SPLIT = [
-    option("test_fraction", 0.25, Float(0, 1, min_open=True, max_open=True),
-           "Fraction of the dataset held out as the test split (data with its own train/ and "
-           "test/ split ignores it)."),
-    option("split_seed", 0, click.IntRange(min=0), "Seed of the train/test split."),
-    option("eval_split", TEST, click.Choice(EVAL_SPLITS),
-           "The images evaluated and explained: `test` (the data's own test/ split, else the "
-           "random test_fraction), `val` (the data's own val/ split) or `all` (every image; "
-           "for a model_uri trained elsewhere)."),
-]
-
-def split_choice(values: dict) -> SplitChoice:
-    """The SPLIT parameters' values (converted, or as logged) as a SplitChoice."""
-    fraction, seed = float(values["test_fraction"]), int(values["split_seed"])
-    return SplitChoice(fraction, seed, values.get("eval_split") or TEST,
-                       settings_given=(fraction, seed) != (SPLIT[0].default, SPLIT[1].default))
-
+DATA = list(DATA_PARAMETERS)
+SPLIT = list(SPLIT_PARAMETERS)
 
 MODEL = [
     *MLP_PARAMETERS,
-    option("register_as", "", str,
+    option("register_as", "", TEXT,
            "Register the trained model under this name in the Model Registry (empty: do not)."),
 ]
 
@@ -123,12 +103,12 @@ MODEL_URI = option("model_uri", "", ModelUri(),
 #: How the images become the model's input and its output probabilities.
 MODEL_INPUT = list(MODEL_INPUT_PARAMETERS)
 
-class Cluster(click.ParamType):
+class Cluster(ParamType):
     """Where a step's work runs: empty (its own process), local:N or tcp://host:port (Dask)."""
 
     name = "cluster"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value, param=None, ctx=None):
         if isinstance(value, ClusterSpec) or value is None:
             return value
         try:
@@ -145,7 +125,7 @@ CLUSTER = option("cluster", "", Cluster(),
 EXECUTION_ONLY = ("cluster",)
 
 EVALUATE = [
-    option("num_samples", 0, click.IntRange(min=0),
+    option("num_samples", 0, Integer(min=0),
            "How many test images to evaluate, one run each (0 = the whole test split)."),
     CLUSTER,
 ]
@@ -162,28 +142,28 @@ DEFAULT_QUERY = "tags.Correct = 'false'"
 FALLBACK_QUERY = "tags.Correct = 'true'"
 FALLBACK_ORDER = "metrics.Predicted_class_conf ASC"
 QUERY = [
-    option("query", DEFAULT_QUERY, str,
+    option("query", DEFAULT_QUERY, TEXT,
            "mlflow.search_runs filter string selecting evaluation samples to explain."),
-    option("order_by", "metrics.Predicted_class_conf ASC", str,
+    option("order_by", "metrics.Predicted_class_conf ASC", TEXT,
            "Order of the query's results (comma-separated search_runs order_by clauses)."),
-    option("max_images", 5, click.IntRange(min=1), "Largest number of images the query passes on."),
+    option("max_images", 5, Integer(min=1), "Largest number of images the query passes on."),
 ]
 
-ALGORITHM = option("algorithm", "rise", click.Choice(ALGORITHMS.names()), "Saliency algorithm.")
+ALGORITHM = option("algorithm", "rise", Choice(ALGORITHMS.names()), "Saliency algorithm.")
 
 #: How a saliency step makes and draws its maps, whatever the algorithm.
 MAP_MAKING = [
-    option("picture_mode", "both", click.Choice(PICTURE_MODES),
+    option("picture_mode", "both", Choice(PICTURE_MODES),
            "Pictures: one file per class, one combined file, or both."),
-    option("top_classes", 0, click.IntRange(min=0),
+    option("top_classes", 0, Integer(min=0),
            "Picture the K most confident classes (the panels of all_classes.png, the "
            "class_<k>.png files), most confident first, and the true class after them when it "
            "is not among them (0: all classes, up to 10)."),
-    option("picture_scale", "shared", click.Choice(PICTURE_SCALES),
+    option("picture_scale", "shared", Choice(PICTURE_SCALES),
            "Colour scale of a picture's class panels: one scale shared by all, in the model's "
            "confidence units where the map has them (`shared`), or each panel its own "
            "(`per_class`)."),
-    option("predict_batch_size", PREDICT_BATCH_SIZE, click.IntRange(min=1),
+    option("predict_batch_size", PREDICT_BATCH_SIZE, Integer(min=1),
            "How many perturbed images the classifier scores per call."),
 ]
 
@@ -196,7 +176,7 @@ COMPARE = option(
     "`algorithm`).")
 
 DRIVER = [
-    option("use_cache", True, click.BOOL,
+    option("use_cache", True, BOOLEAN,
            "Reuse a FINISHED step run with the same parameters, code version, data and upstream runs."),
     MODEL_URI,
     option("train_run_id", "", RunId(optional=True),
@@ -239,11 +219,6 @@ ENTRY_POINTS = {
 }
 
 
-def values_of(declarations, values: dict) -> dict[str, str]:
-    """The given declarations' values, as `-P` / MLflow param strings."""
-    return {d.name: as_param(values[d.name]) for d in declarations}
-
-
 def as_typed(declarations, argv: list[str]) -> dict[str, str]:
     """Each declared option's value exactly as the user gave it (`-P name=value`): what the
     shell handed this process, before any conversion. MLflow logs string `-P` values
@@ -252,15 +227,46 @@ def as_typed(declarations, argv: list[str]) -> dict[str, str]:
     return {flag[2:]: value for flag, value in zip(argv, argv[1:]) if flag in declared}
 
 
-def with_options(options: list[Callable]) -> Callable:
-    """Apply a list of click options to a command, in declaration order."""
+class ClickType(click.ParamType):
+    """A declared parameter type as click's: its `ParameterError` becomes click's one-line
+    error naming the option."""
+
+    def __init__(self, declared: ParamType) -> None:
+        self.declared = declared
+        self.name = declared.name
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.declared.convert(value, param, ctx)
+        except SaliencyFlowError as error:
+            self.fail(str(error), param, ctx)
+
+    def get_metavar(self, param, ctx=None):
+        choices = getattr(self.declared, "choices", None)
+        return f"[{'|'.join(choices)}]" if choices else None
+
+
+def click_option(declaration: Parameter) -> Callable:
+    """A declaration as a click option `--name` whose value arrives as `name`."""
+    return click.option(f"--{declaration.name}", declaration.name, default=declaration.default,
+                        type=ClickType(declaration.type), help=declaration.help,
+                        required=declaration.required, show_default=not declaration.required)
+
+
+def with_options(declarations: list[Parameter]) -> Callable:
+    """Apply the declarations as click options to a command, in declaration order."""
 
     def decorate(func):
-        for option in reversed(options):
-            func = option(func)
+        for declaration in reversed(declarations):
+            func = click_option(declaration)(func)
         return func
 
     return decorate
+
+
+def as_click_error(error: SaliencyFlowError) -> click.BadParameter:
+    """A core error as click's one line, naming the parameter that fixes it."""
+    return click.BadParameter(str(error), param_hint=f"'--{error.param}'" if error.param else None)
 
 
 def run_cli(command: click.Command, args: list[str] | None = None,
@@ -297,7 +303,10 @@ def run_cli(command: click.Command, args: list[str] | None = None,
         # Not `command.main`: on an interrupt it prints a blank line and hides the signal.
         with command.make_context(command.name, list(argv)) as context:
             phases.body_begins()
-            command.invoke(context)
+            try:
+                command.invoke(context)
+            except SaliencyFlowError as error:
+                raise as_click_error(error) from None
     except click.exceptions.Exit as done:  # --help
         sys.exit(done.exit_code)
     except click.ClickException as error:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import PROJECT_DIR
 
 CORE = PROJECT_DIR / "steps" / "core"
@@ -25,9 +27,13 @@ def imported_modules(path) -> set[str]:
     return found
 
 
-def test_no_core_module_imports_mlflow_even_lazily():
+#: What the core never imports: it knows nothing of tracking nor of the command line.
+NOT_IN_CORE = ("mlflow", "click")
+
+
+def test_no_core_module_imports_mlflow_or_click_even_lazily():
     offenders = {str(path.relative_to(PROJECT_DIR)): sorted(m for m in imported_modules(path)
-                                                           if m.split(".")[0] == "mlflow")
+                                                           if m.split(".")[0] in NOT_IN_CORE)
                  for path in CORE.rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
     # Nor through another project module: steps.core imports only steps.core.
@@ -37,7 +43,7 @@ def test_no_core_module_imports_mlflow_even_lazily():
     assert not {k: v for k, v in inner.items() if v}
 
 
-def test_importing_and_using_the_core_loads_no_mlflow():
+def test_importing_and_using_the_core_loads_no_mlflow_or_click():
     code = textwrap.dedent("""
         import sys
         from steps.core.algorithm import ALGORITHMS, make_algorithm
@@ -53,7 +59,7 @@ def test_importing_and_using_the_core_loads_no_mlflow():
         engine = FastSaliency.from_config(generator_config(algorithm.generator()))
         maps = engine(data.images[0], ImageClassifier(ProbaModel(model), classes=10))
         assert maps.shape == (10, 8, 8)
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "mlflow")
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "click"))
         assert not loaded, loaded
         print("ok", ALGORITHMS.names(), DATASET_SOURCES.names(), MODEL_KINDS.names())
     """)
@@ -87,21 +93,26 @@ class Checkerboards(DatasetSource):
 '''
 
 NEW_ALGORITHM = '''
-import click
 from steps.core.algorithm import ALGORITHMS, SCORING
 from steps.core.algorithms.sliding_window import SlidingWindow
-from steps.core.parameters import Parameter
+from steps.core.parameters import Integer, Parameter
 
-SPAN = Parameter("span", 3, click.IntRange(min=1), "Square window: side in pixels.")
+SPAN = Parameter("span", 3, Integer(min=1), "Square window: side in pixels.")
 
 @ALGORITHMS.register
 class SquareWindow(SlidingWindow):
     name = "square_window"
+    xaitk = "`SlidingWindow` of square windows + `OcclusionScoring`"
     parameters = (SPAN, SCORING)
+    count_parameter = "span"
 
-    def perturber(self):
-        from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow as Windows
-        return Windows(window_size=(self.span, self.span), stride=(1, 1))
+    @property
+    def window_size(self):
+        return (self.span, self.span)
+
+    @property
+    def stride(self):
+        return (1, 1)
 '''
 
 
@@ -131,10 +142,52 @@ def test_a_new_dataset_or_algorithm_is_one_new_file(tmp_path):
 
 
 def test_a_list_with_an_empty_item_is_one_line_naming_it():
-    import click
-    import pytest
 
+    from steps.core.errors import ParameterError
     from steps.core.parameters import TextList
 
-    with pytest.raises(click.BadParameter, match=r"'3,,4' has an empty item"):
+    with pytest.raises(ParameterError, match=r"'3,,4' has an empty item"):
         TextList().convert("3,,4", None, None)
+
+
+PROJECT_COPY_IGNORES = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache",
+                                              "mlruns", "mlartifacts", "*.db")
+
+
+@pytest.mark.slow
+def test_an_algorithm_with_a_new_parameter_is_one_file_and_runs_through_mlflow_run(store):
+    """The whole project copied, one algorithm file added: regenerating the project files
+    declares its parameter in MLproject, and `mlflow run -e saliency -P span=...` makes a map
+    run with it."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from steps import names
+    from steps.core.data import flatten, load_dataset
+
+    project = store.dir / "project"
+    shutil.copytree(PROJECT_DIR, project, ignore=PROJECT_COPY_IGNORES)
+    (project / "steps/core/algorithms/square_window.py").write_text(NEW_ALGORITHM)
+    generated = subprocess.run([sys.executable, "-m", "steps.project_files"], cwd=project,
+                               capture_output=True, text=True, timeout=120)
+    assert generated.returncode == 0, generated.stderr
+    assert sorted(generated.stdout.split()) == sorted(
+        "Wrote MLproject Wrote docs/parameters.md Wrote README.md".split())
+    assert "span: {type: int, default: 3}" in (project / "MLproject").read_text()
+    assert "| `span` | int | `3` | x>=1. Square window: side in pixels. |" in (
+        project / "docs/parameters.md").read_text()
+
+    digits = load_dataset("digits")
+    classifier = LogisticRegression(max_iter=200).fit(flatten(digits.images), digits.labels)
+    mlflow.set_experiment("models")
+    with mlflow.start_run():
+        model_uri = mlflow.sklearn.log_model(classifier, name="logreg").model_uri
+    result = store.run({"model_uri": model_uri, "image_ids": "5", "algorithm": "square_window",
+                        "span": "2"}, entry_point="saliency", project=project)
+    assert result.returncode == 0, result.output
+    (map_run,) = store.runs(names.SALIENCY_EXPERIMENT,
+                            "params.algorithm = 'square_window' and params.span = '2'")
+    saliency_map = np.load(store.client.download_artifacts(
+        map_run.info.run_id, names.MAP_ARTIFACT, str(store.dir)))
+    assert saliency_map.shape == (10, 8, 8) and np.abs(saliency_map).max() > 0

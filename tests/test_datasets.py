@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steps.core.data import DatasetError, dataset_source, load_dataset, random_split
+from steps.core.data import DataError, dataset_source, load_dataset, random_split
 from tests.images import CLASSES, write_image_folder, write_npz
 
 
@@ -113,7 +113,7 @@ def bad_folder(tmp_path, case):
 ])
 def test_bad_folders_are_one_clear_error(tmp_path, case, image_size, words):
     root = bad_folder(tmp_path, case)
-    with pytest.raises(DatasetError, match=words) as caught:
+    with pytest.raises(DataError, match=words) as caught:
         load_dataset(str(root), image_size)
     assert "\n" not in str(caught.value)
     if case == "corrupt":
@@ -124,27 +124,27 @@ def test_bad_folders_are_one_clear_error(tmp_path, case, image_size, words):
 
 def test_bad_npz_files_are_clear_errors(tmp_path):
     np.savez(tmp_path / "short.npz", images=np.zeros((5, 4, 4)), labels=np.arange(4))
-    with pytest.raises(DatasetError, match="as many labels as images"):
+    with pytest.raises(DataError, match="as many labels as images"):
         load_dataset(str(tmp_path / "short.npz"))
     np.savez(tmp_path / "nolabels.npz", images=np.zeros((5, 4, 4)))
-    with pytest.raises(DatasetError, match="has no labels array"):
+    with pytest.raises(DataError, match="has no labels array"):
         load_dataset(str(tmp_path / "nolabels.npz"))
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(DatasetError, match="not a readable .npz file"):
+    with pytest.raises(DataError, match="not a readable .npz file"):
         load_dataset(str(tmp_path / "junk.npz"))
-    with pytest.raises(DatasetError, match="no .npz file at"):
+    with pytest.raises(DataError, match="no .npz file at"):
         load_dataset(str(tmp_path / "absent.npz"))
 
 
 def test_unknown_dataset_names_what_is_accepted():
-    with pytest.raises(DatasetError, match="'mnist' is not a dataset this pipeline reads") as e:
+    with pytest.raises(DataError, match="'mnist' is not a dataset this pipeline reads") as e:
         load_dataset("mnist")
     assert "digits" in str(e.value) and ".npz" in str(e.value) and "folder" in str(e.value)
 
 
 def test_split_that_leaves_a_part_without_every_class_is_refused():
     data = load_dataset("digits")
-    with pytest.raises(DatasetError, match="each part needs at least one image per class"):
+    with pytest.raises(DataError, match="each part needs at least one image per class"):
         random_split(data, 0.001, 0)
 
 

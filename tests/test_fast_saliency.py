@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_info
 from xaitk_saliency.impls.perturb_image.rise import RISEGrid
 from xaitk_saliency.utils.masking import occlude_image_streaming, weight_regions_by_scalar
 
+from steps.core.errors import ParameterError
 from steps.core import blas, fast_saliency
 from steps.core.algorithm import SaliencyAlgorithm, make_algorithm
 from steps.core.data import resize
@@ -321,11 +322,9 @@ def test_mc_rise_on_grey_images_gives_xaitk_a_channel_axis(model, images):
 
 
 def test_mc_rise_fill_colours_must_fit_the_images():
-    import click
-
     rgb = make_algorithm("mc_rise", fill_colors=((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)))
     rgb.check_image((8, 8, 3))
-    with pytest.raises(click.BadParameter, match="fill colours of 3 values do not fit 1-channel"):
+    with pytest.raises(ParameterError, match="fill colours of 3 values do not fit 1-channel"):
         rgb.check_image((8, 8))
     make_algorithm("mc_rise").check_image((8, 8, 3))  # one value a colour: every channel
     assert make_algorithm("mc_rise").used_params()["fill_colors"] == ((0.0,), (1.0,))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import click
 import pytest
@@ -25,7 +27,7 @@ def pins(lines):
 
 
 def click_option(declaration) -> click.Option:
-    @declaration
+    @options.click_option(declaration)
     def command(**_):
         pass
 
@@ -63,13 +65,20 @@ def test_mlproject_parameters_match_the_cli_options(entry_point):
         if option.required:
             assert "default" not in param
             continue
-        if isinstance(option.type, click.IntRange):
-            assert param["type"] == "int"
-        elif isinstance(option.type, click.FloatRange):
-            assert param["type"] == "float"
-        else:
-            assert param["type"] == "string"
+        assert param["type"] == declaration.type.mlproject_type
+        if param["type"] == "int":
+            assert isinstance(option.type.convert("3", option, None), int)
+        elif param["type"] == "float":
+            assert isinstance(option.type.convert("0.5", option, None), float)
         assert options.as_param(param["default"]) == options.as_param(option.default)
+
+
+def test_mlproject_and_the_parameter_tables_are_as_generated():
+    """MLproject, docs/parameters.md and the README's algorithm table are what
+    `python -m steps.project_files` writes from the declarations: they cannot drift."""
+    result = subprocess.run([sys.executable, "-m", "steps.project_files", "--check"],
+                            cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
 
 
 def test_docs_have_a_parameter_table_row_for_every_parameter():

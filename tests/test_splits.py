@@ -8,12 +8,12 @@ import json
 import shlex
 import shutil
 
-import click
 import mlflow
 import numpy as np
 import pytest
 
-from steps.core.data import DatasetError, SplitChoice, load_dataset
+from steps.core.errors import ParameterError
+from steps.core.data import DataError, SplitChoice, load_dataset
 from steps.core.parameters import TextList, as_param, text_items
 from tests.conftest import module_store
 from tests.images import CLASSES, tinted_digits, write_split_folder
@@ -61,11 +61,11 @@ def test_an_npz_split_array_is_its_own_split(tmp_path):
     split = SplitChoice(0.25, 0).apply(data)
     assert np.array_equal(np.sort(split.test_rows), np.flatnonzero(splits == "test"))
     assert np.array_equal(np.sort(split.train_rows), np.flatnonzero(splits == "train"))
-    with pytest.raises(DatasetError, match="no val/ split to evaluate .*train/, test/"):
+    with pytest.raises(DataError, match="no val/ split to evaluate .*train/, test/"):
         SplitChoice(0.25, 0, "val").apply(data)
     np.savez(tmp_path / "bad.npz", images=images, labels=labels,
              split=np.where(splits == "test", "testing", splits))
-    with pytest.raises(DatasetError, match="one of train, test, val.*'testing'"):
+    with pytest.raises(DataError, match="one of train, test, val.*'testing'"):
         load_dataset(str(tmp_path / "bad.npz"))
 
 
@@ -78,7 +78,7 @@ def test_all_evaluates_every_image_and_val_needs_data_that_has_one(tmp_path):
     assert whole.origin == "all" and whole.name_of(0, data) == "all"
     random = SplitChoice(0.25, 0).apply(data)
     assert random.origin == "random" and len(random.test_rows) == 10
-    with pytest.raises(DatasetError, match="no val/ split of its own"):
+    with pytest.raises(DataError, match="no val/ split of its own"):
         SplitChoice(0.25, 0, "val").apply(data)
 
 
@@ -91,7 +91,7 @@ def test_image_ids_with_commas_travel_as_a_json_list():
     assert TextList().convert(" a.png , 7 ", None, None) == ("a.png", "7")
     for bad, words in (('["a.png",', "is not a JSON list"), ('["a.png", 3]', "of strings"),
                        ('[""]', "an empty item")):
-        with pytest.raises(click.BadParameter, match=words):
+        with pytest.raises(ParameterError, match=words):
             TextList().convert(bad, None, None)
 
 

@@ -14,9 +14,8 @@ import math
 import os
 from typing import Any, ClassVar
 
-import click
-
-from steps.core.parameters import Float, Parameter, as_param
+from steps.core.errors import ParameterError
+from steps.core.parameters import Choice, Float, Parameter, as_param
 from steps.core.registry import Registry
 
 #: Images per classifier call, unless the user sets `predict_batch_size`.
@@ -30,7 +29,7 @@ FILL = Parameter("fill", 0.0, Float(0, 1),
                  "Value occluded pixels take (images are in [0, 1]).")
 
 
-SCORING = Parameter("scoring", "occlusion", click.Choice(("occlusion", "squared_difference")),
+SCORING = Parameter("scoring", "occlusion", Choice(("occlusion", "squared_difference")),
                     "Random grid, sliding window, sliding radial: xaitk's OcclusionScoring (a map "
                     "per class) or SquaredDifferenceScoring (one map of how much the whole "
                     "prediction changes).")
@@ -40,6 +39,8 @@ class SaliencyAlgorithm:
     """One algorithm with its parameter values; `generator()` is the xaitk generator."""
 
     name: ClassVar[str]
+    #: What it is made of in xaitk's terms (perturber + scorer), for the docs.
+    xaitk: ClassVar[str] = ""
     #: The algorithm's own parameters.
     parameters: ClassVar[tuple[Parameter, ...]] = ()
     #: Whether occluded pixels take the `fill` value (every algorithm but those with their own).
@@ -64,7 +65,7 @@ class SaliencyAlgorithm:
         return self.n
 
     def check_image(self, image_shape: tuple[int, ...]) -> None:
-        """A click error naming the parameter when the settings cannot explain images of this
+        """A ParameterError naming the parameter when the settings cannot explain images of this
         shape (`H, W` or `H, W, C`): settings that do not fit the image, or masks that would not
         fit in the memory budget."""
         self.check_shape(image_shape)
@@ -73,13 +74,13 @@ class SaliencyAlgorithm:
         budget = mask_memory_budget()
         if needed > budget:
             value = as_param(self.values[self.count_parameter])
-            raise click.BadParameter(
+            raise ParameterError(
                 f"{self.count_parameter} {value} needs {needed / 2**30:.1f} GiB of masks for "
                 f"{height}×{width} images, over the {budget / 2**30:g} GiB budget (set "
-                f"{MASK_MEMORY_ENV} to change it)", param_hint=f"'--{self.count_parameter}'")
+                f"{MASK_MEMORY_ENV} to change it)", param=self.count_parameter)
 
     def check_shape(self, image_shape: tuple[int, ...]) -> None:
-        """A click error naming the parameter when a setting does not fit images of this
+        """A ParameterError naming the parameter when a setting does not fit images of this
         shape."""
 
     def __getattr__(self, name: str) -> Any:
@@ -136,13 +137,13 @@ def settings_text(name: str, settings: dict[str, Any]) -> str:
 
 
 def check_fits(image_shape: tuple[int, ...], sizes: dict[str, tuple]) -> None:
-    """A click error naming the first `-P name=height,width` larger than the images: a window,
+    """A ParameterError naming the first `-P name=height,width` larger than the images: a window,
     stride or cell that does not fit gives one occlusion, or none, and maps of nothing."""
     height, width = image_shape[:2]
     for name, (h, w) in sizes.items():
         if h > height or w > width:
-            raise click.BadParameter(f"{name} {h},{w} is larger than the {height}×{width} images",
-                                     param_hint=f"'--{name}'")
+            raise ParameterError(f"{name} {h},{w} is larger than the {height}×{width} images",
+                                 param=name)
 
 
 class OcclusionAlgorithm(SaliencyAlgorithm):

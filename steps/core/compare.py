@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import click
 import numpy as np
 
 from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm, make_algorithm, settings_text
+from steps.core.errors import ParameterError
 from steps.core.parameters import ItemList, as_param
 from steps.core.registry import Registry
 
@@ -79,8 +79,8 @@ class Configurations(ItemList):
                           f"key=value with a key from {', '.join(declared)}", param, ctx)
             try:
                 overrides[key] = declared[key].type.convert(value, None, ctx)
-            except click.BadParameter as error:
-                self.fail(f"{name}({key}=...): {error.message}", param, ctx)
+            except ParameterError as error:
+                self.fail(f"{name}({key}=...): {error}", param, ctx)
         return Configuration(name, tuple(sorted(overrides.items())))
 
 

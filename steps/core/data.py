@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from steps.core.errors import DataError
+from steps.core.parameters import TEXT, Choice, Float, Integer, IntList, Parameter
 from steps.core.registry import Registry
-
-
-class DatasetError(ValueError):
-    """Data that cannot be used; the message names the file or the fix."""
 
 
 #: The splits a dataset may come with, and what a map run's `Split` tag says.
@@ -51,25 +49,25 @@ class ImageDataset:
     def __post_init__(self) -> None:
         n = len(self.images)
         if len(self.labels) != n or len(self.image_ids) != n:
-            raise DatasetError(f"dataset {self.name}: {n} images but {len(self.labels)} labels "
+            raise DataError(f"dataset {self.name}: {n} images but {len(self.labels)} labels "
                                f"and {len(self.image_ids)} image IDs; give one label per image")
         if n == 0:
-            raise DatasetError(f"dataset {self.name} holds no images")
+            raise DataError(f"dataset {self.name} holds no images")
         if self.images.ndim not in (3, 4):
-            raise DatasetError(f"dataset {self.name}: images must be [N, H, W] or [N, H, W, C], "
+            raise DataError(f"dataset {self.name}: images must be [N, H, W] or [N, H, W, C], "
                                f"not shape {self.images.shape}")
         present = np.unique(self.labels)
         if len(present) < 2:
-            raise DatasetError(f"dataset {self.name} has one class only "
+            raise DataError(f"dataset {self.name} has one class only "
                                f"({self.class_names[int(present[0])]!r}); a classifier needs two")
         object.__setattr__(self, "_rows", {image_id: row for row, image_id
                                            in enumerate(self.image_ids)})
         if len(self._rows) != n:
-            raise DatasetError(f"dataset {self.name}: image IDs are not unique")
+            raise DataError(f"dataset {self.name}: image IDs are not unique")
         if self.splits is not None:
             unknown = sorted(set(self.splits) - set(SPLIT_NAMES))
             if len(self.splits) != n or unknown:
-                raise DatasetError(f"dataset {self.name}: give each image's split as one of "
+                raise DataError(f"dataset {self.name}: give each image's split as one of "
                                    f"{', '.join(SPLIT_NAMES)}, one per image"
                                    + (f" (found {', '.join(map(repr, unknown[:3]))})"
                                       if unknown else ""))
@@ -93,11 +91,11 @@ class ImageDataset:
         return len(self.labels)
 
     def rows(self, image_ids: Sequence[str]) -> np.ndarray:
-        """The rows of the given image IDs; DatasetError naming those not in the dataset."""
+        """The rows of the given image IDs; DataError naming those not in the dataset."""
         missing = [i for i in image_ids if i not in self._rows]
         if missing:
             examples = ", ".join(self.image_ids[:3])
-            raise DatasetError(f"image IDs {', '.join(missing)} are not in the {self.name} "
+            raise DataError(f"image IDs {', '.join(missing)} are not in the {self.name} "
                                f"dataset ({len(self)} images, IDs such as {examples})")
         return np.array([self._rows[i] for i in image_ids], dtype=np.int64)
 
@@ -115,7 +113,7 @@ class SplitChoice:
 
     def apply(self, dataset: ImageDataset) -> Split:
         if self.eval_split not in EVAL_SPLITS:
-            raise DatasetError(f"eval_split {self.eval_split!r}: give one of "
+            raise DataError(f"eval_split {self.eval_split!r}: give one of "
                                f"{', '.join(EVAL_SPLITS)}")
         rows = np.arange(len(dataset))
         if self.eval_split == ALL:
@@ -125,12 +123,12 @@ class SplitChoice:
             evaluated = rows[splits == self.eval_split]
             if not len(evaluated):
                 present = ", ".join(f"{name}/" for name in SPLIT_NAMES if name in splits)
-                raise DatasetError(f"dataset {dataset.name} has no {self.eval_split}/ split "
+                raise DataError(f"dataset {dataset.name} has no {self.eval_split}/ split "
                                    f"to evaluate (it has {present}); choose one of those with "
                                    "-P eval_split=, or all")
             return Split(rows[splits == TRAIN], evaluated, self.eval_split, predefined=True)
         if self.eval_split == VAL:
-            raise DatasetError(f"dataset {dataset.name} has no val/ split of its own (it is "
+            raise DataError(f"dataset {dataset.name} has no val/ split of its own (it is "
                                "split at random by test_fraction and split_seed); give a "
                                "folder with train/, test/ and val/ sub-folders or an .npz "
                                "with a split array, or evaluate eval_split=test")
@@ -153,6 +151,34 @@ class SplitChoice:
                     lines.append(f"Note: {name}/ of {dataset.name} has no image of class"
                                  f"{'es' if len(missing) > 1 else ''} {', '.join(missing)}")
         return lines
+
+
+#: Where the images come from and their size.
+DATASET = Parameter("dataset", "digits", TEXT,
+                    "`digits`, a folder of class sub-folders of images, or an .npz file.")
+IMAGE_SIZE = Parameter("image_size", "", IntList(minimum=1, length=2, allow_empty=True),
+                       "Resize every image to height,width (empty: keep the images' size).")
+DATA_PARAMETERS = (DATASET, IMAGE_SIZE)
+
+#: Which images are held out and evaluated.
+SPLIT_PARAMETERS = (
+    Parameter("test_fraction", 0.25, Float(0, 1, min_open=True, max_open=True),
+              "Fraction of the dataset held out as the test split (data with its own train/ "
+              "and test/ split ignores it)."),
+    Parameter("split_seed", 0, Integer(min=0), "Seed of the train/test split."),
+    Parameter("eval_split", TEST, Choice(EVAL_SPLITS),
+              "The images evaluated and explained: `test` (the data's own test/ split, else "
+              "the random test_fraction), `val` (the data's own val/ split) or `all` (every "
+              "image; for a model_uri trained elsewhere)."),
+)
+
+
+def split_choice(values: Mapping[str, Any]) -> SplitChoice:
+    """The SPLIT_PARAMETERS' values (converted, or as logged) as a SplitChoice."""
+    fraction, seed = float(values["test_fraction"]), int(values["split_seed"])
+    defaults = tuple(p.default for p in SPLIT_PARAMETERS[:2])
+    return SplitChoice(fraction, seed, values.get("eval_split") or TEST,
+                       settings_given=(fraction, seed) != defaults)
 
 
 @dataclass(frozen=True)
@@ -190,7 +216,7 @@ def random_split(dataset: ImageDataset, test_fraction: float, seed: int) -> Spli
     classes = len(np.unique(dataset.labels))
     test_size = int(np.ceil(test_fraction * len(rows)))
     if len(rows) - test_size < classes or test_size < classes:
-        raise DatasetError(
+        raise DataError(
             f"test_fraction {test_fraction} splits the {len(rows)} images of {dataset.name} into "
             f"{len(rows) - test_size} to train and {test_size} to test; each part needs at least "
             f"one image per class ({classes})")
@@ -277,12 +303,12 @@ DATASET_SOURCES: Registry = Registry("dataset source", "steps.core.datasets")
 
 
 def dataset_source(spec: str, image_size: tuple[int, ...] = ()) -> DatasetSource:
-    """The registered source that accepts `spec`; DatasetError saying what is accepted."""
+    """The registered source that accepts `spec`; DataError saying what is accepted."""
     for source in DATASET_SOURCES:
         if source.accepts(spec):
             return source(spec, image_size)
     accepted = "; ".join(source.usage for source in DATASET_SOURCES)
-    raise DatasetError(f"{spec!r} is not a dataset this pipeline reads. It takes: {accepted}")
+    raise DataError(f"{spec!r} is not a dataset this pipeline reads. It takes: {accepted}")
 
 
 def load_dataset(spec: str, image_size: tuple[int, ...] = ()) -> ImageDataset:

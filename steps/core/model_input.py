@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-import click
 import numpy as np
 
-from steps.core.parameters import Float, NumberList, Parameter
+from steps.core.errors import ModelError
+from steps.core.parameters import Choice, Float, NumberList, Parameter, ParamType
 
 LAYOUTS = ("flat", "nhwc", "nchw")
 OUTPUTS = ("probabilities", "logits")
@@ -40,16 +40,12 @@ FROM_MEASURED = "measured"
 SUM_TOLERANCE = 1e-3
 
 
-class ModelInputError(ValueError):
+class ModelInputError(ModelError):
     """An input convention that cannot hold for this model or these images; `param` is the
     parameter that fixes it."""
 
-    def __init__(self, message: str, param: str = "model_uri") -> None:
-        super().__init__(message)
-        self.param = param
 
-
-class OptionalFloat(click.ParamType):
+class OptionalFloat(ParamType):
     """A finite number in a range (`Float`'s arguments), or empty for none (None)."""
 
     name = "optional_float"
@@ -57,14 +53,17 @@ class OptionalFloat(click.ParamType):
     def __init__(self, **bounds) -> None:
         self.number = Float(**bounds)
 
-    def convert(self, value, param, ctx):
+    def convert(self, value, param=None, ctx=None):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         return self.number.convert(value, param, ctx)
 
+    def accepts(self) -> str:
+        return self.number.accepts()
+
 
 MODEL_INPUT_PARAMETERS = (
-    Parameter("input_layout", AUTO, click.Choice((AUTO, *LAYOUTS)),
+    Parameter("input_layout", AUTO, Choice((AUTO, *LAYOUTS)),
               "How the model takes images: flat rows (H, W, C order), nhwc or nchw tensors "
               "(auto: the model's metadata, signature or ONNX graph; flat if none says)."),
     Parameter("input_scale", "", OptionalFloat(min=0, min_open=True),
@@ -76,7 +75,7 @@ MODEL_INPUT_PARAMETERS = (
     Parameter("input_std", "", NumberList(minimum=0, min_open=True, allow_empty=True),
               "Per-channel std divided by after the mean (empty: the model's metadata, else "
               "none)."),
-    Parameter("model_output", AUTO, click.Choice((AUTO, *OUTPUTS)),
+    Parameter("model_output", AUTO, Choice((AUTO, *OUTPUTS)),
               "What the model returns: probabilities, or logits (softmax is applied); auto: "
               "the model's metadata, else rows that are probabilities are, others logits."),
 )

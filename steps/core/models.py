@@ -14,24 +14,16 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
-import click
 import numpy as np
 
 from steps.core.blas import ONE_PREDICTION, current_threads, threads_for
 from steps.core.data import flatten
 from steps.core.model_input import (AUTO, FROM_FLAG, FROM_MEASURED, InputConvention,
                                     ModelInputError, ShapeHint, describe_rows, output_kind)
-from steps.core.parameters import Float, IntList, Parameter
+from steps.core.errors import ModelError
+from steps.core.parameters import Choice, Float, Integer, IntList, Parameter
 from steps.core.registry import Registry
 
-
-class ModelError(ValueError):
-    """A model that cannot explain this data; the message names both shapes, `param` the
-    parameter that fixes it."""
-
-    def __init__(self, message: str, param: str = "model_uri") -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class ImageModel:
@@ -263,11 +255,11 @@ MLP_PARAMETERS = (
     Parameter("hidden_layer_sizes", "64", IntList(minimum=1), "Hidden layer sizes, e.g. 64,32."),
     Parameter("learning_rate", 0.001, Float(min=0, min_open=True),
               "Initial learning rate (MLPClassifier learning_rate_init)."),
-    Parameter("epochs", 200, click.IntRange(min=1), "Maximum epochs (MLPClassifier max_iter)."),
-    Parameter("solver", "adam", click.Choice(SOLVERS), "Optimizer."),
+    Parameter("epochs", 200, Integer(min=1), "Maximum epochs (MLPClassifier max_iter)."),
+    Parameter("solver", "adam", Choice(SOLVERS), "Optimizer."),
     Parameter("alpha", 0.0001, Float(min=0), "L2 penalty."),
-    Parameter("batch_size", 64, click.IntRange(min=1), "Minibatch size."),
-    Parameter("random_state", 0, click.IntRange(min=0),
+    Parameter("batch_size", 64, Integer(min=1), "Minibatch size."),
+    Parameter("random_state", 0, Integer(min=0),
               "Seed of weight initialisation and shuffling."),
 )
 

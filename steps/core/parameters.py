@@ -1,9 +1,10 @@
 """Parameter declarations: a name, a default, a type that checks the value, a help line.
 
 Each parameter is declared once, beside the piece that uses it (a saliency algorithm declares
-its own); `steps/options.py` gathers them into the step CLIs and MLproject must agree with them
-(tests/test_project_files.py). A `Parameter` is also a click option decorator. The types reject
-bad values with a message naming what they accept; floats must be finite.
+its own); `steps/options.py` gathers them into the step CLIs, and MLproject's parameter blocks
+and the docs' parameter tables are generated from them (`python -m steps.project_files`). The
+types know nothing of the command line: `convert` returns the value or raises `ParameterError`
+saying what is accepted (the CLI adds the parameter's name); floats must be finite.
 """
 
 from __future__ import annotations
@@ -11,37 +12,125 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-import click
+from steps.core.errors import ParameterError
+
+
+class ParamType:
+    """How a parameter's text becomes its value. `convert(value, param, ctx)` takes the text
+    (or an already converted value) and returns the value, or raises `ParameterError`; `param`
+    and `ctx` are the CLI's and only passed on."""
+
+    name = "text"
+    #: The parameter's type in MLproject: `string`, `int` or `float`.
+    mlproject_type = "string"
+
+    def convert(self, value, param=None, ctx=None):
+        return value if value is None else str(value)
+
+    def accepts(self) -> str:
+        """What the type accepts, for the docs' tables ("" when the help line says it)."""
+        return ""
+
+    def fail(self, message: str, param=None, ctx=None):
+        raise ParameterError(message)
+
+
+TEXT = ParamType()
+
+
+class Choice(ParamType):
+    name = "choice"
+
+    def __init__(self, choices: Sequence[str]) -> None:
+        self.choices = tuple(choices)
+
+    def convert(self, value, param=None, ctx=None):
+        if value not in self.choices:
+            self.fail(f"{value!r} is not one of {', '.join(map(repr, self.choices))}.")
+        return value
+
+    def accepts(self) -> str:
+        return " / ".join(f"`{choice}`" for choice in self.choices)
+
+
+class Boolean(ParamType):
+    name = "boolean"
+    TRUE = ("1", "true", "t", "yes", "y", "on")
+    FALSE = ("0", "false", "f", "no", "n", "off")
+
+    def convert(self, value, param=None, ctx=None):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in self.TRUE or text in self.FALSE:
+            return text in self.TRUE
+        self.fail(f"{value!r} is not a valid boolean; give true or false.")
+
+    def accepts(self) -> str:
+        return "`true` / `false`"
+
+
+BOOLEAN = Boolean()
+
+
+class NumberRange(ParamType):
+    """A number of `kind` between `min` and `max` (either None for no bound; excluded with
+    `min_open`, `max_open`)."""
+
+    kind: type = float
+    kind_name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None,
+                 min_open: bool = False, max_open: bool = False) -> None:
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def convert(self, value, param=None, ctx=None):
+        try:
+            number = self.kind(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid {self.kind_name}.")
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number")
+        if (self.min is not None and (number < self.min or (self.min_open and number == self.min))) \
+                or (self.max is not None and (number > self.max
+                                              or (self.max_open and number == self.max))):
+            self.fail(f"{number} is not in the range {self.accepts()}.")
+        return number
+
+    def accepts(self) -> str:
+        low = "" if self.min is None else f"{self.min}{'<' if self.min_open else '<='}"
+        high = "" if self.max is None else f"{'<' if self.max_open else '<='}{self.max}"
+        if self.max is None and self.min is not None:
+            return f"x{'>' if self.min_open else '>='}{self.min}"
+        return f"{low}x{high}" if low or high else ""
+
+
+class Integer(NumberRange):
+    name = "integer"
+    kind = int
+    kind_name = "integer"
+    mlproject_type = "int"
+
+
+class Float(NumberRange):
+    """A finite float in a range: NaN and infinity pass every comparison, so are refused first."""
+
+    name = "float"
+    mlproject_type = "float"
 
 
 @dataclass(frozen=True)
 class Parameter:
     name: str
     default: Any
-    type: Any
+    type: ParamType
     help: str
     required: bool = False
 
-    def __call__(self, func):
-        """Apply as a click option `--name` whose value arrives as `name`."""
-        return click.option(f"--{self.name}", self.name, default=self.default, type=self.type,
-                            help=self.help, required=self.required,
-                            show_default=not self.required)(func)
 
-
-class Float(click.FloatRange):
-    """A finite float in a range: NaN and infinity pass every comparison, so are refused first."""
-
-    def convert(self, value, param, ctx):
-        number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return super().convert(number, param, ctx)
-
-
-class NumberList(click.ParamType):
+class NumberList(ParamType):
     """Comma-separated numbers such as `64,32`, each at least `minimum` (above it, with
     `min_open`; any finite number when `minimum` is None), optionally of fixed length; with `allow_empty`, an empty value is the empty
     tuple."""
@@ -64,7 +153,7 @@ class NumberList(click.ParamType):
         example = ",".join(["2"] * (self.length or 2))
         return f"{count} {what}, e.g. {example}"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value, param=None, ctx=None):
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
@@ -89,16 +178,16 @@ class IntList(NumberList):
     kind_name = "integers"
 
 
-class ItemList(click.ParamType):
+class ItemList(ParamType):
     """A tuple of items read from text (`items`); empty text means none, the empty tuple."""
 
-    def convert(self, value, param, ctx):
+    def convert(self, value, param=None, ctx=None):
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
         return self.items(text, param, ctx) if text else ()
 
-    def items(self, text: str, param, ctx) -> tuple:
+    def items(self, text: str, param=None, ctx=None) -> tuple:
         raise NotImplementedError
 
 
@@ -152,3 +241,8 @@ def as_param(value) -> str:
             return json.dumps(texts)  # as TextList reads it back
         return ",".join(texts)
     return str(value)
+
+
+def values_of(declarations, values: Mapping[str, Any]) -> dict[str, str]:
+    """The given declarations' values, as `-P` / MLflow param strings."""
+    return {d.name: as_param(values[d.name]) for d in declarations}

@@ -15,7 +15,7 @@ import click
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.core.data import (DatasetError, DatasetSource, ImageDataset, Split, SplitChoice,
+from steps.core.data import (DataError, DatasetSource, ImageDataset, Split, SplitChoice,
                              dataset_source)
 from steps.core.model_input import FROM_MEASURED
 from steps.core.models import ClassMapping, ImageModel, ModelError, check_model_fits
@@ -67,7 +67,7 @@ def dataset_errors():
     """Data that cannot be used, as one line naming `--dataset`."""
     try:
         yield
-    except DatasetError as error:
+    except DataError as error:
         raise click.BadParameter(str(error), param_hint="'--dataset'") from None
 
 
@@ -128,7 +128,7 @@ def split_data(dataset: ImageDataset, choice: SplitChoice, quiet: bool = False) 
     naming `eval_split` (or `test_fraction`) for a split that cannot be made."""
     try:
         split = choice.apply(dataset)
-    except DatasetError as error:
+    except DataError as error:
         param = "test_fraction" if "test_fraction " in str(error) else "eval_split"
         raise click.BadParameter(str(error), param_hint=f"'--{param}'") from None
     if not quiet:

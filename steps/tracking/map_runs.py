@@ -22,9 +22,10 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps import names, options, phases
+from steps import names, phases
 from steps.core import plots
-from steps.core.data import DatasetError, SplitChoice
+from steps.core.data import DATA_PARAMETERS, SPLIT_PARAMETERS, DataError, SplitChoice
+from steps.core.parameters import values_of
 from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
                                 fill_colours_of)
 from steps.core.metrics import MapScores, average_maps, class_map
@@ -167,13 +168,13 @@ class MapRunWriter:
             raise click.BadParameter("give at least one image ID", param_hint="'--image_ids'")
         try:
             inputs.dataset.rows(image_ids)
-        except DatasetError as error:
+        except DataError as error:
             raise click.BadParameter(str(error), param_hint="'--image_ids'") from None
         made = split_data(inputs.dataset, split, quiet=lifecycle.under_driver())
         explainer = ImageExplainer(inputs.dataset, inputs.model, inputs.classes, config, made,
                                    predict_batch_size)
         return cls(explainer, inputs, pictures,
-                   options.values_of(options.DATA + options.SPLIT, {
+                   values_of(DATA_PARAMETERS + SPLIT_PARAMETERS, {
                        "dataset": dataset, "image_size": image_size,
                        "test_fraction": split.test_fraction, "split_seed": split.seed,
                        "eval_split": split.eval_split}))
@@ -186,7 +187,7 @@ class MapRunWriter:
         """`test_fraction 0.25, split_seed 0`, or `its own train/ split`."""
         if self.inputs.dataset.predefined:
             return f"{self.inputs.dataset.name}'s own train/ split"
-        return ", ".join(f"{d.name} {self.data_params[d.name]}" for d in options.SPLIT[:2])
+        return ", ".join(f"{d.name} {self.data_params[d.name]}" for d in SPLIT_PARAMETERS[:2])
 
     def warn_about_training_images(self, image_ids) -> None:
         """One `Warning:` line naming the images of the training split, if any."""

@@ -9,9 +9,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps import names, options
+from steps import names
 from steps.core import plots
-from steps.core.data import SplitChoice
+from steps.core.data import DATASET, IMAGE_SIZE, SPLIT_PARAMETERS, SplitChoice, split_choice
 from steps.core.explain import PredictedImage
 from steps.tracking import runs
 from steps.tracking.map_runs import BATCH_PARAM, MapRunWriter, identity_tags
@@ -71,13 +71,13 @@ def stored_split(run: Run) -> SplitChoice:
     """The split of a stored map run: its own parameters; for a run made before it recorded
     them, its evaluation's, else the defaults."""
     params = run.data.params
-    if not all(d.name in params for d in options.SPLIT):
+    if not all(d.name in params for d in SPLIT_PARAMETERS):
         evaluation = run.data.tags.get(names.EVALUATION_PARENT_TAG)
         try:
             params = MlflowClient().get_run(evaluation).data.params if evaluation else {}
         except MlflowException:  # the evaluation was purged
             params = {}
-    return options.split_choice({d.name: params.get(d.name, d.default) for d in options.SPLIT})
+    return split_choice({d.name: params.get(d.name, d.default) for d in SPLIT_PARAMETERS})
 
 
 def stored_writer(run: Run, pictures: plots.PictureStyle, predict_batch_size: int, image_ids,
@@ -88,9 +88,8 @@ def stored_writer(run: Run, pictures: plots.PictureStyle, predict_batch_size: in
         raise click.BadParameter(f"run {run.info.run_id} records no model URI; it was made by "
                                  "an older version of this project", param_hint=f"'--{param}'")
     writer = MapRunWriter.build(
-        tags[names.MODEL_URI_TAG], params.get("dataset", "digits"),
-        options.IntList(minimum=1, length=2, allow_empty=True).convert(
-            params.get("image_size", ""), None, None),
+        tags[names.MODEL_URI_TAG], params.get(DATASET.name, DATASET.default),
+        IMAGE_SIZE.type.convert(params.get(IMAGE_SIZE.name, IMAGE_SIZE.default)),
         stored_config(run), pictures, int(params.get(BATCH_PARAM, predict_batch_size)),
         image_ids, split=stored_split(run))
     runs.require_same_data(run, writer.inputs.data.digest, param)

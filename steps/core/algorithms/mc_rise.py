@@ -6,21 +6,20 @@ says how much filling a region with that colour moves each class's confidence.""
 
 from __future__ import annotations
 
-import click
-
 from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
 from steps.core.algorithms.rise import N, P1, S, SEED
-from steps.core.parameters import NumberList, Parameter
+from steps.core.errors import ParameterError
+from steps.core.parameters import NumberList, Parameter, ParamType
 
 
-class ColourList(click.ParamType):
+class ColourList(ParamType):
     """`;`-separated colours, each one value (grey, or the same on every channel) or one per
     channel, in [0, 1]: `0;1` is black and white."""
 
     name = "colour_list"
     channels = NumberList(minimum=0)
 
-    def convert(self, value, param, ctx):
+    def convert(self, value, param=None, ctx=None):
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
@@ -40,6 +39,7 @@ FILL_COLORS = Parameter("fill_colors", "0;1", ColourList(),
 @ALGORITHMS.register
 class McRise(SaliencyAlgorithm):
     name = "mc_rise"
+    xaitk = "`MCRISEGrid` + `MCRISEScoring`, as xaitk's `MCRISEStack` (always debiased)"
     parameters = (N, S, P1, SEED, FILL_COLORS)
     uses_fill = False
 
@@ -47,9 +47,9 @@ class McRise(SaliencyAlgorithm):
         channels = image_shape[2] if len(image_shape) == 3 else 1
         width = len(self.fill_colors[0])
         if width not in (1, channels):
-            raise click.BadParameter(f"fill colours of {width} values do not fit {channels}-"
-                                     "channel images; give one value per colour, or one per "
-                                     "channel", param_hint="'--fill_colors'")
+            raise ParameterError(f"fill colours of {width} values do not fit {channels}-"
+                                 "channel images; give one value per colour, or one per "
+                                 "channel", param="fill_colors")
 
     def generator(self):
         from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.mc_rise import MCRISEStack

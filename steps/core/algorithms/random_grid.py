@@ -14,6 +14,7 @@ CELL_SIZE = Parameter("cell_size", "2,2", IntList(minimum=1, length=2),
 @ALGORITHMS.register
 class RandomGrid(OcclusionAlgorithm):
     name = "random_grid"
+    xaitk = "`RandomGrid` + `OcclusionScoring` or `SquaredDifferenceScoring`"
     parameters = (N, CELL_SIZE, P1, SEED, SCORING)
 
     def check_shape(self, image_shape: tuple[int, ...]) -> None:

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import click
-
 from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm
-from steps.core.parameters import Float, Parameter
+from steps.core.parameters import BOOLEAN, Float, Integer, Parameter
 
-N = Parameter("n", 1000, click.IntRange(min=1), "RISE, random grid: number of random masks.")
-S = Parameter("s", 4, click.IntRange(min=1), "RISE: grid resolution of the masks.")
+N = Parameter("n", 1000, Integer(min=1), "RISE, random grid: number of random masks.")
+S = Parameter("s", 4, Integer(min=1), "RISE: grid resolution of the masks.")
 # 0 or 1 keeps no cell or every cell: every mask alike, so maps of nothing.
 P1 = Parameter("p1", 0.5, Float(0, 1, min_open=True, max_open=True),
                "RISE, random grid: probability that a cell is kept.")
-SEED = Parameter("seed", 0, click.IntRange(min=0), "RISE, random grid: seed of the masks.")
-DEBIASED = Parameter("debiased", True, click.BOOL, "RISE: debias the scores by p1 (true/false).")
+SEED = Parameter("seed", 0, Integer(min=0), "RISE, random grid: seed of the masks.")
+DEBIASED = Parameter("debiased", True, BOOLEAN, "RISE: debias the scores by p1 (true/false).")
 
 
 @ALGORITHMS.register
 class Rise(SaliencyAlgorithm):
     name = "rise"
+    xaitk = "`RISEGrid` + `RISEScoring` (debiased or not)"
     parameters = (N, S, P1, SEED, DEBIASED)
 
     def perturber(self):

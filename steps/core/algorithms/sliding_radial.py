@@ -18,6 +18,7 @@ SIGMA = Parameter("sigma", "", NumberList(minimum=0, min_open=True, length=2, al
 @ALGORITHMS.register
 class SlidingRadial(SlidingAlgorithm):
     name = "sliding_radial"
+    xaitk = "`SlidingRadial` + `OcclusionScoring` or `SquaredDifferenceScoring`"
     parameters = (RADIUS, STRIDE, SIGMA, SCORING)
 
     def check_shape(self, image_shape: tuple[int, ...]) -> None:

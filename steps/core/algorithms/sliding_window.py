@@ -15,6 +15,7 @@ STRIDE = Parameter("stride", "1,1", IntList(minimum=1, length=2),
 @ALGORITHMS.register
 class SlidingWindow(SlidingAlgorithm):
     name = "sliding_window"
+    xaitk = "`SlidingWindow` + `OcclusionScoring` or `SquaredDifferenceScoring`"
     parameters = (WINDOW_SIZE, STRIDE, SCORING)
 
     def check_shape(self, image_shape: tuple[int, ...]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steps.core.data import (DATASET_SOURCES, SPLIT_NAMES, DatasetError, DatasetSource,
+from steps.core.data import (DATASET_SOURCES, SPLIT_NAMES, DataError, DatasetSource,
                              ImageDataset)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -40,17 +40,17 @@ class ImageFolder(DatasetSource):
 
     def class_roots(self) -> list[tuple[str | None, Path]]:
         """`(split, folder of class folders)`: the root's `train/`, `test/`, `val/` when the
-        data comes split, else `(None, root)`. DatasetError for a missing folder."""
+        data comes split, else `(None, root)`. DataError for a missing folder."""
         root = self.root
         if not root.is_dir():
-            raise DatasetError(f"no folder at {root}")
+            raise DataError(f"no folder at {root}")
         folders = _sub_folders(root)
         if folders and all(f.name in SPLIT_NAMES and _sub_folders(f) for f in folders):
             return [(folder.name, folder) for folder in folders]
         return [(None, root)]
 
     def files(self) -> list[tuple[str | None, str, Path]]:
-        """`(split, class name, file)` for every image file, sorted; DatasetError for a folder
+        """`(split, class name, file)` for every image file, sorted; DataError for a folder
         that is missing, empty or has a class folder without images."""
         return self.scan()[0]
 
@@ -74,7 +74,7 @@ class ImageFolder(DatasetSource):
             skipped += _loose_files(folder)
             classes = _sub_folders(folder)
             if not classes:
-                raise DatasetError(f"{folder} has no class sub-folders; lay it out as "
+                raise DataError(f"{folder} has no class sub-folders; lay it out as "
                                    "root/<class>/<image file> (or root/train/<class>/..., "
                                    "root/test/<class>/...)")
             for class_folder in classes:
@@ -82,7 +82,7 @@ class ImageFolder(DatasetSource):
                                and not p.name.startswith("."))
                 images = [p for p in files if p.suffix.lower() in EXTENSIONS]
                 if not images:
-                    raise DatasetError(f"class folder {class_folder} holds no PNG or JPEG image")
+                    raise DataError(f"class folder {class_folder} holds no PNG or JPEG image")
                 found += [(split, class_folder.name, path) for path in images]
                 skipped += [p for p in files if p.suffix.lower() not in EXTENSIONS]
         return found, sorted(skipped)
@@ -98,7 +98,7 @@ class ImageFolder(DatasetSource):
                     image.load()
                     decoded.append(image.copy())
             except (OSError, UnidentifiedImageError, ValueError) as error:
-                raise DatasetError(f"cannot read image {path}: {error}") from None
+                raise DataError(f"cannot read image {path}: {error}") from None
         colour = any(image.mode not in GREY_MODES for image in decoded)
         mode = "RGB" if colour else "L"
         if self.image_size:
@@ -111,7 +111,7 @@ class ImageFolder(DatasetSource):
                 sizes.setdefault(image.size, path)
             if len(sizes) > 1:
                 (a, path_a), (b, path_b) = list(sizes.items())[:2]
-                raise DatasetError(
+                raise DataError(
                     f"images have different sizes ({path_a} is {a[1]}×{a[0]}, {path_b} is "
                     f"{b[1]}×{b[0]}); set -P image_size=H,W to resize them all")
             decoded = [image.convert(mode) for image in decoded]
@@ -134,7 +134,7 @@ class ImageFolder(DatasetSource):
             try:
                 digest.update(path.read_bytes())
             except OSError as error:
-                raise DatasetError(f"cannot read image {path}: {error.strerror}") from None
+                raise DataError(f"cannot read image {path}: {error.strerror}") from None
 
     def location(self) -> str:
         return str(self.root.resolve())

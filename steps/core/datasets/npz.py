@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steps.core.data import DATASET_SOURCES, DatasetError, DatasetSource, ImageDataset, resize
+from steps.core.data import DATASET_SOURCES, DataError, DatasetSource, ImageDataset, resize
 
 
 @DATASET_SOURCES.register
@@ -33,30 +33,30 @@ class NpzFile(DatasetSource):
     def load(self) -> ImageDataset:
         path = self.path
         if not path.is_file():
-            raise DatasetError(f"no .npz file at {path}")
+            raise DataError(f"no .npz file at {path}")
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 missing = {"images", "labels"} - set(arrays.files)
                 if missing:
-                    raise DatasetError(f"{path} has no {' or '.join(sorted(missing))} array "
+                    raise DataError(f"{path} has no {' or '.join(sorted(missing))} array "
                                        f"(it holds: {', '.join(arrays.files) or 'nothing'})")
                 images, labels = arrays["images"], arrays["labels"]
                 names = arrays["class_names"] if "class_names" in arrays.files else None
                 ids = arrays["image_ids"] if "image_ids" in arrays.files else None
                 splits = arrays["split"] if "split" in arrays.files else None
         except (OSError, ValueError, zipfile.BadZipFile) as error:
-            if isinstance(error, DatasetError):
+            if isinstance(error, DataError):
                 raise
-            raise DatasetError(f"{path} is not a readable .npz file ({error})") from None
+            raise DataError(f"{path} is not a readable .npz file ({error})") from None
         if images.ndim not in (3, 4) or len(images) != len(labels) or labels.ndim != 1:
-            raise DatasetError(f"{path}: images of shape {images.shape} and labels of shape "
+            raise DataError(f"{path}: images of shape {images.shape} and labels of shape "
                                f"{labels.shape}; expected images [N, H, W] or [N, H, W, C] and "
                                "labels [N], as many labels as images")
         if np.issubdtype(images.dtype, np.integer):
             images = images.astype(np.float32) / 255.0
         images = images.astype(np.float32)
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-            raise DatasetError(f"{path}: float images must have finite pixels in [0, 1] "
+            raise DataError(f"{path}: float images must have finite pixels in [0, 1] "
                                f"(found {images.min():.3g} to {images.max():.3g})")
         if self.image_size:
             images = resize(images, self.image_size)
@@ -66,7 +66,7 @@ class NpzFile(DatasetSource):
                     values.min() >= 0 and values.max() < len(names)):
                 codes, class_names = labels.astype(np.int64), tuple(str(n) for n in names)
             else:
-                raise DatasetError(f"{path}: class_names has {len(names)} names, but labels "
+                raise DataError(f"{path}: class_names has {len(names)} names, but labels "
                                    f"{values[:5].tolist()}... are not indices into it")
         else:
             class_names = tuple(str(v) for v in values)
@@ -82,7 +82,7 @@ class NpzFile(DatasetSource):
                 for block in iter(lambda: file.read(1 << 20), b""):
                     digest.update(block)
         except OSError as error:
-            raise DatasetError(f"cannot read {self.path}: {error.strerror}") from None
+            raise DataError(f"cannot read {self.path}: {error.strerror}") from None
 
     def location(self) -> str:
         return str(self.path.resolve())
