@@ -6,7 +6,8 @@ the perturbed images one by one, and its scorers weight the masks in a Python lo
 and masks. On the digits default (RISE, 1,000 masks) that is about 100 ms a map, for a classifier
 that needs about 1 ms. `FastSaliency` runs the same perturber and scorer, rebuilt from the
 configuration the saliency step stores, but
-- makes the masks once per (perturber configuration, image shape) and reuses them (`MaskCache`);
+- makes the masks once per (perturber configuration, image shape) and reuses them (`MaskCache`),
+  for the perturbers whose algorithm declares so (`depends_only_on_shape`);
 - builds the perturbed images a chunk at a time with xaitk's own per-image expression, vectorised,
   into one buffer of at most `chunk_size` of them and `CHUNK_BYTES` (or one classifier batch,
   if that is larger), skipping the fill term when it is 0;
@@ -38,14 +39,11 @@ from xaitk_saliency.impls.gen_classifier_conf_sal.squared_difference_scoring imp
 from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.occlusion_based import (
     PerturbationOcclusion,
 )
-from xaitk_saliency.impls.perturb_image.random_grid import RandomGrid
-from xaitk_saliency.impls.perturb_image.rise import RISEGrid
-from xaitk_saliency.impls.perturb_image.sliding_radial import SlidingRadial
-from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow
 from xaitk_saliency.interfaces.gen_classifier_conf_sal import GenerateClassifierConfidenceSaliency
 from xaitk_saliency.interfaces.perturb_image import PerturbImage
 from xaitk_saliency.utils.masking import UINT8_ONE
 
+from steps.core.algorithm import ALGORITHMS
 from steps.core.blas import SMALL_BATCHES, blas_threads
 from steps.core.saliency import quiet_plugin_discovery
 
@@ -81,12 +79,11 @@ VECTORISED_SCORERS = tuple(map(_type_name, (RISEScoring, OcclusionScoring,
 def depends_only_on_shape(perturber: PerturbImage) -> bool:
     """Whether the perturber's masks are the same for every image of a shape, so can be kept.
 
-    A RISEGrid or RandomGrid without a seed draws new masks on every call, like xaitk, so it is
-    not cached.
+    Each algorithm declares it for the perturbers it builds (`SaliencyAlgorithm.
+    shape_only_masks`): a RISEGrid or RandomGrid without a seed draws new masks on every call,
+    like xaitk, so it is not cached. A perturber no algorithm declares is not cached either.
     """
-    if type(perturber) in (SlidingWindow, SlidingRadial):
-        return True
-    return type(perturber) in (RISEGrid, RandomGrid) and perturber.seed is not None
+    return any(algorithm.shape_only_masks(perturber) for algorithm in ALGORITHMS)
 
 
 class MaskCache:
