@@ -3,9 +3,9 @@
 Per image, xaitk's `PerturbationOcclusion` makes the masks again (RISEGrid's and SlidingWindow's
 depend only on their configuration and the image's height and width), occludes and classifies
 the perturbed images one by one, and its scorers weight the masks in a Python loop over classes
-and masks. On the digits default (RISE, 1,000 masks) that is about 100 ms a map, for a classifier
-that needs about 1 ms. `FastSaliency` runs the same perturber and scorer, rebuilt from the
-configuration the saliency step stores, but
+and masks. On the digits default (RISE, 1,000 masks) a map takes many times what the classifier
+alone needs (figures: benchmarks/README.md, "Saliency maps"). `FastSaliency` runs the same
+perturber and scorer, rebuilt from the configuration the saliency step stores, but
 - makes the masks once per (perturber configuration, image shape) and reuses them (`MaskCache`),
   for the perturbers whose algorithm declares so (`depends_only_on_shape`);
 - builds the perturbed images a chunk at a time with xaitk's own per-image expression, vectorised,
@@ -51,8 +51,8 @@ DEFAULT_CHUNK_SIZE = 1024
 #: Bytes of perturbed images a chunk holds at most (fewer than `chunk_size` for large images).
 CHUNK_BYTES = 2**22
 #: Bytes of a chunk from which the next chunk is built while it is classified (`_scalars`).
-#: Below, handing work to a thread cost more than it saved (benchmarks/README.md: chunks of
-#: 0.06 to 12 MiB, on two busy cores); 224x224x3 chunks are 147 MiB.
+#: Below, handing work to a thread cost more than it saved (figures: benchmarks/README.md, "An
+#: ONNX CNN beside the MLP, and overlapping chunks"); 224x224x3 chunks are 147 MiB.
 OVERLAP_BYTES = 2**24
 #: Bytes of a block of work kept in cache: perturbed images, or the scorers' weights.
 BLOCK_BYTES = 2**19
