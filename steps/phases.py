@@ -98,10 +98,11 @@ def produced_in(name: str, items: Iterable[Item]) -> Iterator[Item]:
 
 def quick_exit() -> None:
     """Make the interpreter's shutdown quick: flush the output, then freeze every object
-    (`gc.freeze`) so the garbage collector's last pass skips them (about 1 to 2 s after MLflow's
-    imports; 0.06 s frozen). Exit handlers still run and exit codes stay; what the last pass
-    would have finalized is left to the operating system: an object in a reference cycle, e.g.
-    a file never closed (the steps close theirs; their store writes are committed by then)."""
+    (`gc.freeze`) so the garbage collector's last pass, slow once MLflow is imported, skips them
+    (figures: benchmarks/README.md, "Start-up and overhead"). Exit handlers still run and exit
+    codes stay; what the last pass would have finalized is left to the operating system: an
+    object in a reference cycle, e.g. a file never closed (the steps close theirs; their store
+    writes are committed by then)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -42,7 +42,9 @@ def log_new_params(run_id: str, params: dict) -> None:
 
 def sklearn_trusted_types(model) -> list[str]:
     """Types skops does not trust by default but that are scikit-learn's own (e.g. its optimizers)."""
-    import skops.io  # about 0.8 s (it imports every scikit-learn estimator): only to log a model
+    # Slow to import (every scikit-learn estimator; benchmarks/README.md, "Start-up and
+    # overhead"): only to log a model.
+    import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     return [name for name in untrusted if name.startswith("sklearn.")]
@@ -51,7 +53,7 @@ def sklearn_trusted_types(model) -> list[str]:
 def model_requirements() -> list[str]:
     """The model's pip requirements, pinned to the versions installed here (those that wrote
     it; requirements.txt pins the same). Given them, `log_model` does not infer them in a
-    subprocess (about 5 to 9 s)."""
+    subprocess, which takes seconds (figures: benchmarks/README.md, "Start-up and overhead")."""
     return [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
 
 

@@ -134,6 +134,8 @@ def test_a_new_dataset_or_algorithm_is_one_new_file(tmp_path):
         assert algorithm.used_params() == {"algorithm": "square_window", "span": 2,
                                            "scoring": "occlusion", "fill": 0.0}
         print(type(algorithm.generator()).__name__, load_dataset("checkerboards").images.shape)
+        from steps.core.fast_saliency import depends_only_on_shape
+        assert depends_only_on_shape(algorithm.perturber())  # its masks are kept, as declared
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
                             text=True, timeout=120)

@@ -142,6 +142,34 @@ def test_unknown_dataset_names_what_is_accepted():
     assert "digits" in str(e.value) and ".npz" in str(e.value) and "folder" in str(e.value)
 
 
+def test_relative_paths_are_taken_from_the_launch_directory_as_sources_declare(
+        tmp_path, monkeypatch):
+    from steps.core.data import DATASET_SOURCES, DatasetSource
+    from steps.tracking.inputs import absolute_dataset
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    launch = tmp_path.resolve()
+    assert absolute_dataset("digits") == "digits"
+    assert absolute_dataset("data.NPZ") == str(launch / "data.NPZ")
+    assert absolute_dataset("images/train") == str(launch / "images/train")
+    assert absolute_dataset("scans.h5") == "scans.h5"
+
+    class H5File(DatasetSource):  # as a new file in steps/core/datasets/ would
+        name = "h5"
+
+        @classmethod
+        def accepts(cls, spec):
+            return spec.endswith(".h5")
+
+        @classmethod
+        def names_a_path(cls, spec):
+            return cls.accepts(spec)
+
+    monkeypatch.setitem(DATASET_SOURCES._classes, H5File.name, H5File)
+    assert absolute_dataset("scans.h5") == str(launch / "scans.h5")
+
+
 def test_split_that_leaves_a_part_without_every_class_is_refused():
     data = load_dataset("digits")
     with pytest.raises(DataError, match="each part needs at least one image per class"):

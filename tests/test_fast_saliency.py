@@ -14,12 +14,14 @@ import pytest
 from sklearn.preprocessing import maxabs_scale
 from smqtk_classifier.interfaces.classify_image import ClassifyImage
 from threadpoolctl import threadpool_info
+from xaitk_saliency.impls.gen_classifier_conf_sal.occlusion_scoring import OcclusionScoring
 from xaitk_saliency.impls.perturb_image.rise import RISEGrid
+from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow
 from xaitk_saliency.utils.masking import occlude_image_streaming, weight_regions_by_scalar
 
 from steps.core.errors import ParameterError
 from steps.core import blas, fast_saliency
-from steps.core.algorithm import SaliencyAlgorithm, make_algorithm
+from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm, make_algorithm
 from steps.core.data import resize
 from steps.core.fast_saliency import (
     CHUNK_BYTES,
@@ -217,6 +219,32 @@ def test_mask_cache_drops_the_least_recently_used_and_skips_unseeded_rise():
         n=10, s=(2, 2), p1=0.5, seed=None, threads=0))
     for name in ("random_grid", "sliding_radial", "sliding_window", "rise"):
         assert depends_only_on_shape(make_algorithm(name).perturber()), name
+
+
+class UndeclaredWindows(SlidingWindow):
+    """xaitk's sliding window under a type no algorithm declares."""
+
+
+def test_masks_are_kept_only_for_perturbers_an_algorithm_declares(monkeypatch):
+    perturber = UndeclaredWindows(window_size=(2, 2), stride=(2, 2))
+    cache = MaskCache()
+    engine = FastSaliency(perturber, OcclusionScoring(), mask_cache=cache)
+    assert not depends_only_on_shape(perturber)
+    assert engine.masks(np.zeros((8, 8))) is not engine.masks(np.zeros((8, 8)))
+    assert (cache.misses, cache.hits, len(cache)) == (0, 0, 0)
+
+    class Declaring(SaliencyAlgorithm):  # as a new file in steps/core/algorithms/ would
+        name = "declaring"
+
+        @classmethod
+        def shape_only_masks(cls, perturber) -> bool:
+            return type(perturber) is UndeclaredWindows
+
+    monkeypatch.setitem(ALGORITHMS._classes, Declaring.name, Declaring)
+    assert depends_only_on_shape(perturber)
+    first = engine.masks(np.zeros((8, 8)))
+    assert engine.masks(np.ones((8, 8))) is first
+    assert (cache.misses, cache.hits) == (1, 1)
 
 
 @pytest.mark.parametrize("fill", [None, 0, 0.0, [0.0, 0.0, 0.0], 0.3, [0.1, 0.5, 0.9]])

@@ -36,7 +36,15 @@ SCORING = Parameter("scoring", "occlusion", Choice(("occlusion", "squared_differ
 
 
 class SaliencyAlgorithm:
-    """One algorithm with its parameter values; `generator()` is the xaitk generator."""
+    """One algorithm with its parameter values; `generator()` is the xaitk generator.
+
+    An algorithm also declares what the fast engine may assume of the perturber it builds:
+    `shape_only_masks(perturber)` says whether that perturber's masks depend only on its
+    configuration and the image's height and width, so are made once per shape and kept
+    (`steps/core/fast_saliency.py`, which asks every registered algorithm, also of a perturber
+    rebuilt from a stored configuration). The default, no, is always safe: the masks are made
+    again for each image.
+    """
 
     name: ClassVar[str]
     #: What it is made of in xaitk's terms (perturber + scorer), for the docs.
@@ -102,6 +110,12 @@ class SaliencyAlgorithm:
 
     def get_config(self) -> dict[str, Any]:
         return self.used_params()
+
+    @classmethod
+    def shape_only_masks(cls, perturber: Any) -> bool:
+        """Whether `perturber` is one this algorithm builds whose masks are the same for every
+        image of a shape (a seeded random one, say); False for any other perturber."""
+        return False
 
     def perturber(self):
         raise NotImplementedError

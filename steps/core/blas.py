@@ -1,14 +1,15 @@
 """BLAS threads for the model's work, chosen by the kind of work (threadpoolctl).
 
-OpenBLAS starts a thread per core, and its threads wait for each other at every product: while
-the other core is busy, a second thread made a digits map 12x to 19x slower (one core, or two
-shared ones; `benchmarks/blas_benchmark.py` measures both kinds of work on 1 and 2 cores):
+OpenBLAS starts a thread per core, and its threads wait for each other at every product: on
+small products a second thread costs far more than it gains, above all while the other core is
+busy (figures: benchmarks/README.md, "BLAS threads"; `benchmarks/blas_benchmark.py` measures
+both kinds of work on 1 and 2 cores):
 
 - `SMALL_BATCHES`: many `predict_proba` calls of one batch each (saliency maps, their metrics):
-  one thread, at every size measured but the largest on two cores;
+  one thread;
 - `ONE_PREDICTION`: one `predict_proba` on a whole split (the evaluation): one thread per usable
-  core from `MANY_VALUES` input values (450 images of 64×64×3 and of 224×224×3 were faster with
-  two threads, 450 of 28×28 and smaller slower), one thread below.
+  core from `MANY_VALUES` input values, one thread below (two threads were measured faster on
+  large splits, slower on small ones).
 
     with blas_threads(ONE_PREDICTION, images.size):
         confidences = model.predict_proba(images)

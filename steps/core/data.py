@@ -1,8 +1,8 @@
 """Image datasets: what every source gives, how one is chosen, and the train/test split.
 
 A dataset source is a small class registered in `DATASET_SOURCES` (one module per source in
-`steps/core/datasets/`): it says whether it accepts a `-P dataset=` value, loads the images
-and computes a content digest. Every source gives an `ImageDataset`: float32 pixels in [0, 1],
+`steps/core/datasets/`): it says whether it accepts a `-P dataset=` value (and whether that
+value names a file or folder, `names_a_path`), loads the images and computes a content digest. Every source gives an `ImageDataset`: float32 pixels in [0, 1],
 `[N, H, W]` (grey) or `[N, H, W, C]` (colour), integer labels indexing `class_names`, a
 stable `image_ids` string per image and, for data that comes split (`train/`, `test/`, `val/`
 folders, an `.npz` `split` array), each image's split. Nothing here knows about MLflow.
@@ -270,6 +270,12 @@ class DatasetSource:
     @classmethod
     def accepts(cls, spec: str) -> bool:
         raise NotImplementedError
+
+    @classmethod
+    def names_a_path(cls, spec: str) -> bool:
+        """Whether `spec` is, by its form alone, a file or folder this source reads (a relative
+        one is then taken from where `mlflow run` was started); no for named datasets."""
+        return False
 
     def load(self) -> ImageDataset:
         raise NotImplementedError

@@ -100,7 +100,8 @@ class ImageExplainer:
     @functools.cached_property
     def engine(self):
         """FastSaliency, or xaitk's generator where it does not apply; made when the first map
-        is (xaitk's implementations take 0.1 to 0.9 s to import: compare never needs them)."""
+        is (xaitk's implementations are slow to import, and compare never needs them; figures:
+        benchmarks/README.md, "Start-up and overhead")."""
         from steps.core.fast_saliency import engine_from_config
 
         return engine_from_config(self.config)

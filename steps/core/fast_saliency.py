@@ -3,10 +3,11 @@
 Per image, xaitk's `PerturbationOcclusion` makes the masks again (RISEGrid's and SlidingWindow's
 depend only on their configuration and the image's height and width), occludes and classifies
 the perturbed images one by one, and its scorers weight the masks in a Python loop over classes
-and masks. On the digits default (RISE, 1,000 masks) that is about 100 ms a map, for a classifier
-that needs about 1 ms. `FastSaliency` runs the same perturber and scorer, rebuilt from the
-configuration the saliency step stores, but
-- makes the masks once per (perturber configuration, image shape) and reuses them (`MaskCache`);
+and masks. On the digits default (RISE, 1,000 masks) a map takes many times what the classifier
+alone needs (figures: benchmarks/README.md, "Saliency maps"). `FastSaliency` runs the same
+perturber and scorer, rebuilt from the configuration the saliency step stores, but
+- makes the masks once per (perturber configuration, image shape) and reuses them (`MaskCache`),
+  for the perturbers whose algorithm declares so (`depends_only_on_shape`);
 - builds the perturbed images a chunk at a time with xaitk's own per-image expression, vectorised,
   into one buffer of at most `chunk_size` of them and `CHUNK_BYTES` (or one classifier batch,
   if that is larger), skipping the fill term when it is 0;
@@ -38,14 +39,11 @@ from xaitk_saliency.impls.gen_classifier_conf_sal.squared_difference_scoring imp
 from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.occlusion_based import (
     PerturbationOcclusion,
 )
-from xaitk_saliency.impls.perturb_image.random_grid import RandomGrid
-from xaitk_saliency.impls.perturb_image.rise import RISEGrid
-from xaitk_saliency.impls.perturb_image.sliding_radial import SlidingRadial
-from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow
 from xaitk_saliency.interfaces.gen_classifier_conf_sal import GenerateClassifierConfidenceSaliency
 from xaitk_saliency.interfaces.perturb_image import PerturbImage
 from xaitk_saliency.utils.masking import UINT8_ONE
 
+from steps.core.algorithm import ALGORITHMS
 from steps.core.blas import SMALL_BATCHES, blas_threads
 from steps.core.saliency import quiet_plugin_discovery
 
@@ -53,8 +51,8 @@ DEFAULT_CHUNK_SIZE = 1024
 #: Bytes of perturbed images a chunk holds at most (fewer than `chunk_size` for large images).
 CHUNK_BYTES = 2**22
 #: Bytes of a chunk from which the next chunk is built while it is classified (`_scalars`).
-#: Below, handing work to a thread cost more than it saved (benchmarks/README.md: chunks of
-#: 0.06 to 12 MiB, on two busy cores); 224x224x3 chunks are 147 MiB.
+#: Below, handing work to a thread cost more than it saved (figures: benchmarks/README.md, "An
+#: ONNX CNN beside the MLP, and overlapping chunks"); 224x224x3 chunks are 147 MiB.
 OVERLAP_BYTES = 2**24
 #: Bytes of a block of work kept in cache: perturbed images, or the scorers' weights.
 BLOCK_BYTES = 2**19
@@ -81,12 +79,11 @@ VECTORISED_SCORERS = tuple(map(_type_name, (RISEScoring, OcclusionScoring,
 def depends_only_on_shape(perturber: PerturbImage) -> bool:
     """Whether the perturber's masks are the same for every image of a shape, so can be kept.
 
-    A RISEGrid or RandomGrid without a seed draws new masks on every call, like xaitk, so it is
-    not cached.
+    Each algorithm declares it for the perturbers it builds (`SaliencyAlgorithm.
+    shape_only_masks`): a RISEGrid or RandomGrid without a seed draws new masks on every call,
+    like xaitk, so it is not cached. A perturber no algorithm declares is not cached either.
     """
-    if type(perturber) in (SlidingWindow, SlidingRadial):
-        return True
-    return type(perturber) in (RISEGrid, RandomGrid) and perturber.seed is not None
+    return any(algorithm.shape_only_masks(perturber) for algorithm in ALGORITHMS)
 
 
 class MaskCache:

@@ -174,8 +174,8 @@ HEAD_CHAR_EM = 0.6
 BAR_IN = 0.13
 BAR_LABEL_LINE_IN = 0.16
 DPI = 100
-#: PNG settings of `save_png`: zlib level 1 encodes these mostly white pictures about 1.4x as
-#: fast as the default level 6 (5.3 against 7.7 ms a per-class picture), 10 to 20% larger.
+#: PNG settings of `save_png`: zlib level 1 encodes these mostly white pictures faster than the
+#: default level 6, into slightly larger files (figures: benchmarks/README.md, "Pictures").
 PNG_OPTIONS = {"pil_kwargs": {"compress_level": 1}}
 
 

@@ -15,8 +15,8 @@ import click
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.core.data import (DataError, DatasetSource, ImageDataset, Split, SplitChoice,
-                             dataset_source)
+from steps.core.data import (DATASET_SOURCES, DataError, DatasetSource, ImageDataset, Split,
+                             SplitChoice, dataset_source)
 from steps.core.model_input import FROM_MEASURED
 from steps.core.models import ClassMapping, ImageModel, ModelError, check_model_fits
 from steps import names
@@ -27,12 +27,15 @@ from steps.tracking.store_check import launch_directory
 
 def absolute_dataset(spec: str) -> str:
     """A dataset given as a relative path, made absolute against the directory `mlflow run` was
-    started in (the steps run in the project's directory); names such as `digits` unchanged."""
+    started in (the steps run in the project's directory); names such as `digits` unchanged.
+    A path is one that exists there, has a `/`, or that a source says names one
+    (`DatasetSource.names_a_path`, e.g. `x.npz`)."""
     path = Path(spec).expanduser()
     if path.is_absolute():
         return str(path)
     candidate = launch_directory() / path
-    if candidate.exists() or "/" in spec or spec.lower().endswith(".npz"):
+    if candidate.exists() or "/" in spec or any(source.names_a_path(spec)
+                                                for source in DATASET_SOURCES):
         return str(candidate.resolve())
     return spec
 

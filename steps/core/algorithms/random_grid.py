@@ -20,6 +20,13 @@ class RandomGrid(OcclusionAlgorithm):
     def check_shape(self, image_shape: tuple[int, ...]) -> None:
         check_fits(image_shape, {"cell_size": self.cell_size})
 
+    @classmethod
+    def shape_only_masks(cls, perturber) -> bool:
+        from xaitk_saliency.impls.perturb_image.random_grid import RandomGrid as Grid
+
+        # Without a seed it draws new masks on every call, like xaitk.
+        return type(perturber) is Grid and perturber.seed is not None
+
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.random_grid import RandomGrid as Grid
 

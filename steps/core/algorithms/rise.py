@@ -26,6 +26,13 @@ class Rise(SaliencyAlgorithm):
         # threads=0: RISEGrid's threaded mask shifts share one RNG and are not reproducible.
         return RISEGrid(n=self.n, s=self.s, p1=self.p1, seed=self.seed, threads=0)
 
+    @classmethod
+    def shape_only_masks(cls, perturber) -> bool:
+        from xaitk_saliency.impls.perturb_image.rise import RISEGrid
+
+        # Without a seed it draws new masks on every call, like xaitk.
+        return type(perturber) is RISEGrid and perturber.seed is not None
+
     def scorer(self):
         from xaitk_saliency.impls.gen_classifier_conf_sal.rise_scoring import RISEScoring
 

@@ -24,6 +24,12 @@ class SlidingRadial(SlidingAlgorithm):
     def check_shape(self, image_shape: tuple[int, ...]) -> None:
         check_fits(image_shape, {"stride": self.stride})
 
+    @classmethod
+    def shape_only_masks(cls, perturber) -> bool:
+        from xaitk_saliency.impls.perturb_image.sliding_radial import SlidingRadial as Radial
+
+        return type(perturber) is Radial
+
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.sliding_radial import SlidingRadial as Radial
 

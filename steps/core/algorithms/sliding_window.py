@@ -21,6 +21,12 @@ class SlidingWindow(SlidingAlgorithm):
     def check_shape(self, image_shape: tuple[int, ...]) -> None:
         check_fits(image_shape, {"window_size": self.window_size, "stride": self.stride})
 
+    @classmethod
+    def shape_only_masks(cls, perturber) -> bool:
+        from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow as Windows
+
+        return type(perturber) is Windows
+
     def perturber(self):
         from xaitk_saliency.impls.perturb_image.sliding_window import SlidingWindow as Windows
 

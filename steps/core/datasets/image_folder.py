@@ -31,8 +31,11 @@ class ImageFolder(DatasetSource):
     @classmethod
     def accepts(cls, spec: str) -> bool:
         # A missing folder given as a path (`data/images`) is accepted, to be named as missing.
-        path = Path(spec).expanduser()
-        return path.is_dir() or ("/" in spec and not path.suffix)
+        return Path(spec).expanduser().is_dir() or cls.names_a_path(spec)
+
+    @classmethod
+    def names_a_path(cls, spec: str) -> bool:
+        return "/" in spec and not Path(spec).expanduser().suffix
 
     @property
     def root(self) -> Path:

@@ -26,6 +26,10 @@ class NpzFile(DatasetSource):
     def accepts(cls, spec: str) -> bool:
         return spec.lower().endswith(".npz")
 
+    @classmethod
+    def names_a_path(cls, spec: str) -> bool:
+        return cls.accepts(spec)
+
     @property
     def path(self) -> Path:
         return Path(self.spec).expanduser()
