@@ -24,17 +24,17 @@ from mlflow.exceptions import ExecutionException, MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 
-from steps import names, options
+from steps import options, store_names
 from steps.core.code_version import code_version
-from steps.core.compare import Configuration
-from steps.core.data import ALL
+from steps.core.agreement import Configuration
+from steps.core.image_dataset import ALL
 from steps.core.parameters import text_items
 from steps.core.model_input import flags_of
 from steps.report import log_report
 from steps.tracking import lifecycle, runs
 from steps.tracking.inputs import (absolute_dataset, dataset_digest, load_data, load_model_inputs,
                                   refuse_training_images)
-from steps.tracking.models import ResolvedModel, resolve_model_uri
+from steps.tracking.model_loading import ResolvedModel, resolve_model_uri
 from steps.tracking.query import query_samples
 from steps.tracking.step_cache import find_reusable_run
 from steps.tracking.store_check import (TrackingStoreError, check_server_if_any, local_path,
@@ -74,10 +74,10 @@ def step_failure(entry_point: str, run) -> StepFailed | None:
     tags = settled.data.tags
     again = "run the same command again to continue: finished steps are reused"
     resume = resume_hint(entry_point, run.run_id)
-    if names.ERROR_TAG in tags:
+    if store_names.ERROR_TAG in tags:
         return StepFailed(f"The {entry_point} step (run {run.run_id}) failed; its error is "
                           f"above. Fix it and {again}.{resume}", reported=True)
-    how = (f"was interrupted by {tags[names.INTERRUPTED_TAG]}" if names.INTERRUPTED_TAG in tags
+    how = (f"was interrupted by {tags[store_names.INTERRUPTED_TAG]}" if store_names.INTERRUPTED_TAG in tags
            else "was killed before it could end its runs (SIGKILL, out of memory, or lost)")
     return StepFailed(f"the {entry_point} step (run {run.run_id}) {how}; its runs are ended "
                       f"KILLED and its unfinished results deleted; {again}.{resume}")
@@ -113,8 +113,8 @@ def launched_since(entry_point: str, experiment_id: str, began_ms: int) -> list[
     newest first."""
     parent = mlflow.active_run().info.run_id
     return [run.info.run_id for run in MlflowClient().search_runs(
-        [experiment_id], f"tags.`{names.PARENT_RUN_TAG}` = '{parent}' AND "
-        f"tags.`{names.ENTRY_POINT_TAG}` = '{entry_point}' AND "
+        [experiment_id], f"tags.`{store_names.PARENT_RUN_TAG}` = '{parent}' AND "
+        f"tags.`{store_names.ENTRY_POINT_TAG}` = '{entry_point}' AND "
         f"attributes.start_time >= {began_ms - 1000}",
         order_by=["attributes.start_time DESC"])]
 
@@ -210,12 +210,12 @@ class Driver:
             raise min(failures, key=lambda failure: failure.reported)
         reused = [run_id for run_id in stored if run_id is not None]
         if reused:
-            mlflow.set_tag(f"{names.REUSED_TAG_PREFIX}{entry_point}", ",".join(reused))
+            mlflow.set_tag(f"{store_names.REUSED_TAG_PREFIX}{entry_point}", ",".join(reused))
         return run_ids
 
     def resume(self, entry_point: str, run_id: str) -> str:
         click.echo(f"=== {entry_point}: starting from stored run {run_id} ===")
-        mlflow.set_tag(f"{names.RESUMED_TAG_PREFIX}{entry_point}", run_id)
+        mlflow.set_tag(f"{store_names.RESUMED_TAG_PREFIX}{entry_point}", run_id)
         return run_id
 
 
@@ -223,12 +223,12 @@ def trained_model(train_run_id: str) -> ResolvedModel:
     """The model a Train run made: its registered version if it registered one, else its
     logged model."""
     tags = MlflowClient().get_run(train_run_id).data.tags
-    if names.REGISTERED_MODEL_TAG in tags:
-        return resolve_model_uri(f"models:/{tags[names.REGISTERED_MODEL_TAG]}")
-    if names.MODEL_URI_TAG not in tags:
-        raise click.BadParameter(f"train run {train_run_id} has no {names.MODEL_URI_TAG} tag",
+    if store_names.REGISTERED_MODEL_TAG in tags:
+        return resolve_model_uri(f"models:/{tags[store_names.REGISTERED_MODEL_TAG]}")
+    if store_names.MODEL_URI_TAG not in tags:
+        raise click.BadParameter(f"train run {train_run_id} has no {store_names.MODEL_URI_TAG} tag",
                                  param_hint="'--train_run_id'")
-    return resolve_model_uri(tags[names.MODEL_URI_TAG], "train_run_id")
+    return resolve_model_uri(tags[store_names.MODEL_URI_TAG], "train_run_id")
 
 
 @dataclass
@@ -247,24 +247,24 @@ def starting_point(model_uri, train_run_id, evaluation_run_id) -> StartingPoint:
                                  param_hint="'--model_uri'")
     model = resolve_model_uri(model_uri) if model_uri else None
     if train_run_id:
-        runs.require_run(train_run_id, names.TRAIN_EXPERIMENT, "train_run_id")
+        runs.require_run(train_run_id, store_names.TRAIN_EXPERIMENT, "train_run_id")
         model = trained_model(train_run_id)
     if evaluation_run_id:
-        evaluation = runs.require_run(evaluation_run_id, names.EVALUATION_EXPERIMENT,
+        evaluation = runs.require_run(evaluation_run_id, store_names.EVALUATION_EXPERIMENT,
                                       "evaluation_run_id")
         tags = evaluation.data.tags
-        if names.EVALUATION_PARENT_TAG in tags:
+        if store_names.EVALUATION_PARENT_TAG in tags:
             raise click.BadParameter(
                 f"run {evaluation_run_id} is one image's sample run; give its evaluation "
-                f"(parent) run {tags[names.EVALUATION_PARENT_TAG]}",
+                f"(parent) run {tags[store_names.EVALUATION_PARENT_TAG]}",
                 param_hint="'--evaluation_run_id'")
-        evaluated = tags.get(names.MODEL_URI_TAG)
+        evaluated = tags.get(store_names.MODEL_URI_TAG)
         if model is not None and model.uri != evaluated:
             raise click.BadParameter(
                 f"evaluation run {evaluation_run_id} evaluated model {evaluated}, not "
                 f"{model.uri}", param_hint="'--evaluation_run_id'")
         model = resolve_model_uri(evaluated, "evaluation_run_id")
-        train_run_id = tags.get(names.TRAIN_RUN_TAG)
+        train_run_id = tags.get(store_names.TRAIN_RUN_TAG)
     return StartingPoint(model, train_run_id, evaluation_run_id)
 
 
@@ -287,21 +287,21 @@ def headline_metrics(evaluation_id: str, saliency_ids: list[str]) -> dict[str, f
     """The evaluation's accuracy and, of the first saliency run, how many maps it made and how
     far they can be trusted."""
     client = MlflowClient()
-    metrics = {names.TEST_ACCURACY_METRIC: client.get_run(evaluation_id).data.metrics["accuracy"]}
+    metrics = {store_names.TEST_ACCURACY_METRIC: client.get_run(evaluation_id).data.metrics["accuracy"]}
     if not saliency_ids:
-        return {**metrics, names.MAPS_EXPLAINED_METRIC: 0}
+        return {**metrics, store_names.MAPS_EXPLAINED_METRIC: 0}
     saliency = client.get_run(saliency_ids[0]).data
-    explained = len(text_items(saliency.tags[names.IMAGE_IDS_TAG]))
-    return {**metrics, names.MAPS_EXPLAINED_METRIC: explained,
-            **{name: saliency.metrics[name] for name in names.HEADLINE_MAP_METRICS
+    explained = len(text_items(saliency.tags[store_names.IMAGE_IDS_TAG]))
+    return {**metrics, store_names.MAPS_EXPLAINED_METRIC: explained,
+            **{name: saliency.metrics[name] for name in store_names.HEADLINE_MAP_METRICS
                if name in saliency.metrics}}
 
 
 def pipeline_run_name(values: dict) -> str:
     """`pipeline · digits · rise`: the data and the algorithms, for the UI's runs table."""
     algorithms = " vs ".join(str(algorithm) for algorithm in saliency_configurations(values))
-    return names.run_name(Path(values["dataset"]).name, algorithms,
-                          head=names.PIPELINE_RUN_NAME)
+    return store_names.run_name(Path(values["dataset"]).name, algorithms,
+                          head=store_names.PIPELINE_RUN_NAME)
 
 
 def check_before_any_run(values: dict, image_shape: tuple[int, ...] | None) -> None:
@@ -316,8 +316,8 @@ def check_before_any_run(values: dict, image_shape: tuple[int, ...] | None) -> N
 def describe_experiment(experiment_id: str) -> None:
     """Say what the pipeline's runs are in the main run's experiment, unless it says already."""
     client = MlflowClient()
-    if names.NOTE_TAG not in client.get_experiment(experiment_id).tags:
-        client.set_experiment_tag(experiment_id, names.NOTE_TAG, names.PIPELINE_DESCRIPTION)
+    if store_names.NOTE_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, store_names.NOTE_TAG, store_names.PIPELINE_DESCRIPTION)
 
 
 def write_report(main_run_id: str) -> None:
@@ -326,7 +326,7 @@ def write_report(main_run_id: str) -> None:
         log_report(main_run_id, status="FINISHED")  # its last act: the run ends with it
     except Exception as error:  # noqa: BLE001 - the results are safe in their runs
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        click.echo(f"Warning: could not write {names.REPORT_ARTIFACT} ({first_line}); rebuild "
+        click.echo(f"Warning: could not write {store_names.REPORT_ARTIFACT} ({first_line}); rebuild "
                    f"it with: mlflow run . -e report -P main_run_id={main_run_id}", err=True)
 
 
@@ -335,12 +335,12 @@ def report_location(run: Run, tracking_uri: str) -> str:
     its page in the MLflow UI of a tracking server, else how to download it."""
     local = local_path(run.info.artifact_uri)
     if local is not None:
-        return str(Path(local[0]) / names.REPORT_ARTIFACT)
+        return str(Path(local[0]) / store_names.REPORT_ARTIFACT)
     if scheme_of(tracking_uri) in ("http", "https"):
         return (f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/"
-                f"{run.info.run_id}/artifactPath/{names.REPORT_ARTIFACT}")
-    return (f"{names.REPORT_ARTIFACT} in the main run: mlflow artifacts download -r "
-            f"{run.info.run_id} -a {names.REPORT_ARTIFACT}")
+                f"{run.info.run_id}/artifactPath/{store_names.REPORT_ARTIFACT}")
+    return (f"{store_names.REPORT_ARTIFACT} in the main run: mlflow artifacts download -r "
+            f"{run.info.run_id} -a {store_names.REPORT_ARTIFACT}")
 
 
 def ui_hint(tracking_uri: str) -> str:
@@ -371,28 +371,28 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
         digest, image_shape = data.digest, data.dataset.image_shape
     else:
         digest = dataset_digest(values["dataset"], values["image_size"])
-        seen = runs.finished_run_tagged([names.TRAIN_EXPERIMENT, names.EVALUATION_EXPERIMENT],
-                                        names.DATASET_DIGEST_TAG, digest)
+        seen = runs.finished_run_tagged([store_names.TRAIN_EXPERIMENT, store_names.EVALUATION_EXPERIMENT],
+                                        store_names.DATASET_DIGEST_TAG, digest)
         if seen is None:
             image_shape = load_data(values["dataset"], values["image_size"]).dataset.image_shape
         else:
-            shape = seen.data.tags.get(names.IMAGE_SHAPE_TAG)
+            shape = seen.data.tags.get(store_names.IMAGE_SHAPE_TAG)
             image_shape = tuple(map(int, shape.split("x"))) if shape else None
     check_before_any_run(values, image_shape)
 
     os.environ[lifecycle.DRIVER_PID_ENV] = str(os.getpid())  # the steps watch this process
     with lifecycle.run_context(tags={**lifecycle.process_tags(),
-                                     names.RUN_NAME_TAG: pipeline_run_name(values),
-                                     names.QUERY_TAG: values["query"],
-                                     names.ORDER_BY_TAG: values["order_by"]}) as main_run:
+                                     store_names.RUN_NAME_TAG: pipeline_run_name(values),
+                                     store_names.QUERY_TAG: values["query"],
+                                     store_names.ORDER_BY_TAG: values["order_by"]}) as main_run:
         mlflow.log_dict(options.as_typed(options.ENTRY_POINTS["main"], sys.argv[1:]),
-                        names.PARAMETERS_ARTIFACT)
+                        store_names.PARAMETERS_ARTIFACT)
         describe_experiment(main_run.info.experiment_id)
         # MLflow does not pass its environment manager on to nested `mlflow.run` calls.
         driver = Driver(env_manager=main_run.data.tags.get(MLFLOW_PROJECT_ENV, "local"),
                         use_cache=use_cache, version=code_version(),
-                        required_tags={names.DATASET_DIGEST_TAG: digest})
-        mlflow.set_tag(names.DATASET_DIGEST_TAG, digest)
+                        required_tags={store_names.DATASET_DIGEST_TAG: digest})
+        mlflow.set_tag(store_names.DATASET_DIGEST_TAG, digest)
         summary = {"Main run": main_run.info.run_id}
 
         model = start.model
@@ -400,13 +400,13 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
             train_id = (driver.resume("train", start.train_run_id) if train_run_id
                         else start.train_run_id)
         elif model is None:
-            train_id = driver.step("train", names.TRAIN_EXPERIMENT,
+            train_id = driver.step("train", store_names.TRAIN_EXPERIMENT,
                                    options.values_of(options.TRAIN, values))
             model = trained_model(train_id)
         else:
             train_id = None
         if train_id:
-            mlflow.set_tag(names.TRAIN_RUN_TAG, train_id)
+            mlflow.set_tag(store_names.TRAIN_RUN_TAG, train_id)
             summary["Train run"] = train_id
         mlflow.set_tags(model.lineage_tags())
         summary["Model"] = model.uri + (f" (version {model.version})" if model.version else "")
@@ -420,10 +420,10 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
             stored = MlflowClient().get_run(start.evaluation_run_id).data.params
             split_params = {k: stored.get(k, v) for k, v in split_params.items()}
         else:
-            evaluation_id = driver.step("evaluate", names.EVALUATION_EXPERIMENT, {
+            evaluation_id = driver.step("evaluate", store_names.EVALUATION_EXPERIMENT, {
                 "model_uri": model.uri, **data_params,
                 **options.values_of(options.SPLIT + options.EVALUATE, values)})
-        mlflow.set_tag(names.EVALUATION_RUN_TAG, evaluation_id)
+        mlflow.set_tag(store_names.EVALUATION_RUN_TAG, evaluation_id)
         summary["Evaluation run"] = evaluation_id
 
         samples = query_samples(evaluation_id, values["query"], values["order_by"],
@@ -437,36 +437,36 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
                        f"{options.FALLBACK_QUERY}, order {options.FALLBACK_ORDER})")
             values = {**values, "query": options.FALLBACK_QUERY,
                       "order_by": options.FALLBACK_ORDER}
-            mlflow.set_tags({names.QUERY_TAG: values["query"],
-                             names.ORDER_BY_TAG: values["order_by"]})
-        mlflow.log_text(samples.to_csv(index=False), names.QUERY_RESULT_ARTIFACT)
-        mlflow.set_tag(names.QUERY_MATCHES_TAG, len(samples))
+            mlflow.set_tags({store_names.QUERY_TAG: values["query"],
+                             store_names.ORDER_BY_TAG: values["order_by"]})
+        mlflow.log_text(samples.to_csv(index=False), store_names.QUERY_RESULT_ARTIFACT)
+        mlflow.set_tag(store_names.QUERY_MATCHES_TAG, len(samples))
         saliency_ids = []
         if samples.empty:
             click.echo(f"The query {values['query']!r} matched no evaluation sample of run "
                        f"{evaluation_id}; no saliency maps made. Try a broader -P query=...")
         else:
-            image_ids = options.as_param(tuple(samples[f"tags.{names.IMAGE_ID_TAG}"]))
+            image_ids = options.as_param(tuple(samples[f"tags.{store_names.IMAGE_ID_TAG}"]))
             click.echo(f"Query {values['query']!r} selected images {image_ids}")
-            mlflow.set_tag(names.QUERIED_IMAGES_TAG, image_ids)
+            mlflow.set_tag(store_names.QUERIED_IMAGES_TAG, image_ids)
             inputs = {"model_uri": model.uri, **data_params, **split_params, "image_ids": image_ids,
                       "evaluation_run_ids": ",".join(samples["run_id"]),
                       **options.values_of([options.CLUSTER], values)}
-            saliency_ids = driver.steps("saliency", names.SALIENCY_EXPERIMENT, [
+            saliency_ids = driver.steps("saliency", store_names.SALIENCY_EXPERIMENT, [
                 {**inputs, **parameters} for parameters in saliency_parameter_sets(values)])
-            mlflow.set_tag(names.SALIENCY_RUN_TAG, ",".join(saliency_ids))
+            mlflow.set_tag(store_names.SALIENCY_RUN_TAG, ",".join(saliency_ids))
             summary["Saliency run" if len(saliency_ids) == 1 else "Saliency runs"] = \
                 ",".join(saliency_ids)
             if len(saliency_ids) > 1:
-                comparison_id = driver.step("compare", names.SALIENCY_EXPERIMENT,
+                comparison_id = driver.step("compare", store_names.SALIENCY_EXPERIMENT,
                                             {"saliency_run_ids": ",".join(saliency_ids)})
-                mlflow.set_tag(names.COMPARISON_RUN_TAG, comparison_id)
+                mlflow.set_tag(store_names.COMPARISON_RUN_TAG, comparison_id)
                 summary["Comparison run"] = comparison_id
         mlflow.log_metrics(headline_metrics(evaluation_id, saliency_ids))
         runs.describe("Pipeline: " + ", ".join(f"{label.lower()} `{value}`"
                                                 for label, value in summary.items()
                                                 if label != "Main run")
-                      + f". Results on one page: `{names.REPORT_ARTIFACT}`.")
+                      + f". Results on one page: `{store_names.REPORT_ARTIFACT}`.")
         write_report(main_run.info.run_id)
 
     uri = mlflow.get_tracking_uri()
@@ -479,6 +479,6 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
 
 
 if __name__ == "__main__":
-    options.run_cli(main, failed_name=lambda typed: names.run_name(
+    options.run_cli(main, failed_name=lambda typed: store_names.run_name(
         Path(typed["dataset"]).name, typed["compare"] or typed["algorithm"],
-        head=names.PIPELINE_RUN_NAME))
+        head=store_names.PIPELINE_RUN_NAME))

@@ -34,8 +34,8 @@ from steps.core.blas import (  # noqa: E402
     usable_cores,
 )
 from steps.core.fast_saliency import FastSaliency  # noqa: E402
-from steps.core.models import ProbaModel  # noqa: E402
-from steps.core.saliency import ImageClassifier, generator_config  # noqa: E402
+from steps.core.image_models import ProbaModel  # noqa: E402
+from steps.core.xaitk_generators import ImageClassifier, generator_config  # noqa: E402
 
 THREADS = (1, 2)
 

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                                                "epochs": str(args.epochs)}, url, scratch, log)
         from mlflow.tracking import MlflowClient
 
-        from steps.names import MODEL_URI_TAG
+        from steps.store_names import MODEL_URI_TAG
 
         train_run = MlflowClient(url).get_run(TRAIN_RUN.search(output)[1])
         model_uri = train_run.data.tags[MODEL_URI_TAG]

@@ -13,10 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's `s
 import numpy as np  # noqa: E402
 
 from steps.core.algorithm import make_algorithm  # noqa: E402
-from steps.core.data import ImageDataset, load_dataset, random_split  # noqa: E402
+from steps.core.image_dataset import ImageDataset, load_dataset, random_split  # noqa: E402
 from steps.core.fast_saliency import engine_from_config  # noqa: E402
-from steps.core.models import ModelParams, ProbaModel, train_classifier  # noqa: E402
-from steps.core.saliency import ImageClassifier, generator_config  # noqa: E402
+from steps.core.image_models import ModelParams, ProbaModel, train_classifier  # noqa: E402
+from steps.core.xaitk_generators import ImageClassifier, generator_config  # noqa: E402
 
 
 @dataclass

@@ -146,7 +146,7 @@ def analyze(db_uri: str) -> None:
 
 def sample_runs_in(db_uri: str) -> tuple[int, int]:
     """(sample runs, all runs) in the store."""
-    from steps.names import EVALUATION_PARENT_TAG
+    from steps.store_names import EVALUATION_PARENT_TAG
 
     ((samples,),) = sql(db_uri, "SELECT count(*) FROM tags WHERE key = %(key)s",
                         {"key": EVALUATION_PARENT_TAG}, fetch=True)
@@ -156,7 +156,7 @@ def sample_runs_in(db_uri: str) -> tuple[int, int]:
 
 def fill(db_uri: str, parent_id: str, samples: int, target: int, batch: int = 25) -> int:
     """Copy the evaluation until the store holds `target` sample runs; copies made."""
-    from steps.names import EVALUATION_PARENT_TAG
+    from steps.store_names import EVALUATION_PARENT_TAG
 
     have, _ = sample_runs_in(db_uri)
     made = have // samples - 1  # copies made before: copy k has IDs md5(ID:k)
@@ -179,7 +179,7 @@ def tag_scope(parent_id: str, server_url: str):
     experiment read by name, then one search scoped by the parent tag's value."""
     import mlflow
 
-    from steps.names import EVALUATION_EXPERIMENT
+    from steps.store_names import EVALUATION_EXPERIMENT
     from steps.tracking.query import sample_filter
     from steps.tracking.runs import experiment_id
 
@@ -193,7 +193,7 @@ def results_run_ids(parent_id: str, server_url: str) -> list[str]:
     `mlflow-artifacts:` URIs need it, also when the store is read direct)."""
     from mlflow.tracking import MlflowClient
 
-    from steps.names import RESULTS_TABLE
+    from steps.store_names import RESULTS_TABLE
 
     with tempfile.TemporaryDirectory() as scratch:
         path = MlflowClient(server_url).download_artifacts(parent_id, RESULTS_TABLE, scratch)
@@ -211,7 +211,7 @@ def run_id_filter(run_ids: list[str]) -> str:
 def run_id_scope(parent_id: str, server_url: str):
     import mlflow
 
-    from steps.names import EVALUATION_EXPERIMENT
+    from steps.store_names import EVALUATION_EXPERIMENT
     from steps.tracking.runs import experiment_id
 
     experiment = experiment_id(EVALUATION_EXPERIMENT)
@@ -294,7 +294,7 @@ def request_ms(url: str) -> float:
     """One small request through the server: its floor under every call of a way."""
     from mlflow.tracking import MlflowClient
 
-    from steps.names import EVALUATION_EXPERIMENT
+    from steps.store_names import EVALUATION_EXPERIMENT
 
     client = MlflowClient(url)
     times = []
@@ -349,7 +349,7 @@ def explain(db_uri: str, artifacts: Path, filter_string: str) -> tuple[float, in
     from mlflow.entities import ViewType
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from steps.names import EVALUATION_EXPERIMENT
+    from steps.store_names import EVALUATION_EXPERIMENT
 
     store = SqlAlchemyStore(db_uri, artifacts.as_uri())
     experiment = store.get_experiment_by_name(EVALUATION_EXPERIMENT).experiment_id
@@ -388,7 +388,7 @@ def explain(db_uri: str, artifacts: Path, filter_string: str) -> tuple[float, in
 
 def measure_store(label: str, ways: list[Way], parent_id: str, url: str, db_uri: str,
                   artifacts: Path, repeats: int, with_index: bool) -> dict[str, Measured]:
-    from steps.names import EVALUATION_PARENT_TAG
+    from steps.store_names import EVALUATION_PARENT_TAG
 
     print(f"  timing on the {label} ...", flush=True)
     results = time_ways(ways, parent_id, url, db_uri, repeats)
@@ -471,7 +471,7 @@ def measure(args: argparse.Namespace, targets: list[int],
                                                "epochs": str(args.epochs)}, url, scratch, log)
         from mlflow.tracking import MlflowClient
 
-        from steps.names import CORRECT_TAG, EVALUATION_PARENT_TAG, MODEL_URI_TAG
+        from steps.store_names import CORRECT_TAG, EVALUATION_PARENT_TAG, MODEL_URI_TAG
 
         model_uri = MlflowClient(url).get_run(TRAIN_RUN.search(output)[1]).data.tags[
             MODEL_URI_TAG]

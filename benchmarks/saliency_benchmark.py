@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm, make_algorithm  # noqa: E402
 from steps.core.blas import SMALL_BATCHES, blas_threads, threads_for  # noqa: E402
-from steps.core.data import load_dataset, resize, random_split  # noqa: E402
+from steps.core.image_dataset import load_dataset, resize, random_split  # noqa: E402
 from steps.core import fast_saliency  # noqa: E402
 from steps.core.fast_saliency import (  # noqa: E402
     DEFAULT_CHUNK_SIZE,
@@ -51,8 +51,8 @@ from steps.core.fast_saliency import (  # noqa: E402
     occlude,
 )
 from steps.core.model_input import InputConvention  # noqa: E402
-from steps.core.models import ModelParams, OnnxModel, ProbaModel, train_classifier  # noqa: E402
-from steps.core.saliency import ImageClassifier, generator_config  # noqa: E402
+from steps.core.image_models import ModelParams, OnnxModel, ProbaModel, train_classifier  # noqa: E402
+from steps.core.xaitk_generators import ImageClassifier, generator_config  # noqa: E402
 from steps.tracking.cluster import MAP_PARTITION_SIZE  # noqa: E402
 
 ATOL = 1e-5

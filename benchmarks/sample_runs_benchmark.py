@@ -35,14 +35,14 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from steps import names  # noqa: E402
+from steps import store_names  # noqa: E402
 from steps.evaluate import sample_runs  # noqa: E402
 from steps.tracking.console import quiet_run_links  # noqa: E402
 from steps.tracking.sample_runs import SERVER_WORKERS, SampleRun, SampleRunWriter  # noqa: E402
 from steps.tracking.sqlite_journal import journal_mode, use_wal  # noqa: E402
 
 # The parent tags the evaluate step puts on its sample runs.
-PARENT_TAGS = (names.EVALUATION_PARENT_TAG, names.PARENT_RUN_TAG)
+PARENT_TAGS = (store_names.EVALUATION_PARENT_TAG, store_names.PARENT_RUN_TAG)
 SERVER_START_SECONDS = 180
 WARM_UP_RUNS = 2 * SERVER_WORKERS
 # SQLite journal modes measured: as the steps leave a store, and SQLite's default.
@@ -59,8 +59,8 @@ def realistic_samples(count: int, parent_id: str, seed: int = 0) -> list[SampleR
     truth = rng.integers(0, NUM_CLASSES, size=count)
     class_names = np.array([str(k) for k in range(NUM_CLASSES)])
     # The model's lineage tags, as a model logged by the train step gives them.
-    tags = {names.MODEL_URI_TAG: f"models:/m-{uuid.uuid4().hex}",
-            names.TRAIN_RUN_TAG: uuid.uuid4().hex, **dict.fromkeys(PARENT_TAGS, parent_id)}
+    tags = {store_names.MODEL_URI_TAG: f"models:/m-{uuid.uuid4().hex}",
+            store_names.TRAIN_RUN_TAG: uuid.uuid4().hex, **dict.fromkeys(PARENT_TAGS, parent_id)}
     return sample_runs([str(i) for i in range(count)], class_names[truth],
                        class_names[confidences.argmax(axis=1)], confidences, class_names, tags)
 

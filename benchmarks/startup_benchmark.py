@@ -35,18 +35,18 @@ sys.path.insert(0, str(PROJECT_DIR))
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from steps import names  # noqa: E402
-from steps.core.data import flatten, load_dataset  # noqa: E402
-from steps.core.models import ModelParams, train_classifier  # noqa: E402
+from steps import store_names  # noqa: E402
+from steps.core.image_dataset import flatten, load_dataset  # noqa: E402
+from steps.core.image_models import ModelParams, train_classifier  # noqa: E402
 from steps.train import log_classifier  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster_benchmark import project_command  # noqa: E402
 
 #: The step runs of a pipeline, by entry point, in the order they run.
-STEPS = {"train": names.TRAIN_EXPERIMENT, "evaluate": names.EVALUATION_EXPERIMENT,
-         "saliency": names.SALIENCY_EXPERIMENT}
-WORK_PHASES = tuple(p for p in names.PHASES if p != names.STARTUP_PHASE)
+STEPS = {"train": store_names.TRAIN_EXPERIMENT, "evaluate": store_names.EVALUATION_EXPERIMENT,
+         "saliency": store_names.SALIENCY_EXPERIMENT}
+WORK_PHASES = tuple(p for p in store_names.PHASES if p != store_names.STARTUP_PHASE)
 #: A child process that runs a step's CLI as `python -m` would, with `gc.freeze` a no-op.
 WITHOUT_QUICK_EXIT = ("import gc, runpy, sys; gc.freeze = lambda: None; "
                       "sys.argv[0] = 'steps.evaluate'; "
@@ -84,26 +84,26 @@ def step_phases(client: MlflowClient) -> dict[str, dict[str, float]]:
     for entry_point, experiment in STEPS.items():
         (run,) = client.search_runs(
             [client.get_experiment_by_name(experiment).experiment_id],
-            f"tags.`{names.ENTRY_POINT_TAG}` = '{entry_point}'", max_results=1,
+            f"tags.`{store_names.ENTRY_POINT_TAG}` = '{entry_point}'", max_results=1,
             order_by=["attributes.start_time DESC"])
-        found[entry_point] = {p: run.data.metrics.get(names.duration_metric(p), 0.0)
-                              for p in names.PHASES}
+        found[entry_point] = {p: run.data.metrics.get(store_names.duration_metric(p), 0.0)
+                              for p in store_names.PHASES}
     return found
 
 
 def main_run_seconds(client: MlflowClient) -> float:
     """How long the newest pipeline's main run was open (the driver's work, steps included)."""
-    (run,) = client.search_runs(["0"], f"tags.`{names.ENTRY_POINT_TAG}` = 'main'",
+    (run,) = client.search_runs(["0"], f"tags.`{store_names.ENTRY_POINT_TAG}` = 'main'",
                                 max_results=1, order_by=["attributes.start_time DESC"])
     return (run.info.end_time - run.info.start_time) / 1000
 
 
 def print_breakdown(wall: float, spent: dict[str, dict[str, float]], main_run: float) -> float:
     """Prints the phases by step and the share outside the steps' work; returns its seconds."""
-    header = f"{'step':10}" + "".join(f"{p:>10}" for p in names.PHASES) + f"{'sum':>10}"
+    header = f"{'step':10}" + "".join(f"{p:>10}" for p in store_names.PHASES) + f"{'sum':>10}"
     print(header)
     for step, phases in spent.items():
-        print(f"{step:10}" + "".join(f"{phases[p]:10.2f}" for p in names.PHASES)
+        print(f"{step:10}" + "".join(f"{phases[p]:10.2f}" for p in store_names.PHASES)
               + f"{sum(phases.values()):10.2f}")
     work = sum(phases[p] for phases in spent.values() for p in WORK_PHASES)
     print(f"pipeline wall time {wall:.1f} s; the steps' work (load, compute, write, pictures) "
@@ -153,7 +153,7 @@ def quick_exit_side_by_side(uri: str, rounds: int) -> dict[str, tuple]:
     client = MlflowClient(uri)
     train = client.search_runs([client.get_experiment_by_name(STEPS["train"]).experiment_id],
                                max_results=1)[0]
-    args = ["--model_uri", train.data.tags[names.MODEL_URI_TAG], "--num_samples", "20"]
+    args = ["--model_uri", train.data.tags[store_names.MODEL_URI_TAG], "--num_samples", "20"]
     ways = {"as is (gc.freeze)": ["-m", "steps.evaluate"],
             "without gc.freeze": ["-c", WITHOUT_QUICK_EXIT]}
     times = {way: [] for way in ways}

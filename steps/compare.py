@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 
-from steps import names, options, phases
+from steps import options, phases, store_names
 from steps.core import plots
-from steps.core.compare import AGREEMENTS, CrossCorrelation, agreements, configuration_labels
+from steps.core.agreement import AGREEMENTS, CrossCorrelation, agreements, configuration_labels
 from steps.core.metrics import class_map
 from steps.core.parameters import text_items
 from steps.core.explain import PredictedImage
@@ -37,13 +37,13 @@ def saliency_step_runs(run_ids) -> list[Run]:
     if len(run_ids) < 2:
         raise click.BadParameter("give at least two saliency step runs to compare",
                                  param_hint=f"'--{PARAM}'")
-    step_runs = [runs.require_run(run_id, names.SALIENCY_EXPERIMENT, PARAM) for run_id in run_ids]
+    step_runs = [runs.require_run(run_id, store_names.SALIENCY_EXPERIMENT, PARAM) for run_id in run_ids]
     for run in step_runs:
-        if names.IMAGE_ID_TAG in run.data.tags or names.ALGORITHM_TAG not in run.data.tags:
+        if store_names.IMAGE_ID_TAG in run.data.tags or store_names.ALGORITHM_TAG not in run.data.tags:
             raise click.BadParameter(
                 f"run {run.info.run_id} is not a saliency step run (one with a map run per "
                 "image); give the runs the saliency step made", param_hint=f"'--{PARAM}'")
-    for tag in (names.MODEL_URI_TAG, names.DATASET_DIGEST_TAG):
+    for tag in (store_names.MODEL_URI_TAG, store_names.DATASET_DIGEST_TAG):
         values = {run.data.tags.get(tag) for run in step_runs}
         if len(values) > 1:
             raise click.BadParameter(
@@ -58,22 +58,22 @@ def algorithm_params(run: Run) -> dict[str, str]:
     return {k: v for k, v in run.data.params.items() if k not in data and k != BATCH_PARAM}
 
 
-def comparison_rows(facts: PredictedImage, maps: dict[str, np.ndarray], class_names,
+def comparison_rows(predicted: PredictedImage, maps: dict[str, np.ndarray], class_names,
                     captions: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
     """Each configuration's map of the predicted class (its panel titled with its label and
     caption), and of the true class when it differs, by row title (the class and the model's
     confidence in it)."""
     def row_title(kind: str, column: int) -> str:
-        confidence = ("" if facts.confidences is None
-                      else f" ({float(facts.confidences[column]):.2f})")
+        confidence = ("" if predicted.confidences is None
+                      else f" ({float(predicted.confidences[column]):.2f})")
         return f"{kind} class {class_names[column]}{confidence}"
 
-    rows = {row_title("predicted", facts.predicted_column): {
-        f"{label}{captions.get(label, '')}": class_map(m, facts.predicted_column)
+    rows = {row_title("predicted", predicted.predicted_column): {
+        f"{label}{captions.get(label, '')}": class_map(m, predicted.predicted_column)
         for label, m in maps.items()}}
-    if facts.true_column is not None and facts.true_column != facts.predicted_column:
-        rows[row_title("true", facts.true_column)] = {
-            label: class_map(m, facts.true_column) for label, m in maps.items()}
+    if predicted.true_column is not None and predicted.true_column != predicted.predicted_column:
+        rows[row_title("true", predicted.true_column)] = {
+            label: class_map(m, predicted.true_column) for label, m in maps.items()}
     return rows
 
 
@@ -91,7 +91,7 @@ def map_meaning(configurations: list[dict[str, str]]) -> plots.MapMeaning:
 def compare(saliency_run_ids):
     step_runs = saliency_step_runs(saliency_run_ids)
     by_run = [runs.map_runs(run) for run in step_runs]
-    image_ids = [i for i in text_items(step_runs[0].data.tags[names.IMAGE_IDS_TAG])
+    image_ids = [i for i in text_items(step_runs[0].data.tags[store_names.IMAGE_IDS_TAG])
                  if all(i in maps for maps in by_run)]
     if not image_ids:
         raise click.BadParameter("the runs share no image; compare runs of the same images",
@@ -103,41 +103,42 @@ def compare(saliency_run_ids):
                                  int(first.data.params[BATCH_PARAM]), image_ids, PARAM)
     class_names = writer.inputs.classes.names
     rows, metrics = [], {}
-    with runs.step_run(names.SALIENCY_EXPERIMENT, "compare"):
+    with runs.step_run(store_names.SALIENCY_EXPERIMENT, "compare"):
         mlflow.set_tags({**writer.step_tags(),
-                         names.COMPARED_RUNS_TAG: ",".join(saliency_run_ids),
-                         names.CONFIGURATIONS_TAG: ", ".join(labels),
-                         names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids))})
+                         store_names.COMPARED_RUNS_TAG: ",".join(saliency_run_ids),
+                         store_names.CONFIGURATIONS_TAG: ", ".join(labels),
+                         store_names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids))})
         mlflow.log_dict({label: {"saliency_run_id": run.info.run_id, **configuration}
                          for label, run, configuration in zip(labels, step_runs, configurations)},
-                        names.CONFIGURATIONS_ARTIFACT)
+                        store_names.CONFIGURATIONS_ARTIFACT)
         for image_id in image_ids:
-            facts = writer.explainer.predict(image_id)
+            image = writer.explainer.predict(image_id)
             maps = {label: stored_map(maps[image_id]) for label, maps in zip(labels, by_run)}
-            predicted = {label: class_map(m, facts.predicted_column) for label, m in maps.items()}
+            predicted_maps = {label: class_map(m, image.predicted_column)
+                              for label, m in maps.items()}
             captions = {}
-            for (a, b), values in agreements(predicted).items():
-                rows.append({**identity_tags(facts), "first": a, "second": b, **values})
-                metrics.update({names.agreement_metric(measure, a, b, image_id): value
+            for (a, b), values in agreements(predicted_maps).items():
+                rows.append({**identity_tags(image), "first": a, "second": b, **values})
+                metrics.update({store_names.agreement_metric(measure, a, b, image_id): value
                                 for measure, value in values.items()})
                 if a == labels[0]:
                     captions[b] = f"\n{CAPTION_MEASURE} {values[CAPTION_MEASURE]:.2f} with {a}"
-            with phases.phase(names.PICTURES_PHASE):
+            with phases.phase(store_names.PICTURES_PHASE):
                 fig = plots.comparison_figure(
-                    facts.image, comparison_rows(facts, maps, class_names, captions),
-                    facts.title(), map_meaning(configurations))
-                mlflow.log_figure(fig, f"{names.COMPARISON_DIR}/image_"
-                                       f"{names.metric_safe(image_id)}.png")
+                    image.image, comparison_rows(image, maps, class_names, captions),
+                    image.title(), map_meaning(configurations))
+                mlflow.log_figure(fig, f"{store_names.COMPARISON_DIR}/image_"
+                                       f"{store_names.metric_safe(image_id)}.png")
                 plots.plt.close(fig)
         table = pd.DataFrame(rows)
         pairs = table.groupby(["first", "second"], sort=False)
         for measure in AGREEMENTS.names():
             for statistic in ("mean", "median"):
-                metrics.update({f"{names.agreement_metric(measure, a, b)}_{statistic}":
+                metrics.update({f"{store_names.agreement_metric(measure, a, b)}_{statistic}":
                                 float(value) for (a, b), value in
                                 pairs[measure].agg(statistic).items()})
         mlflow.log_metrics(metrics)
-        mlflow.log_table(table, names.AGREEMENT_TABLE)
+        mlflow.log_table(table, store_names.AGREEMENT_TABLE)
         agreement = "; ".join(f"{a} vs {b} {value:.3f}"
                               for (a, b), value in pairs[CAPTION_MEASURE].mean().items())
         runs.describe(f"Compared the maps of {', '.join(labels)} on {len(image_ids)} images; "

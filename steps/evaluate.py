@@ -16,18 +16,18 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps import names, options, phases
+from steps import options, phases, store_names
 from steps.core.blas import ONE_PREDICTION, blas_threads
 from steps.core.model_input import flags_of
 from steps.tracking import lifecycle, runs
-from steps.tracking.datasets import log_dataset
-from steps.core.data import ALL, TEST
+from steps.tracking.dataset_logging import log_dataset
+from steps.core.image_dataset import ALL, TEST
 from steps.tracking.inputs import load_model_inputs, refuse_training_images, split_data
-from steps.tracking.models import convention_tags
+from steps.tracking.model_loading import convention_tags
 from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client,
                                     run_partitions)
 from steps.tracking.console import Progress
-from steps.tracking.lifecycle import keep_finished
+from steps.tracking.lifecycle import settle_earlier_runs
 from steps.tracking.sample_runs import SampleRun, SampleRunWriter, write_partition
 
 if TYPE_CHECKING:
@@ -42,21 +42,21 @@ def sample_runs(image_ids, true_names, predicted_names, confidences, column_name
                 tags, split_name: str = TEST) -> list[SampleRun]:
     """The per-sample runs to write: confidences as metrics, identity and outcome as tags;
     `split_name` is the evaluated split's (test, val or all)."""
-    metric_names = [names.class_conf_metric(name) for name in column_names]
+    metric_names = [store_names.class_conf_metric(name) for name in column_names]
     runs = []
     for image_id, truth, pred, conf in zip(image_ids, true_names, predicted_names, confidences):
         metrics = dict(zip(metric_names, map(float, conf)))
-        metrics[names.PREDICTED_CONF_METRIC] = float(conf.max())
+        metrics[store_names.PREDICTED_CONF_METRIC] = float(conf.max())
         runs.append(SampleRun(
-            name=names.image_run_name(image_id, pred, truth == pred),
+            name=store_names.image_run_name(image_id, pred, truth == pred),
             metrics=metrics,
             tags={
                 **tags,
-                names.IMAGE_ID_TAG: str(image_id),
-                names.GT_CLASS_TAG: str(truth),
-                names.PREDICTED_CLASS_TAG: str(pred),
-                names.CORRECT_TAG: str(bool(truth == pred)).lower(),
-                names.SPLIT_TAG: split_name,
+                store_names.IMAGE_ID_TAG: str(image_id),
+                store_names.GT_CLASS_TAG: str(truth),
+                store_names.PREDICTED_CLASS_TAG: str(pred),
+                store_names.CORRECT_TAG: str(bool(truth == pred)).lower(),
+                store_names.SPLIT_TAG: split_name,
             },
         ))
     return runs
@@ -67,18 +67,18 @@ def named_metrics(result: Evaluated) -> dict[str, float]:
     from steps.core.classification import classifier_metrics
 
     overall, per_class = classifier_metrics(result)
-    return {**overall, **{f"Class_{names.metric_safe(name)}_{kind}": value
+    return {**overall, **{f"Class_{store_names.metric_safe(name)}_{kind}": value
                           for name, values in per_class.items() for kind, value in values.items()}}
 
 
 def results_table(samples: list[SampleRun], run_ids: list[str]) -> dict[str, list]:
     """One row per sample: what its run records, and the run's ID (for `mlflow.load_table`)."""
     return {
-        "image_id": [s.tags[names.IMAGE_ID_TAG] for s in samples],
-        "true_class": [s.tags[names.GT_CLASS_TAG] for s in samples],
-        "predicted_class": [s.tags[names.PREDICTED_CLASS_TAG] for s in samples],
-        "confidence": [s.metrics[names.PREDICTED_CONF_METRIC] for s in samples],
-        "correct": [s.tags[names.CORRECT_TAG] == "true" for s in samples],
+        "image_id": [s.tags[store_names.IMAGE_ID_TAG] for s in samples],
+        "true_class": [s.tags[store_names.GT_CLASS_TAG] for s in samples],
+        "predicted_class": [s.tags[store_names.PREDICTED_CLASS_TAG] for s in samples],
+        "confidence": [s.metrics[store_names.PREDICTED_CONF_METRIC] for s in samples],
+        "correct": [s.tags[store_names.CORRECT_TAG] == "true" for s in samples],
         "run_id": list(run_ids),
     }
 
@@ -88,16 +88,16 @@ def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[st
     from steps.core import plots  # matplotlib: only here
     from steps.core.classification import curve_figures
 
-    with phases.phase(names.COMPUTE_PHASE):
+    with phases.phase(store_names.COMPUTE_PHASE):
         metrics = named_metrics(result)
     mlflow.log_metrics(metrics)
     # log_table appends to a table already there (of a resumed run).
-    if not runs.has_artifact(mlflow.active_run().info.run_id, names.RESULTS_TABLE):
-        mlflow.log_table(results_table(samples, run_ids), names.RESULTS_TABLE)
-    with phases.phase(names.PICTURES_PHASE):
-        figures = {names.CONFUSION_MATRIX_ARTIFACT: plots.confusion_matrix_figure(
+    if not runs.has_artifact(mlflow.active_run().info.run_id, store_names.RESULTS_TABLE):
+        mlflow.log_table(results_table(samples, run_ids), store_names.RESULTS_TABLE)
+    with phases.phase(store_names.PICTURES_PHASE):
+        figures = {store_names.CONFUSION_MATRIX_ARTIFACT: plots.confusion_matrix_figure(
             result.truth, result.predicted, result.class_names), **{
-            f"{names.CURVES_DIR}/{file}": fig for file, fig in curve_figures(result).items()}}
+            f"{store_names.CURVES_DIR}/{file}": fig for file, fig in curve_figures(result).items()}}
         for path, fig in figures.items():
             mlflow.log_figure(fig, path)
             plots.plt.close(fig)
@@ -124,19 +124,19 @@ def write_samples(samples: list[SampleRun], parent: Run, cluster: ClusterSpec | 
     kept = {}
     if resuming:
         kept = {image_id: run.info.run_id for image_id, run
-                in keep_finished(MlflowClient(), experiment, parent_id, restore=True).items()}
+                in settle_earlier_runs(MlflowClient(), experiment, parent_id, restore=True).items()}
         click.echo(f"Resuming evaluation run {parent_id}: {len(kept)} of {len(samples)} sample "
                    f"runs already written, writing the other {len(samples) - len(kept)}",
                    err=True)
-    missing = [s for s in samples if s.tags[names.IMAGE_ID_TAG] not in kept]
+    missing = [s for s in samples if s.tags[store_names.IMAGE_ID_TAG] not in kept]
     with Progress(len(samples), f"Logging {len(samples)} evaluation runs",
                   done=len(kept)) as progress:
         if cluster is None:
             written = SampleRunWriter(experiment).write_batch(missing, progress.advanced)
         else:
             written = write_on_cluster(cluster, missing, progress, experiment, parent_id)
-    kept.update(zip((s.tags[names.IMAGE_ID_TAG] for s in missing), written))
-    return [kept[s.tags[names.IMAGE_ID_TAG]] for s in samples]
+    kept.update(zip((s.tags[store_names.IMAGE_ID_TAG] for s in missing), written))
+    return [kept[s.tags[store_names.IMAGE_ID_TAG]] for s in samples]
 
 
 @click.command(help=__doc__)
@@ -145,7 +145,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_spl
              cluster, resume_run_id, **input_values):
     resume = None
     if resume_run_id:
-        resume = runs.require_resumable(resume_run_id, names.EVALUATION_EXPERIMENT)
+        resume = runs.require_resumable(resume_run_id, store_names.EVALUATION_EXPERIMENT)
         if resume.info.status == lifecycle.FINISHED:
             click.echo(f"Evaluation run {resume_run_id} is FINISHED: nothing to resume")
             return
@@ -172,7 +172,7 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_spl
     test_rows = split.test_rows
     if num_samples:
         test_rows = test_rows[:num_samples]
-    phases.enter(names.COMPUTE_PHASE)
+    phases.enter(store_names.COMPUTE_PHASE)
     images = data.images[test_rows]
     per_call = max(1, PREDICTION_BYTES // max(1, images[:1].nbytes))
     with blas_threads(ONE_PREDICTION, images.size):
@@ -181,17 +181,17 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_spl
 
     parameters = options.values_of(options.ENTRY_POINTS["evaluate"],
                                    click.get_current_context().params)
-    with runs.step_run(names.EVALUATION_EXPERIMENT, "evaluate", parameters, resume) as parent:
+    with runs.step_run(store_names.EVALUATION_EXPERIMENT, "evaluate", parameters, resume) as parent:
         parent_id = parent.info.run_id
         lineage = inputs.resolved.lineage_tags()
         mlflow.set_tags({**lineage, **convention_tags(inputs.model.convention),
-                         names.DATASET_TAG: data.name,
-                         names.DATASET_DIGEST_TAG: inputs.data.digest,
-                         names.IMAGE_SHAPE_TAG: names.image_shape_tag(data.image_shape),
+                         store_names.DATASET_TAG: data.name,
+                         store_names.DATASET_DIGEST_TAG: inputs.data.digest,
+                         store_names.IMAGE_SHAPE_TAG: store_names.image_shape_tag(data.image_shape),
                          "Num_samples": len(test_rows),
-                         **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
+                         **({store_names.CLUSTER_TAG: str(cluster)} if cluster else {})})
         if resume is None:
-            log_dataset(inputs.data.source, data, inputs.data.digest, names.EVALUATION_CONTEXT,
+            log_dataset(inputs.data.source, data, inputs.data.digest, store_names.EVALUATION_CONTEXT,
                         split, {**split_values, "image_size": image_size})
         from steps.core.classification import Evaluated  # scikit-learn's metrics: 0.8 s
 
@@ -202,21 +202,21 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_spl
             [data.image_ids[row] for row in test_rows], class_names[result.truth],
             class_names[result.predicted], confidences, inputs.classes.names, {
                 **lineage,
-                names.EVALUATION_PARENT_TAG: parent_id,
-                names.sample_key(parent_id): "true",
-                names.PARENT_RUN_TAG: parent_id,
-                names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
+                store_names.EVALUATION_PARENT_TAG: parent_id,
+                store_names.sample_key(parent_id): "true",
+                store_names.PARENT_RUN_TAG: parent_id,
+                store_names.CODE_VERSION_TAG: parent.data.tags[store_names.CODE_VERSION_TAG],
             }, split.evaluated)
         run_ids = write_samples(samples, parent, cluster, resume is not None)
-        mlflow.set_tag(names.SAMPLES_KEYED_TAG, "true")
+        mlflow.set_tag(store_names.SAMPLES_KEYED_TAG, "true")
         log_evaluation(result, samples, run_ids)
         accuracy = float(np.mean(result.correct))
-        mlflow.set_tag(names.RUN_NAME_TAG, names.evaluation_run_name(len(samples), accuracy))
+        mlflow.set_tag(store_names.RUN_NAME_TAG, store_names.evaluation_run_name(len(samples), accuracy))
         runs.describe(f"Evaluated model `{inputs.resolved.uri}` on {len(samples)} "
                       f"{'' if split.evaluated == ALL else split.evaluated + ' '}images "
                       f"of `{data.name}`: accuracy {accuracy:.2%}, "
                       f"{int((~result.correct).sum())} wrong. One run per image below; "
-                      f"the table `{names.RESULTS_TABLE}` lists them.")
+                      f"the table `{store_names.RESULTS_TABLE}` lists them.")
         click.echo(f"Evaluation run {parent_id}: {len(samples)} samples, "
                    f"accuracy {accuracy:.4f}")
 

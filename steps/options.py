@@ -19,10 +19,10 @@ import click
 
 from steps import phases
 from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_parameters
-from steps.core.compare import Configurations
-from steps.core.data import DATA_PARAMETERS, SPLIT_PARAMETERS, split_choice  # noqa: F401
+from steps.core.agreement import Configurations
+from steps.core.image_dataset import DATA_PARAMETERS, SPLIT_PARAMETERS, split_choice  # noqa: F401
 from steps.core.model_input import MODEL_INPUT_PARAMETERS
-from steps.core.models import MLP_PARAMETERS
+from steps.core.image_models import MLP_PARAMETERS
 from steps.core.errors import SaliencyFlowError
 from steps.core.parameters import (BOOLEAN, TEXT, Choice, Float, Integer, IntList,  # noqa: F401
                                    Parameter, ParamType, TextList, as_param, values_of)

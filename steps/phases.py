@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Iterable, Iterator, TypeVar
 
-from steps.names import LOAD_PHASE, STARTUP_PHASE
+from steps.store_names import LOAD_PHASE, STARTUP_PHASE
 
 #: When this module was first imported (`steps/__init__.py` imports it first): the process's
 #: start where /proc does not say.

@@ -18,10 +18,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps import names, options
+from steps import options, store_names
 from steps.core.metrics import beats_random
 from steps.core.parameters import text_items
-from steps.core.report import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
+from steps.core.report_page import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
                                render)
 from steps.tracking import lifecycle, runs
 
@@ -29,7 +29,7 @@ from steps.tracking import lifecycle, runs
 HEADLINE_METRICS = ("accuracy", "num_samples", "f1_macro", "log_loss", "roc_auc_ovr_macro",
                     "expected_calibration_error")
 #: A saliency step run's aggregates the page shows, beside any `*_mean`.
-SALIENCY_AGGREGATES = (names.BEATING_RANDOM_METRIC,)
+SALIENCY_AGGREGATES = (store_names.BEATING_RANDOM_METRIC,)
 
 
 class StoreReader:
@@ -73,34 +73,34 @@ class StoreReader:
 
 def model_input_text(tags: dict[str, str]) -> str:
     """The model's input convention as a run's tags give it, and where each fact came from."""
-    return (f"layout {tags[names.INPUT_LAYOUT_TAG]}, scale {tags.get(names.INPUT_SCALE_TAG)}, "
-            f"mean {tags.get(names.INPUT_MEAN_TAG)}, std {tags.get(names.INPUT_STD_TAG)}, "
-            f"output {tags.get(names.MODEL_OUTPUT_TAG)} (from {tags.get(names.INPUT_SOURCES_TAG)})")
+    return (f"layout {tags[store_names.INPUT_LAYOUT_TAG]}, scale {tags.get(store_names.INPUT_SCALE_TAG)}, "
+            f"mean {tags.get(store_names.INPUT_MEAN_TAG)}, std {tags.get(store_names.INPUT_STD_TAG)}, "
+            f"output {tags.get(store_names.MODEL_OUTPUT_TAG)} (from {tags.get(store_names.INPUT_SOURCES_TAG)})")
 
 def explained_image(reader: StoreReader, run: Run) -> ExplainedImage:
     tags, metrics = run.data.tags, run.data.metrics
-    predicted = tags.get(names.PREDICTED_CLASS_TAG, "")
-    pictures = names.PICTURES_DIR
+    predicted = tags.get(store_names.PREDICTED_CLASS_TAG, "")
+    pictures = store_names.PICTURES_DIR
     picture = reader.first_picture(run, [
-        f"{pictures}/all_classes.png", f"{pictures}/class_{names.metric_safe(predicted)}.png",
+        f"{pictures}/all_classes.png", f"{pictures}/class_{store_names.metric_safe(predicted)}.png",
         f"{pictures}/class_prediction.png", f"{pictures}/fill_colour_0/all_classes.png"],
-        f"saliency of image {tags.get(names.IMAGE_ID_TAG)}")
+        f"saliency of image {tags.get(store_names.IMAGE_ID_TAG)}")
     shown = {k: v for k, v in sorted(metrics.items())
-             if k != names.PREDICTED_CONF_METRIC and not k.startswith("Update_")}
-    return ExplainedImage(tags.get(names.IMAGE_ID_TAG, ""), tags.get(names.GT_CLASS_TAG, ""),
-                          predicted, metrics.get(names.PREDICTED_CONF_METRIC),
-                          tags.get(names.SPLIT_TAG), picture, shown, reader.ref(run),
+             if k != store_names.PREDICTED_CONF_METRIC and not k.startswith("Update_")}
+    return ExplainedImage(tags.get(store_names.IMAGE_ID_TAG, ""), tags.get(store_names.GT_CLASS_TAG, ""),
+                          predicted, metrics.get(store_names.PREDICTED_CONF_METRIC),
+                          tags.get(store_names.SPLIT_TAG), picture, shown, reader.ref(run),
                           beats_random(metrics))
 
 
 def explanation_set(reader: StoreReader, step: Run) -> ExplanationSet:
     by_image = runs.map_runs(step)
-    order = text_items(step.data.tags.get(names.IMAGE_IDS_TAG, ""))
+    order = text_items(step.data.tags.get(store_names.IMAGE_IDS_TAG, ""))
     images = [by_image[i] for i in order if i in by_image]
     images += [r for i, r in by_image.items() if i not in order]
     aggregates = {k: v for k, v in sorted(step.data.metrics.items())
                   if k in SALIENCY_AGGREGATES or k.endswith("_mean")}
-    algorithm = step.data.tags.get(names.ALGORITHM_TAG, "saliency")
+    algorithm = step.data.tags.get(store_names.ALGORITHM_TAG, "saliency")
     settings = images[0].data.params if images else {}
     not_algorithm = {d.name for d in options.SALIENCY_INPUTS + options.MAP_MAKING} | {
         "algorithm"}
@@ -123,7 +123,7 @@ def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
     if status != "FINISHED":
         report.notes.append(f"This pipeline's main run is {main.info.status}: its results "
                             "may be incomplete.")
-    train = reader.run(tags[names.TRAIN_RUN_TAG]) if names.TRAIN_RUN_TAG in tags else None
+    train = reader.run(tags[store_names.TRAIN_RUN_TAG]) if store_names.TRAIN_RUN_TAG in tags else None
     if train is not None:
         report.links["Train run"] = reader.ref(train)
         for metric in ("train_accuracy", "test_accuracy"):
@@ -133,33 +133,33 @@ def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
         if train.data.tags.get("Converged") == "false":
             report.notes.append("Training did not converge: the model may be weaker than it "
                                 "could be.")
-    evaluation = (reader.run(tags[names.EVALUATION_RUN_TAG])
-                  if names.EVALUATION_RUN_TAG in tags else None)
+    evaluation = (reader.run(tags[store_names.EVALUATION_RUN_TAG])
+                  if store_names.EVALUATION_RUN_TAG in tags else None)
     if evaluation is not None:
         report.links["Evaluation run"] = reader.ref(evaluation)
         report.facts |= {label: evaluation.data.tags[tag] for label, tag in (
-            ("Model", names.MODEL_URI_TAG), ("Model version", names.MODEL_VERSION_TAG),
-            ("Dataset", names.DATASET_TAG), ("Image shape", names.IMAGE_SHAPE_TAG),
-            ("Dataset digest", names.DATASET_DIGEST_TAG)) if tag in evaluation.data.tags}
-        if names.INPUT_LAYOUT_TAG in evaluation.data.tags:
+            ("Model", store_names.MODEL_URI_TAG), ("Model version", store_names.MODEL_VERSION_TAG),
+            ("Dataset", store_names.DATASET_TAG), ("Image shape", store_names.IMAGE_SHAPE_TAG),
+            ("Dataset digest", store_names.DATASET_DIGEST_TAG)) if tag in evaluation.data.tags}
+        if store_names.INPUT_LAYOUT_TAG in evaluation.data.tags:
             report.facts["Model input"] = model_input_text(evaluation.data.tags)
         report.evaluation_metrics = {k: evaluation.data.metrics[k] for k in HEADLINE_METRICS
                                      if k in evaluation.data.metrics}
-        for path, caption in ((names.CONFUSION_MATRIX_ARTIFACT, "confusion matrix"),
-                              (f"{names.CURVES_DIR}/calibration_curve.png", "calibration")):
+        for path, caption in ((store_names.CONFUSION_MATRIX_ARTIFACT, "confusion matrix"),
+                              (f"{store_names.CURVES_DIR}/calibration_curve.png", "calibration")):
             picture = reader.picture(evaluation, path, caption)
             if picture is not None:
                 report.evaluation_pictures.append(picture)
     report.query = {label: tags[tag] for label, tag in (
-        ("Filter", names.QUERY_TAG), ("Order by", names.ORDER_BY_TAG),
-        ("Matched samples", names.QUERY_MATCHES_TAG),
-        ("Explained images", names.QUERIED_IMAGES_TAG)) if tag in tags}
-    for step_id in filter(None, tags.get(names.SALIENCY_RUN_TAG, "").split(",")):
+        ("Filter", store_names.QUERY_TAG), ("Order by", store_names.ORDER_BY_TAG),
+        ("Matched samples", store_names.QUERY_MATCHES_TAG),
+        ("Explained images", store_names.QUERIED_IMAGES_TAG)) if tag in tags}
+    for step_id in filter(None, tags.get(store_names.SALIENCY_RUN_TAG, "").split(",")):
         step = reader.run(step_id)
         if step is not None:
             report.explanations.append(explanation_set(reader, step))
-    comparison = (reader.run(tags[names.COMPARISON_RUN_TAG])
-                  if names.COMPARISON_RUN_TAG in tags else None)
+    comparison = (reader.run(tags[store_names.COMPARISON_RUN_TAG])
+                  if store_names.COMPARISON_RUN_TAG in tags else None)
     if comparison is not None:
         report.comparison = {k.removesuffix("_mean"): v
                              for k, v in sorted(comparison.data.metrics.items())
@@ -171,7 +171,7 @@ def log_report(main_run_id: str, status: str | None = None) -> str:
     """Build the page of pipeline `main_run_id` and log it in that run; returns the page."""
     page = render(collect(main_run_id, status))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, names.REPORT_ARTIFACT)
+        path = Path(tmp, store_names.REPORT_ARTIFACT)
         path.write_text(page, encoding="utf-8")
         MlflowClient().log_artifact(main_run_id, str(path))
     return page
@@ -181,14 +181,14 @@ def log_report(main_run_id: str, status: str | None = None) -> str:
 @options.with_options(options.ENTRY_POINTS["report"])
 def report(main_run_id):
     main = runs.require_run(main_run_id, None, "main_run_id", finished=False)
-    if names.EVALUATION_RUN_TAG not in main.data.tags:
+    if store_names.EVALUATION_RUN_TAG not in main.data.tags:
         raise click.BadParameter(f"run {main_run_id} is not a pipeline's main run (it has no "
-                                 f"{names.EVALUATION_RUN_TAG} tag)", param_hint="'--main_run_id'")
-    with lifecycle.run_context(tags={names.RUN_NAME_TAG: "report", names.REPORT_OF_TAG: main_run_id,
-                                     names.NOTE_TAG: f"Rebuilt the report of pipeline "
+                                 f"{store_names.EVALUATION_RUN_TAG} tag)", param_hint="'--main_run_id'")
+    with lifecycle.run_context(tags={store_names.RUN_NAME_TAG: "report", store_names.REPORT_OF_TAG: main_run_id,
+                                     store_names.NOTE_TAG: f"Rebuilt the report of pipeline "
                                                      f"{main_run_id}; it is logged there."}):
         log_report(main_run_id)
-    click.echo(f"Report of pipeline {main_run_id} logged as {names.REPORT_ARTIFACT} in it "
+    click.echo(f"Report of pipeline {main_run_id} logged as {store_names.REPORT_ARTIFACT} in it "
                f"({mlflow.get_tracking_uri()})")
 
 

@@ -25,11 +25,11 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps import names, options, phases
+from steps import options, phases, store_names
 from steps.core import plots
 from steps.core.algorithm import algorithm_parameters, make_algorithm
 from steps.core.model_input import flags_of
-from steps.core.saliency import generator_config
+from steps.core.xaitk_generators import generator_config
 from steps.tracking import lifecycle, runs
 from steps.tracking.cluster import ClusterSpec, check_reachable_store
 from steps.tracking.console import quiet_run_links
@@ -78,11 +78,11 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
                        split, writer.config, pictures, predict_batch_size,
                        {**{k: options.as_param(v) for k, v in algorithm.used_params().items()},
                         BATCH_PARAM: str(predict_batch_size)}, writer.label)
-    with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency", parameters, resume) as parent:
-        mlflow.set_tags({**writer.step_tags(), names.ALGORITHM_TAG: algorithm.name,
-                         names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids)),
-                         names.RUN_NAME_TAG: names.saliency_run_name(writer.label),
-                         **({names.CLUSTER_TAG: str(cluster)} if cluster else {})})
+    with runs.step_run(store_names.SALIENCY_EXPERIMENT, "saliency", parameters, resume) as parent:
+        mlflow.set_tags({**writer.step_tags(), store_names.ALGORITHM_TAG: algorithm.name,
+                         store_names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids)),
+                         store_names.RUN_NAME_TAG: store_names.saliency_run_name(writer.label),
+                         **({store_names.CLUSTER_TAG: str(cluster)} if cluster else {})})
         found = {}
         if resume is None:
             writer.log_dataset()
@@ -102,13 +102,13 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
             writer.warn_unless_beating_random(one.image_id, one.scores)
         scores = [one.scores for one in made]
         mlflow.log_metrics(aggregate_scores(scores))
-        with phases.phase(names.PICTURES_PHASE):
+        with phases.phase(store_names.PICTURES_PHASE):
             pairs = list(zip(writer.explainer.predict_all(image_ids), (m.maps for m in made)))
             writer.log_averages(pairs)
             writer.log_summary(pairs)
         beating = sum(s.beats_random() for s in scores)
-        mlflow.set_tag(names.RUN_NAME_TAG,
-                       names.saliency_run_name(writer.label, beating, len(scores)))
+        mlflow.set_tag(store_names.RUN_NAME_TAG,
+                       store_names.saliency_run_name(writer.label, beating, len(scores)))
         runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
                       f"of them beat a random map. One run per image below.")
         click.echo(f"Saliency run {parent.info.run_id} ({algorithm}): {len(image_ids)} maps, "
@@ -123,23 +123,23 @@ def reproduce(source_id: str, pictures: plots.PictureStyle, predict_batch_size: 
     writer.warn_about_training_images((image_id,))
     expected = stored_map(source)
     tags = source.data.tags
-    lineage = {k: tags[k] for k in (names.EVALUATION_RUN_TAG, names.EVALUATION_PARENT_TAG)
+    lineage = {k: tags[k] for k in (store_names.EVALUATION_RUN_TAG, store_names.EVALUATION_PARENT_TAG)
                if k in tags}
     algorithm_params = {k: v for k, v in source.data.params.items()
                         if k not in writer.data_params}
-    with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
-        mlflow.set_tags({names.REPRODUCED_TAG: source_id, **writer.step_tags()})
-        explained, = phases.produced_in(names.COMPUTE_PHASE, writer.explainer.explain(
+    with runs.step_run(store_names.SALIENCY_EXPERIMENT, "saliency-reproduce") as parent:
+        mlflow.set_tags({store_names.REPRODUCED_TAG: source_id, **writer.step_tags()})
+        explained, = phases.produced_in(store_names.COMPUTE_PHASE, writer.explainer.explain(
             writer.explainer.predict_all([image_id])))
         run = writer.map_run(explained, parent, algorithm_params,
-                             {**lineage, names.REPRODUCED_TAG: source_id})
+                             {**lineage, store_names.REPRODUCED_TAG: source_id})
         writer.warn_unless_beating_random(image_id, explained.scores)
         maps = explained.maps
         difference = (float(np.max(np.abs(maps - expected))) if maps.shape == expected.shape
                       else float("inf"))
         client = MlflowClient()
-        client.log_metric(run.info.run_id, names.MAX_DIFFERENCE_METRIC, difference)
-        mlflow.log_metric(names.MAX_DIFFERENCE_METRIC, difference)
+        client.log_metric(run.info.run_id, store_names.MAX_DIFFERENCE_METRIC, difference)
+        mlflow.log_metric(store_names.MAX_DIFFERENCE_METRIC, difference)
         if difference != 0:
             client.set_terminated(run.info.run_id, "FAILED")
             raise MapsDiffer(f"the regenerated map of image {image_id} differs from the map "
@@ -164,14 +164,14 @@ def update(target_id: str, image_ids, pictures: plots.PictureStyle,
     writer = stored_writer(target, pictures, predict_batch_size, image_ids, "update_run_id")
     explainer, tags = writer.explainer, target.data.tags
     own = original_image_id(target)
-    added = [i for i in tags.get(names.ADDED_IMAGES_TAG, "").split(",") if i]
-    if not added and names.HISTORY_TAG in tags:  # amended by an older version
-        added = tags[names.HISTORY_TAG].split(",")[1:]
-    count = int(tags.get(names.UPDATES_TAG, "0"))
+    added = [i for i in tags.get(store_names.ADDED_IMAGES_TAG, "").split(",") if i]
+    if not added and store_names.HISTORY_TAG in tags:  # amended by an older version
+        added = tags[store_names.HISTORY_TAG].split(",")[1:]
+    count = int(tags.get(store_names.UPDATES_TAG, "0"))
     writer.warn_about_training_images(image_ids)
-    with runs.step_run(names.SALIENCY_EXPERIMENT, "saliency-update") as parent:
-        mlflow.set_tags({names.UPDATED_RUN_TAG: target_id,
-                         names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids))})
+    with runs.step_run(store_names.SALIENCY_EXPERIMENT, "saliency-update") as parent:
+        mlflow.set_tags({store_names.UPDATED_RUN_TAG: target_id,
+                         store_names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids))})
         with mlflow.start_run(run_id=target_id, nested=True):
             fixed, metrics = settled_identity(writer, tags, own, added)
             if fixed:
@@ -182,13 +182,13 @@ def update(target_id: str, image_ids, pictures: plots.PictureStyle,
                 for image_id in image_ids:
                     count += 1
                     predicted = explainer.predict(image_id)
-                    writer.make_and_log_maps(predicted, names.update_prefix(count, image_id))
+                    writer.make_and_log_maps(predicted, store_names.update_prefix(count, image_id))
                     added.append(image_id)
                     record, metric = update_record(count, predicted,
                                                    explainer.split_of(image_id))
-                    mlflow.set_tags({**record, names.ADDED_IMAGES_TAG: ",".join(added),
-                                     names.UPDATES_TAG: str(count), names.MODIFIED_TAG: "true",
-                                     names.MODIFIED_BY_TAG: parent.info.run_id})
+                    mlflow.set_tags({**record, store_names.ADDED_IMAGES_TAG: ",".join(added),
+                                     store_names.UPDATES_TAG: str(count), store_names.MODIFIED_TAG: "true",
+                                     store_names.MODIFIED_BY_TAG: parent.info.run_id})
                     mlflow.log_metrics(metric)
                     bar.advanced(image_id)
         click.echo(f"Added {len(image_ids)} maps to run {target_id}, the map of image {own} "
@@ -208,7 +208,7 @@ def saliency(model_uri, image_ids, reproduce_run_id, update_run_id, cluster, res
     elif update_run_id:
         update(update_run_id, image_ids, pictures, predict_batch_size)
     elif resume_run_id:
-        resume = runs.require_resumable(resume_run_id, names.SALIENCY_EXPERIMENT)
+        resume = runs.require_resumable(resume_run_id, store_names.SALIENCY_EXPERIMENT)
         if resume.info.status == lifecycle.FINISHED:
             click.echo(f"Saliency run {resume_run_id} is FINISHED: nothing to resume")
             return

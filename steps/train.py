@@ -19,11 +19,11 @@ from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from steps import names, options, phases
-from steps.core.data import ALL, flatten
-from steps.core.models import ModelParams, accuracy, train_classifier
+from steps import options, phases, store_names
+from steps.core.image_dataset import ALL, flatten
+from steps.core.image_models import ModelParams, accuracy, train_classifier
 from steps.tracking import lifecycle, runs
-from steps.tracking.datasets import log_dataset
+from steps.tracking.dataset_logging import log_dataset
 from steps.tracking.inputs import load_data, split_data
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def register(model_uri: str, name: str, run_id: str, digest: str, test_acc: floa
     """A new version of registered model `name` from the logged model; returns `<name>/<version>`."""
     version = mlflow.register_model(model_uri, name)
     client = MlflowClient()
-    for key, value in {names.TRAIN_RUN_TAG: run_id, names.DATASET_DIGEST_TAG: digest,
+    for key, value in {store_names.TRAIN_RUN_TAG: run_id, store_names.DATASET_DIGEST_TAG: digest,
                        "test_accuracy": f"{test_acc:.6f}"}.items():
         client.set_model_version_tag(name, version.version, key, value)
     client.update_model_version(name, version.version,
@@ -112,7 +112,7 @@ def train(dataset, image_size, test_fraction, split_seed, eval_split, register_a
     train_images, train_labels = images[split.train_rows], labels[split.train_rows]
     test_images, test_labels = images[split.test_rows], labels[split.test_rows]
 
-    with runs.step_run(names.TRAIN_EXPERIMENT, "train") as run:
+    with runs.step_run(store_names.TRAIN_EXPERIMENT, "train") as run:
         run_id = run.info.run_id
         log_new_params(run_id, {
             **options.values_of(options.DATA + options.SPLIT, {
@@ -120,12 +120,12 @@ def train(dataset, image_size, test_fraction, split_seed, eval_split, register_a
             "register_as": register_as,
             **{k: options.as_param(v) for k, v in model_args.items()},
         })
-        log_dataset(data.source, data.dataset, data.digest, names.TRAINING_CONTEXT, split,
+        log_dataset(data.source, data.dataset, data.digest, store_names.TRAINING_CONTEXT, split,
                     {**split_values, "image_size": image_size})
         click.echo(f"Training MLPClassifier{model_params.hidden_layer_sizes} on {len(train_labels)} "
                    f"{data.dataset.describe_shape()} images of {data.dataset.name} "
                    f"({model_params.solver}, up to {model_params.epochs} epochs)...")
-        with phases.phase(names.COMPUTE_PHASE):
+        with phases.phase(store_names.COMPUTE_PHASE):
             trained = train_classifier(model_params, train_images, train_labels)
             classifier = trained.classifier
             train_acc = accuracy(classifier, train_images, train_labels)
@@ -136,13 +136,13 @@ def train(dataset, image_size, test_fraction, split_seed, eval_split, register_a
                        err=True)
 
         mlflow.set_tags({
-            names.DATASET_TAG: data.dataset.name,
-            names.DATASET_DIGEST_TAG: data.digest,
+            store_names.DATASET_TAG: data.dataset.name,
+            store_names.DATASET_DIGEST_TAG: data.digest,
             "Model_type": "MLPClassifier",
             "Train_size": len(train_labels),
             "Test_size": len(test_labels),
             "Num_classes": len(data.dataset.class_names),
-            names.IMAGE_SHAPE_TAG: names.image_shape_tag(data.dataset.image_shape),
+            store_names.IMAGE_SHAPE_TAG: store_names.image_shape_tag(data.dataset.image_shape),
             "Converged": str(trained.converged).lower(),
             "Epochs_run": len(trained.loss_curve),
         })
@@ -156,17 +156,17 @@ def train(dataset, image_size, test_fraction, split_seed, eval_split, register_a
             classifier, f"mlp-{re.sub(r'[^A-Za-z0-9_-]+', '-', data.dataset.name)}-{run_id[:8]}",
             flatten(test_images[:5]))
         # MLflow 3 keeps the model as a LoggedModel linked to this run; the tag finds it.
-        mlflow.set_tag(names.MODEL_URI_TAG, model_info.model_uri)
+        mlflow.set_tag(store_names.MODEL_URI_TAG, model_info.model_uri)
         if register_as:
             version = register(model_info.model_uri, register_as, run_id, data.digest, test_acc)
-            mlflow.set_tag(names.REGISTERED_MODEL_TAG, version)
+            mlflow.set_tag(store_names.REGISTERED_MODEL_TAG, version)
             click.echo(f"Registered the model as {register_as} version {version.split('/')[1]}")
         with tempfile.TemporaryDirectory() as tmp:
             pickle_path = Path(tmp, "model.pkl")
             pickle_path.write_bytes(pickle.dumps(classifier))
             mlflow.log_artifact(str(pickle_path))
         for name in ENVIRONMENT_FILES:
-            mlflow.log_artifact(str(PROJECT_DIR / name), artifact_path=names.ENVIRONMENT_ARTIFACT_DIR)
+            mlflow.log_artifact(str(PROJECT_DIR / name), artifact_path=store_names.ENVIRONMENT_ARTIFACT_DIR)
         runs.describe(
             f"Trained MLPClassifier{model_params.hidden_layer_sizes} on {len(train_labels)} "
             f"images of `{data.dataset.name}` for {len(trained.loss_curve)} epochs"

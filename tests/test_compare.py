@@ -10,7 +10,7 @@ import pytest
 from xaitk_saliency.utils.sal_metrics import compute_ssd, compute_xcorr
 
 from steps.core.algorithm import make_algorithm
-from steps.core.compare import Configuration, Configurations, agreements, configuration_labels
+from steps.core.agreement import Configuration, Configurations, agreements, configuration_labels
 
 
 def parse(text):

@@ -47,9 +47,9 @@ def test_importing_and_using_the_core_loads_no_mlflow_or_click():
     code = textwrap.dedent("""
         import sys
         from steps.core.algorithm import ALGORITHMS, make_algorithm
-        from steps.core.data import DATASET_SOURCES, load_dataset
-        from steps.core.models import MODEL_KINDS, ProbaModel, ModelParams, train_classifier
-        from steps.core.saliency import ImageClassifier, generator_config
+        from steps.core.image_dataset import DATASET_SOURCES, load_dataset
+        from steps.core.image_models import MODEL_KINDS, ProbaModel, ModelParams, train_classifier
+        from steps.core.xaitk_generators import ImageClassifier, generator_config
         from steps.core.fast_saliency import FastSaliency
         from steps.core import plots
         data = load_dataset("digits")
@@ -72,7 +72,7 @@ def test_importing_and_using_the_core_loads_no_mlflow_or_click():
 
 NEW_DATASET = '''
 import numpy as np
-from steps.core.data import DATASET_SOURCES, DatasetSource, ImageDataset
+from steps.core.image_dataset import DATASET_SOURCES, DatasetSource, ImageDataset
 
 @DATASET_SOURCES.register
 class Checkerboards(DatasetSource):
@@ -127,7 +127,7 @@ def test_a_new_dataset_or_algorithm_is_one_new_file(tmp_path):
     code = textwrap.dedent("""
         from steps import options
         from steps.core.algorithm import make_algorithm
-        from steps.core.data import load_dataset
+        from steps.core.image_dataset import load_dataset
         names = [d.name for d in options.ENTRY_POINTS["saliency"]]
         assert "span" in names, names
         algorithm = make_algorithm("square_window", span=2)
@@ -165,8 +165,8 @@ def test_an_algorithm_with_a_new_parameter_is_one_file_and_runs_through_mlflow_r
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from steps import names
-    from steps.core.data import flatten, load_dataset
+    from steps import store_names
+    from steps.core.image_dataset import flatten, load_dataset
 
     project = store.dir / "project"
     shutil.copytree(PROJECT_DIR, project, ignore=PROJECT_COPY_IGNORES)
@@ -188,8 +188,8 @@ def test_an_algorithm_with_a_new_parameter_is_one_file_and_runs_through_mlflow_r
     result = store.run({"model_uri": model_uri, "image_ids": "5", "algorithm": "square_window",
                         "span": "2"}, entry_point="saliency", project=project)
     assert result.returncode == 0, result.output
-    (map_run,) = store.runs(names.SALIENCY_EXPERIMENT,
+    (map_run,) = store.runs(store_names.SALIENCY_EXPERIMENT,
                             "params.algorithm = 'square_window' and params.span = '2'")
     saliency_map = np.load(store.client.download_artifacts(
-        map_run.info.run_id, names.MAP_ARTIFACT, str(store.dir)))
+        map_run.info.run_id, store_names.MAP_ARTIFACT, str(store.dir)))
     assert saliency_map.shape == (10, 8, 8) and np.abs(saliency_map).max() > 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steps.core.data import DataError, dataset_source, load_dataset, random_split
+from steps.core.image_dataset import DataError, dataset_source, load_dataset, random_split
 from tests.images import CLASSES, write_image_folder, write_npz
 
 
@@ -144,7 +144,7 @@ def test_unknown_dataset_names_what_is_accepted():
 
 def test_relative_paths_are_taken_from_the_launch_directory_as_sources_declare(
         tmp_path, monkeypatch):
-    from steps.core.data import DATASET_SOURCES, DatasetSource
+    from steps.core.image_dataset import DATASET_SOURCES, DatasetSource
     from steps.tracking.inputs import absolute_dataset
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

@@ -21,13 +21,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from sklearn.linear_model import LogisticRegression
 
-from steps.core.data import load_dataset, random_split
+from steps.core.image_dataset import load_dataset, random_split
 from steps.core.fast_saliency import engine_from_config
 from steps.core.model_input import flags_of
-from steps.core.models import ProbaModel, check_model_fits
-from steps.core.saliency import ImageClassifier
+from steps.core.image_models import ProbaModel, check_model_fits
+from steps.core.xaitk_generators import ImageClassifier
 from steps.tracking.inputs import load_model_inputs
-from steps.tracking.models import load_image_model, resolve_model_uri
+from steps.tracking.model_loading import load_image_model, resolve_model_uri
 from tests.conftest import Store
 from tests.images import CLASSES, write_npz
 from tests.onnx_models import MEAN, STD, linear_as_onnx

@@ -22,7 +22,7 @@ from xaitk_saliency.utils.masking import occlude_image_streaming, weight_regions
 from steps.core.errors import ParameterError
 from steps.core import blas, fast_saliency
 from steps.core.algorithm import ALGORITHMS, SaliencyAlgorithm, make_algorithm
-from steps.core.data import resize
+from steps.core.image_dataset import resize
 from steps.core.fast_saliency import (
     CHUNK_BYTES,
     engine_from_config,
@@ -33,8 +33,8 @@ from steps.core.fast_saliency import (
     occlude,
     scale_by_max_abs,
 )
-from steps.core.models import ProbaModel
-from steps.core.saliency import ImageClassifier, generator_config
+from steps.core.image_models import ProbaModel
+from steps.core.xaitk_generators import ImageClassifier, generator_config
 from tests.conftest import PROJECT_DIR
 from tests.test_processing import CountingModel, digits, model  # noqa: F401 (fixtures)
 

@@ -8,7 +8,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from sklearn.linear_model import LogisticRegression
 
-from steps.core.data import load_dataset
+from steps.core.image_dataset import load_dataset
 from steps.core.metrics import (CAUSAL_STEPS, Deletion, Insertion, MapContext, average_maps,
                                 blur_sigma, class_map, score_map)
 

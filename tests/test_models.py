@@ -12,11 +12,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from sklearn.linear_model import LogisticRegression
 
-from steps.core.data import load_dataset
+from steps.core.image_dataset import load_dataset
 from steps.core.model_input import InputConvention
-from steps.core.models import (ModelError, ProbabilityFunction, ProbaModel, check_model_fits,
+from steps.core.image_models import (ModelError, ProbabilityFunction, ProbaModel, check_model_fits,
                                class_mapping)
-from steps.tracking.models import load_image_model, resolve_model_uri
+from steps.tracking.model_loading import load_image_model, resolve_model_uri
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.core.data import dataset_source, load_dataset, random_split
+from steps.core.image_dataset import dataset_source, load_dataset, random_split
 from tests.conftest import module_store
 from tests.images import CLASSES, write_image_folder, write_npz
 
@@ -279,8 +279,8 @@ def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, alg
                                              settings, logged, shape, picture):
     """`-e saliency` alone with the registered model: only the algorithm's own parameters are
     logged, and the stored configuration rebuilds xaitk's generator, which gives the stored map."""
-    from steps.core.models import ProbaModel
-    from steps.core.saliency import ImageClassifier, generator_from_config
+    from steps.core.image_models import ProbaModel
+    from steps.core.xaitk_generators import ImageClassifier, generator_from_config
 
     data = load_dataset(str(folder), (16, 16))
     image_id = data.image_ids[7]

@@ -8,22 +8,22 @@ import sys
 import textwrap
 import time
 
-from steps import names, phases
+from steps import phases, store_names
 from tests.conftest import PROJECT_DIR
 
 
 def test_each_phase_adds_up_and_a_block_resumes_the_phase_before_it():
     clock = phases.Phases()
-    clock.enter(names.LOAD_PHASE)
+    clock.enter(store_names.LOAD_PHASE)
     time.sleep(0.02)
-    with clock.during(names.PICTURES_PHASE):
+    with clock.during(store_names.PICTURES_PHASE):
         time.sleep(0.02)
     time.sleep(0.02)  # loading again
-    clock.enter(names.WRITE_PHASE)
+    clock.enter(store_names.WRITE_PHASE)
     spent = clock.durations()
-    assert 0.04 <= spent[names.LOAD_PHASE] < 1, spent
-    assert 0.02 <= spent[names.PICTURES_PHASE] < 1, spent
-    assert set(spent) == {names.LOAD_PHASE, names.PICTURES_PHASE, names.WRITE_PHASE}
+    assert 0.04 <= spent[store_names.LOAD_PHASE] < 1, spent
+    assert 0.02 <= spent[store_names.PICTURES_PHASE] < 1, spent
+    assert set(spent) == {store_names.LOAD_PHASE, store_names.PICTURES_PHASE, store_names.WRITE_PHASE}
 
 
 def test_start_up_counts_from_the_process_s_start():

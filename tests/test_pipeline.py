@@ -18,11 +18,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from steps import names
-from steps.core.data import load_dataset, random_split
+from steps import store_names
+from steps.core.image_dataset import load_dataset, random_split
 from steps.core.metrics import beats_random
-from steps.core.models import ProbaModel
-from steps.core.saliency import ImageClassifier, compute_saliency, generator_from_config
+from steps.core.image_models import ProbaModel
+from steps.core.xaitk_generators import ImageClassifier, compute_saliency, generator_from_config
 from steps.tracking.sqlite_journal import journal_mode
 from tests.browser import render_page
 from tests.conftest import FAST_SALIENCY, FAST_TRAIN, PROJECT_DIR, Store
@@ -192,15 +192,15 @@ def test_train_run_artifacts_model_pickle_and_environment(pipeline, runs):
 def test_every_step_run_logs_where_its_process_spent_its_time(runs):
     for step in ("train", "evaluation", "saliency"):
         metrics = runs[step].data.metrics
-        spent = {phase: metrics[names.duration_metric(phase)] for phase in names.PHASES}
+        spent = {phase: metrics[store_names.duration_metric(phase)] for phase in store_names.PHASES}
         assert all(seconds >= 0 for seconds in spent.values()), (step, spent)
         # Python and its imports take a while; every step loads, computes and writes.
-        assert spent[names.STARTUP_PHASE] > 0.1, (step, spent)
-        for phase in (names.LOAD_PHASE, names.COMPUTE_PHASE, names.WRITE_PHASE):
+        assert spent[store_names.STARTUP_PHASE] > 0.1, (step, spent)
+        for phase in (store_names.LOAD_PHASE, store_names.COMPUTE_PHASE, store_names.WRITE_PHASE):
             assert spent[phase] > 0, (step, phase, spent)
-    assert runs["train"].data.metrics[names.duration_metric(names.PICTURES_PHASE)] == 0
+    assert runs["train"].data.metrics[store_names.duration_metric(store_names.PICTURES_PHASE)] == 0
     for step in ("evaluation", "saliency"):
-        assert runs[step].data.metrics[names.duration_metric(names.PICTURES_PHASE)] > 0, step
+        assert runs[step].data.metrics[store_names.duration_metric(store_names.PICTURES_PHASE)] > 0, step
 
 
 def test_evaluation_per_sample_runs(pipeline, runs):

@@ -10,15 +10,15 @@ import pytest
 
 from steps.core import plots
 from steps.core.algorithm import make_algorithm
-from steps.core.data import flatten, load_dataset, random_split
-from steps.core.models import (
+from steps.core.image_dataset import flatten, load_dataset, random_split
+from steps.core.image_models import (
     ModelParams,
     ProbaModel,
     accuracy,
     predict_confidences,
     train_classifier,
 )
-from steps.core.saliency import (
+from steps.core.xaitk_generators import (
     ImageClassifier,
     compute_saliency,
     generator_config,
@@ -154,7 +154,7 @@ def test_unknown_algorithm_is_a_clear_error():
 
 
 @pytest.mark.parametrize("registry_name, package", [
-    ("steps.core.data:DATASET_SOURCES", "steps.core.datasets"),
+    ("steps.core.image_dataset:DATASET_SOURCES", "steps.core.datasets"),
     ("steps.core.algorithm:ALGORITHMS", "steps.core.algorithms"),
 ])
 def test_registries_name_every_implementation_module(registry_name, package):
@@ -185,7 +185,7 @@ def test_clis_list_algorithms_and_datasets_without_heavy_imports():
     assert tuple(algorithm.type.choices) == ALGORITHMS.names() == (
         "mc_rise", "random_grid", "rise", "sliding_radial", "sliding_window")
     code = ("import sys; from steps import options; "
-            "from steps.core.data import DATASET_SOURCES; "
+            "from steps.core.image_dataset import DATASET_SOURCES; "
             "from steps.core.algorithm import ALGORITHMS; "
             "print(DATASET_SOURCES.names(), ALGORITHMS.names()); "
             "print(sorted(m for m in ('sklearn', 'xaitk_saliency', 'smqtk_core', 'PIL') "

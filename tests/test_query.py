@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from steps import names
+from steps import store_names
 from steps.tracking.query import (SAMPLES_KEYED_TAG, RESULT_COLUMNS, sample_key,
                                   query_samples)
 from steps.tracking.runs import experiment_id
@@ -36,12 +36,12 @@ def write_evaluation(client, experiment: str, samples: list[tuple[float, bool]],
     for i, (confidence, correct) in enumerate(samples):
         image_id = f"{prefix}{i:03d}"
         run = client.create_run(experiment, run_name=f"image-{image_id}", tags={
-            names.EVALUATION_PARENT_TAG: parent, names.PARENT_RUN_TAG: parent,
-            names.IMAGE_ID_TAG: image_id, names.GT_CLASS_TAG: "1",
-            names.PREDICTED_CLASS_TAG: "1" if correct else "2",
-            names.CORRECT_TAG: "true" if correct else "false",
+            store_names.EVALUATION_PARENT_TAG: parent, store_names.PARENT_RUN_TAG: parent,
+            store_names.IMAGE_ID_TAG: image_id, store_names.GT_CLASS_TAG: "1",
+            store_names.PREDICTED_CLASS_TAG: "1" if correct else "2",
+            store_names.CORRECT_TAG: "true" if correct else "false",
             **({sample_key(parent): "true"} if keyed else {})})
-        client.log_metric(run.info.run_id, names.PREDICTED_CONF_METRIC, confidence)
+        client.log_metric(run.info.run_id, store_names.PREDICTED_CONF_METRIC, confidence)
         client.set_terminated(run.info.run_id)
         images[image_id] = (confidence, correct)
     if keyed:
@@ -53,7 +53,7 @@ def write_evaluation(client, experiment: str, samples: list[tuple[float, bool]],
 @pytest.fixture(params=["tag value", "tag key"])
 def evaluations(store, request):
     """Two evaluations, each scoped by the parent tag's value or each by its tag key."""
-    experiment = experiment_id(names.EVALUATION_EXPERIMENT)
+    experiment = experiment_id(store_names.EVALUATION_EXPERIMENT)
     keyed = request.param == "tag key"
     first = write_evaluation(store.client, experiment, FIRST, "a", keyed)
     second = write_evaluation(store.client, experiment, SECOND, "b", keyed)
@@ -68,7 +68,7 @@ def expected(images: dict[str, tuple[float, bool]], descending: bool = False,
 
 
 def image_ids(found) -> list[str]:
-    return list(found[f"tags.{names.IMAGE_ID_TAG}"])
+    return list(found[f"tags.{store_names.IMAGE_ID_TAG}"])
 
 
 def test_the_query_keeps_to_its_evaluation_filter_order_and_max_images(evaluations):
@@ -76,8 +76,8 @@ def test_the_query_keeps_to_its_evaluation_filter_order_and_max_images(evaluatio
     found = query_samples(first, WRONG, ASC, 2)
     assert image_ids(found) == expected(first_images)[:2] == ["a006", "a001"]
     assert list(found.columns) == RESULT_COLUMNS
-    assert set(found[f"tags.{names.CORRECT_TAG}"]) == {"false"}
-    assert list(found[f"metrics.{names.PREDICTED_CONF_METRIC}"]) == [0.4, 0.5]
+    assert set(found[f"tags.{store_names.CORRECT_TAG}"]) == {"false"}
+    assert list(found[f"metrics.{store_names.PREDICTED_CONF_METRIC}"]) == [0.4, 0.5]
 
     # More room than matches: every wrong sample of this evaluation, none of the other's.
     assert image_ids(query_samples(first, WRONG, ASC, 50)) == expected(first_images)
@@ -114,11 +114,11 @@ def test_a_run_that_does_not_exist_has_no_samples(evaluations):
 def test_a_keyed_evaluation_is_searched_by_its_key(store):
     """A sample run of the evaluation without the key (which the evaluate step never leaves) is
     not found: the search went by the key, not by the parent tag's value."""
-    experiment = experiment_id(names.EVALUATION_EXPERIMENT)
+    experiment = experiment_id(store_names.EVALUATION_EXPERIMENT)
     parent, images = write_evaluation(store.client, experiment, FIRST, "a", keyed=True)
     store.client.create_run(experiment, run_name="image-stray", tags={
-        names.EVALUATION_PARENT_TAG: parent, names.IMAGE_ID_TAG: "stray",
-        names.CORRECT_TAG: "false"})
+        store_names.EVALUATION_PARENT_TAG: parent, store_names.IMAGE_ID_TAG: "stray",
+        store_names.CORRECT_TAG: "false"})
     assert image_ids(query_samples(parent, WRONG, ASC, 50)) == expected(images)
     store.client.delete_tag(parent, SAMPLES_KEYED_TAG)
     assert "stray" in image_ids(query_samples(parent, WRONG, ASC, 50))

@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from steps import options
-from steps.core.data import load_dataset, random_split
+from steps.core.image_dataset import load_dataset, random_split
 from tests.conftest import FAST_TRAIN, PROJECT_DIR, Store
 
 README = PROJECT_DIR / "README.md"

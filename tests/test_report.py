@@ -12,7 +12,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from steps.core.classification import Evaluated, classifier_metrics, curve_figures, \
     expected_calibration_error
-from steps.core.report import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
+from steps.core.report_page import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
                                metric_meaning, render)
 from tests.browser import render_page
 

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from steps.core.data import load_dataset
+from steps.core.image_dataset import load_dataset
 from tests.conftest import PROJECT_DIR, Store
 from tests.test_pipeline import artifact_paths, model_uri_of, read_artifact
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from xaitk_saliency.utils.sal_metrics import compute_ssd, compute_xcorr
 
-from steps import names
+from steps import store_names
 from tests.conftest import PROJECT_DIR, Store, mlflow_run
 from tests.test_pipeline import model_uri_of
 
@@ -193,8 +193,8 @@ def test_compare_runs_each_configuration_once_and_compares_their_maps(project, f
         "comparison/agreement.json", "comparison/configurations.json"} == artifacts
     assert "rise vs sliding_window" in comparison.data.tags["mlflow.note.content"]
     # Where its process spent its time (it draws a picture an image).
-    spent = {phase: metrics[names.duration_metric(phase)] for phase in names.PHASES}
-    assert min(spent.values()) >= 0 and spent[names.PICTURES_PHASE] > 0, spent
+    spent = {phase: metrics[store_names.duration_metric(phase)] for phase in store_names.PHASES}
+    assert min(spent.values()) >= 0 and spent[store_names.PICTURES_PHASE] > 0, spent
     # The pipeline's report shows both configurations' maps and how far they agree.
     main_id = comparison.data.tags["mlflow.parentRunId"]
     report = open(client.download_artifacts(main_id, "report.html")).read()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from steps.core.errors import ParameterError
-from steps.core.data import DataError, SplitChoice, load_dataset
+from steps.core.image_dataset import DataError, SplitChoice, load_dataset
 from steps.core.parameters import TextList, as_param, text_items
 from tests.conftest import module_store
 from tests.images import CLASSES, tinted_digits, write_split_folder

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from steps import names
+from steps import store_names
 from tests.browser import chromium
 from tests.conftest import module_store
 from tests.ui_screenshots import (PICTURE, UI_PARAMS, Landmarks, Shot, landmarks, make_store,
@@ -78,9 +78,9 @@ def test_run_names_say_what_each_run_is(marks):
                         run_name(marks.step)), run_name(marks.step)
     for run in marks.samples + marks.maps:
         tags = run.data.tags
-        mark = "✓" if tags[names.GT_CLASS_TAG] == tags[names.PREDICTED_CLASS_TAG] else "✗"
-        assert run_name(run) == (f"image-{tags[names.IMAGE_ID_TAG]} · "
-                                 f"{tags[names.PREDICTED_CLASS_TAG]} {mark}")
+        mark = "✓" if tags[store_names.GT_CLASS_TAG] == tags[store_names.PREDICTED_CLASS_TAG] else "✗"
+        assert run_name(run) == (f"image-{tags[store_names.IMAGE_ID_TAG]} · "
+                                 f"{tags[store_names.PREDICTED_CLASS_TAG]} {mark}")
 
 
 def test_each_table_row_shows_its_own_runs_name(shots, marks):
@@ -99,7 +99,7 @@ def test_the_saliency_step_run_shows_its_dataset(shots, marks):
     inputs = marks.step.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["digits"]
     contexts = {t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
-    assert contexts == {names.SALIENCY_CONTEXT}
+    assert contexts == {store_names.SALIENCY_CONTEXT}
     in_table = text(cell(shots["table-saliency-by-name"].dom, marks.step.info.run_id,
                          DATASET_COLUMN))
     assert in_table.startswith(f"{inputs[0].dataset.name} ({inputs[0].dataset.digest})"), in_table
@@ -109,12 +109,12 @@ def test_the_saliency_step_run_shows_its_dataset(shots, marks):
 def test_the_main_runs_page_shows_its_headline_metrics(shots, marks):
     page = text(shots["main-run"].dom)
     metrics = marks.main.data.metrics
-    for name in (names.TEST_ACCURACY_METRIC, names.MAPS_EXPLAINED_METRIC):
+    for name in (store_names.TEST_ACCURACY_METRIC, store_names.MAPS_EXPLAINED_METRIC):
         assert f"{name} {shown(metrics[name])}" in page, name
 
 
 def test_the_map_runs_page_shows_its_verdict_rendered(shots, marks):
-    note = marks.map.data.tags[names.NOTE_TAG]
+    note = marks.map.data.tags[store_names.NOTE_TAG]
     verdict = re.match(r"\*\*((?:Beats|Does not beat) a random map)\*\*", note)
     assert verdict, note
     assert f"Description {verdict.group(1)} :" in text(shots["map-run"].dom)

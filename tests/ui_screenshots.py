@@ -25,7 +25,7 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps import names
+from steps import store_names
 from tests.browser import render_url
 from tests.conftest import FAST_SALIENCY, FAST_TRAIN, Completed, mlflow_run
 from tests.servers import _healthy, free_port, process_group, server_env, wait_until
@@ -33,9 +33,9 @@ from tests.servers import _healthy, free_port, process_group, server_env, wait_u
 #: A pipeline of about 40 s that still fills every experiment: 40 evaluated images, 2 maps.
 UI_PARAMS = {**FAST_TRAIN, **FAST_SALIENCY, "num_samples": "40", "max_images": "2"}
 DEFAULT_EXPERIMENT = "Default"
-EXPERIMENTS = (DEFAULT_EXPERIMENT, names.TRAIN_EXPERIMENT, names.EVALUATION_EXPERIMENT,
-               names.SALIENCY_EXPERIMENT)
-PICTURE = f"{names.PICTURES_DIR}/all_classes.png"
+EXPERIMENTS = (DEFAULT_EXPERIMENT, store_names.TRAIN_EXPERIMENT, store_names.EVALUATION_EXPERIMENT,
+               store_names.SALIENCY_EXPERIMENT)
+PICTURE = f"{store_names.PICTURES_DIR}/all_classes.png"
 WIDTH = 1600
 #: Window heights: a runs table or list, and a run's page (tall enough to show its metrics).
 TABLE_HEIGHT, RUN_HEIGHT = 1000, 1500
@@ -81,23 +81,23 @@ class Landmarks:
 def landmarks(client: MlflowClient) -> Landmarks:
     experiments = {e.name: e.experiment_id for e in client.search_experiments()}
     (main, *_) = client.search_runs(
-        [experiments[DEFAULT_EXPERIMENT]], f"tags.`{names.ENTRY_POINT_TAG}` = 'main'",
+        [experiments[DEFAULT_EXPERIMENT]], f"tags.`{store_names.ENTRY_POINT_TAG}` = 'main'",
         order_by=["attributes.start_time DESC"], max_results=1)
     tags = main.data.tags
 
     def children(parent: Run) -> list[Run]:
         return client.search_runs([parent.info.experiment_id],
-                                  f"tags.`{names.PARENT_RUN_TAG}` = '{parent.info.run_id}'",
+                                  f"tags.`{store_names.PARENT_RUN_TAG}` = '{parent.info.run_id}'",
                                   order_by=["attributes.start_time ASC"], max_results=1000)
 
-    evaluation = client.get_run(tags[names.EVALUATION_RUN_TAG])
-    step = client.get_run(tags[names.SALIENCY_RUN_TAG].split(",")[0])
-    return Landmarks(experiments, main, client.get_run(tags[names.TRAIN_RUN_TAG]), evaluation,
+    evaluation = client.get_run(tags[store_names.EVALUATION_RUN_TAG])
+    step = client.get_run(tags[store_names.SALIENCY_RUN_TAG].split(",")[0])
+    return Landmarks(experiments, main, client.get_run(tags[store_names.TRAIN_RUN_TAG]), evaluation,
                      children(evaluation), step, children(step))
 
 
 def run_name(run: Run) -> str:
-    return run.data.tags.get(names.RUN_NAME_TAG, run.info.run_name)
+    return run.data.tags.get(store_names.RUN_NAME_TAG, run.info.run_name)
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,11 @@ def pages(marks: Landmarks) -> list[Page]:
     runs folded under it) and, for Evaluation and Saliency, sorted by name (which lists every
     run flat); the main run, the saliency step run, a map run and the map run's picture. Each
     expects the names a user tells runs apart by."""
-    tables = {DEFAULT_EXPERIMENT: [marks.main], names.TRAIN_EXPERIMENT: [marks.train],
-              names.EVALUATION_EXPERIMENT: [marks.evaluation],
-              names.SALIENCY_EXPERIMENT: [marks.step]}
-    flat = {names.EVALUATION_EXPERIMENT: [marks.evaluation, *marks.samples],
-            names.SALIENCY_EXPERIMENT: [marks.step, *marks.maps]}
+    tables = {DEFAULT_EXPERIMENT: [marks.main], store_names.TRAIN_EXPERIMENT: [marks.train],
+              store_names.EVALUATION_EXPERIMENT: [marks.evaluation],
+              store_names.SALIENCY_EXPERIMENT: [marks.step]}
+    flat = {store_names.EVALUATION_EXPERIMENT: [marks.evaluation, *marks.samples],
+            store_names.SALIENCY_EXPERIMENT: [marks.step, *marks.maps]}
     listed = [Page("experiments", "/experiments", EXPERIMENTS, TABLE_HEIGHT)]
     for experiment, shown in tables.items():
         route = f"/experiments/{marks.experiments[experiment]}/runs"
@@ -139,7 +139,7 @@ def pages(marks: Landmarks) -> list[Page]:
                                TABLE_HEIGHT, f"{BY_NAME}&{MODEL_TRAINING}"))
     return listed + [
         Page("main-run", run_route(marks.main),
-             (run_name(marks.main), names.TEST_ACCURACY_METRIC, names.MAPS_EXPLAINED_METRIC)),
+             (run_name(marks.main), store_names.TEST_ACCURACY_METRIC, store_names.MAPS_EXPLAINED_METRIC)),
         Page("saliency-run", run_route(marks.step), (run_name(marks.step),)),
         Page("map-run", run_route(marks.map), (run_name(marks.map), "a random map")),
         Page("map-picture", f"{run_route(marks.map)}/artifactPath/{PICTURE}",

@@ -16,10 +16,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from steps.core import plots
-from steps.core.data import TRAIN, ImageDataset, Split
+from steps.core.image_dataset import TRAIN, ImageDataset, Split
 from steps.core.metrics import MapScores, score_map
-from steps.core.models import ClassMapping, ImageModel
-from steps.core.saliency import ImageClassifier
+from steps.core.image_models import ClassMapping, ImageModel
+from steps.core.xaitk_generators import ImageClassifier
 
 
 @dataclass(frozen=True)

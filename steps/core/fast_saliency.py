@@ -45,7 +45,7 @@ from xaitk_saliency.utils.masking import UINT8_ONE
 
 from steps.core.algorithm import ALGORITHMS
 from steps.core.blas import SMALL_BATCHES, blas_threads
-from steps.core.saliency import quiet_plugin_discovery
+from steps.core.xaitk_generators import quiet_plugin_discovery
 
 DEFAULT_CHUNK_SIZE = 1024
 #: Bytes of perturbed images a chunk holds at most (fewer than `chunk_size` for large images).
@@ -549,7 +549,7 @@ def engine_from_config(config: dict[str, Any], chunk_size: int = DEFAULT_CHUNK_S
                        mask_cache: MaskCache | None = None):
     """The fastest engine that gives xaitk's maps for a stored `generator_config`: `FastSaliency`
     for a perturber-and-scorer composition it scores, xaitk's generator itself otherwise."""
-    from steps.core.saliency import generator_from_config
+    from steps.core.xaitk_generators import generator_from_config
 
     generator = config["generator"]
     if generator.get("type") == PERTURBATION_OCCLUSION:

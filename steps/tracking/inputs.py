@@ -15,13 +15,13 @@ import click
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps.core.data import (DATASET_SOURCES, DataError, DatasetSource, ImageDataset, Split,
+from steps.core.image_dataset import (DATASET_SOURCES, DataError, DatasetSource, ImageDataset, Split,
                              SplitChoice, dataset_source)
 from steps.core.model_input import FROM_MEASURED
-from steps.core.models import ClassMapping, ImageModel, ModelError, check_model_fits
-from steps import names
+from steps.core.image_models import ClassMapping, ImageModel, ModelError, check_model_fits
+from steps import store_names
 from steps.tracking import lifecycle
-from steps.tracking.models import ResolvedModel, load_image_model, resolve_model_uri
+from steps.tracking.model_loading import ResolvedModel, load_image_model, resolve_model_uri
 from steps.tracking.store_check import launch_directory
 
 
@@ -147,7 +147,7 @@ def refuse_training_images(inputs: ModelInputs) -> None:
     if not run_id:
         return
     try:
-        trained_on = MlflowClient().get_run(run_id).data.tags.get(names.DATASET_DIGEST_TAG)
+        trained_on = MlflowClient().get_run(run_id).data.tags.get(store_names.DATASET_DIGEST_TAG)
     except MlflowException:  # a run of another store, or purged
         return
     if trained_on == inputs.data.digest:

@@ -33,7 +33,7 @@ from mlflow.entities import LifecycleStage, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
 from steps.tracking.store_check import launcher_pid, stop_retrying, unreachable_server
-from steps.names import (ERROR_TAG, IMAGE_ID_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG,
+from steps.store_names import (ERROR_TAG, IMAGE_ID_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG,
                          PARTITION_TAG, PROCESS_HOST_TAG, RUN_NAME_TAG, PROCESS_ID_TAG, PROCESS_START_TAG,
                          RESULTS_DELETED_TAG)
 
@@ -268,7 +268,7 @@ def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: s
             return found
 
 
-def keep_finished(client: MlflowClient, experiment_id: str, parent_id: str,
+def settle_earlier_runs(client: MlflowClient, experiment_id: str, parent_id: str,
                   partition: int | None = None, restore: bool = False) -> dict[str, object]:
     """Of the runs an earlier try wrote under the step run `parent_id` (of one `partition` of
     it, if given), one FINISHED run per `Image_id` (a soft-deleted one restored when
@@ -298,7 +298,7 @@ def hide_partial_results(run_id: str, client: MlflowClient | None = None,
     them, and record how many on the step run; returns that count. `running_only`: only the
     children still RUNNING (of a step that finished: a write retried after a server lost its
     answer leaves the first try's run RUNNING). A resumed step brings the FINISHED ones back
-    (`keep_finished`)."""
+    (`settle_earlier_runs`)."""
     client = client or MlflowClient()
     run = client.get_run(run_id)
     running = f" AND attributes.status = '{RUNNING}'" if running_only else ""

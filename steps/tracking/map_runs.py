@@ -22,9 +22,9 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from steps import names, phases
+from steps import phases, store_names
 from steps.core import plots
-from steps.core.data import DATA_PARAMETERS, SPLIT_PARAMETERS, DataError, SplitChoice
+from steps.core.image_dataset import DATA_PARAMETERS, SPLIT_PARAMETERS, DataError, SplitChoice
 from steps.core.parameters import values_of
 from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
                                 fill_colours_of)
@@ -32,10 +32,10 @@ from steps.core.metrics import MapScores, average_maps, class_map
 from steps.tracking import lifecycle, runs
 from steps.tracking.cluster import MAP_PARTITION_SIZE, ClusterSpec, dask_client, run_partitions
 from steps.tracking.console import Progress, quiet_run_links
-from steps.tracking.datasets import log_dataset
+from steps.tracking.dataset_logging import log_dataset
 from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs, split_data
-from steps.tracking.lifecycle import keep_finished
-from steps.tracking.models import convention_tags
+from steps.tracking.lifecycle import settle_earlier_runs
+from steps.tracking.model_loading import convention_tags
 
 # Stored with each map: the model's float32 confidences round by batch shape, so regenerating
 # the very same map takes the same batches.
@@ -48,12 +48,12 @@ WHOLE_PREDICTION = "prediction"
 
 def identity_tags(predicted: PredictedImage) -> dict[str, str]:
     """`Image_id`, `GT_class` and `Predicted_class`: how a user finds an image's runs."""
-    return {names.IMAGE_ID_TAG: predicted.image_id, names.GT_CLASS_TAG: predicted.true_class,
-            names.PREDICTED_CLASS_TAG: predicted.predicted_class}
+    return {store_names.IMAGE_ID_TAG: predicted.image_id, store_names.GT_CLASS_TAG: predicted.true_class,
+            store_names.PREDICTED_CLASS_TAG: predicted.predicted_class}
 
 
 def class_file(name: str) -> str:
-    return f"class_{names.metric_safe(name)}.png"
+    return f"class_{store_names.metric_safe(name)}.png"
 
 
 def write_pictures(folder: Path, image, maps, class_names, title: str, marks: plots.Answer,
@@ -87,13 +87,13 @@ def log_pictures(image, maps, class_names, title: str, marks: plots.Answer,
     its `meaning` and `fill_colours`."""
     directory, _, prefix = folder.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
-        with phases.phase(names.PICTURES_PHASE):
+        with phases.phase(store_names.PICTURES_PHASE):
             write_pictures(Path(tmp), image, maps, class_names, title, marks, pictures, prefix,
                            **how)
         mlflow.log_artifacts(tmp, directory or None)
 
 
-def log_map(maps: np.ndarray, prefix: str, file_name: str = names.MAP_ARTIFACT) -> None:
+def log_map(maps: np.ndarray, prefix: str, file_name: str = store_names.MAP_ARTIFACT) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, file_name)
         np.save(path, maps)
@@ -103,12 +103,12 @@ def log_map(maps: np.ndarray, prefix: str, file_name: str = names.MAP_ARTIFACT) 
 def log_scores(scores: MapScores) -> None:
     """The causal curves as an array file and a picture."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, names.CURVES_ARTIFACT)
+        path = Path(tmp, store_names.CURVES_ARTIFACT)
         np.savez(path, **scores.curves)
-        mlflow.log_artifact(str(path), artifact_path=names.METRICS_DIR)
-    with phases.phase(names.PICTURES_PHASE):
+        mlflow.log_artifact(str(path), artifact_path=store_names.METRICS_DIR)
+    with phases.phase(store_names.PICTURES_PHASE):
         fig = plots.causal_curves_figure(scores.curves, scores.metrics)
-        mlflow.log_figure(fig, f"{names.METRICS_DIR}/{names.CURVES_PICTURE}")
+        mlflow.log_figure(fig, f"{store_names.METRICS_DIR}/{store_names.CURVES_PICTURE}")
         plots.plt.close(fig)
 
 
@@ -131,7 +131,7 @@ def map_verdict(scores: MapScores) -> str:
 
 def aggregate_scores(scores: list[MapScores]) -> dict[str, float]:
     """Mean and median of each metric over the maps, and the share that beats a random map."""
-    aggregates = {names.BEATING_RANDOM_METRIC: float(np.mean([s.beats_random() for s in scores]))}
+    aggregates = {store_names.BEATING_RANDOM_METRIC: float(np.mean([s.beats_random() for s in scores]))}
     for name in scores[0].metrics:
         values = [s.metrics[name] for s in scores if name in s.metrics]
         aggregates[f"{name}_mean"] = float(np.mean(values))
@@ -162,8 +162,8 @@ class MapRunWriter:
         resolved from `input_flags`; either way the explainer's config then holds it."""
         dataset = absolute_dataset(dataset)
         inputs = load_model_inputs(model_uri, dataset, image_size, input_flags=input_flags,
-                                   stored_convention=config.get(names.MODEL_INPUT_CONFIG_KEY))
-        config = {**config, names.MODEL_INPUT_CONFIG_KEY: inputs.model.convention.as_dict()}
+                                   stored_convention=config.get(store_names.MODEL_INPUT_CONFIG_KEY))
+        config = {**config, store_names.MODEL_INPUT_CONFIG_KEY: inputs.model.convention.as_dict()}
         if not image_ids:
             raise click.BadParameter("give at least one image ID", param_hint="'--image_ids'")
         try:
@@ -210,12 +210,12 @@ class MapRunWriter:
         data = self.inputs.data
         return {**self.inputs.resolved.lineage_tags(),
                 **convention_tags(self.inputs.model.convention),
-                names.DATASET_TAG: data.dataset.name, names.DATASET_DIGEST_TAG: data.digest}
+                store_names.DATASET_TAG: data.dataset.name, store_names.DATASET_DIGEST_TAG: data.digest}
 
     def log_dataset(self) -> None:
         """The dataset as an input of the active run, with its split."""
         data = self.inputs.data
-        log_dataset(data.source, data.dataset, data.digest, names.SALIENCY_CONTEXT,
+        log_dataset(data.source, data.dataset, data.digest, store_names.SALIENCY_CONTEXT,
                     self.explainer.split,
                     {k: v for k, v in self.data_params.items() if k != "dataset"})
 
@@ -224,18 +224,18 @@ class MapRunWriter:
         """The image's map, raw map and pictures (under `prefix`) in the active run."""
         log_map(maps, prefix)
         if raw is not None:
-            log_map(raw, prefix, names.RAW_MAP_ARTIFACT)
+            log_map(raw, prefix, store_names.RAW_MAP_ARTIFACT)
         # Pictured in confidence units where the raw map exists: a class the model ignores
         # fades beside the one it predicts (xaitk scales each to ±1).
         log_pictures(predicted.image, maps if raw is None else raw, self.inputs.classes.names,
                      predicted.title(), predicted.class_marks(), self.pictures,
-                     f"{prefix}{names.PICTURES_DIR}/",
+                     f"{prefix}{store_names.PICTURES_DIR}/",
                      meaning=None if raw is None else self.explainer.raw_meaning(),
                      fill_colours=fill_colours_of(self.config))
 
     def make_and_log_maps(self, predicted: PredictedImage, prefix: str) -> None:
         """Make the image's map now and log it (`log_maps`), unscored."""
-        with phases.phase(names.COMPUTE_PHASE):
+        with phases.phase(store_names.COMPUTE_PHASE):
             (maps, raw), = self.explainer.maps_of([predicted])
         self.log_maps(predicted, maps, raw, prefix)
 
@@ -244,21 +244,21 @@ class MapRunWriter:
         """A per-image run nested under the step run `parent` (also on a Dask worker, where no
         run is active) with its tags, params, config, maps, pictures and metrics."""
         predicted, scores = explained.predicted, explained.scores
-        with lifecycle.run_context(run_name=names.image_run_name(
+        with lifecycle.run_context(run_name=store_names.image_run_name(
                 predicted.image_id, predicted.predicted_class, predicted.correct),
                 nested=mlflow.active_run() is not None,
                 experiment_id=parent.info.experiment_id,
-                tags={names.PARENT_RUN_TAG: parent.info.run_id}) as run:
+                tags={store_names.PARENT_RUN_TAG: parent.info.run_id}) as run:
             mlflow.set_tags({**identity_tags(predicted), **self.step_tags(),
-                             names.SPLIT_TAG: self.explainer.split_of(predicted.image_id),
-                             names.SALIENCY_PARENT_TAG: parent.info.run_id,
-                             names.CODE_VERSION_TAG: parent.data.tags[names.CODE_VERSION_TAG],
+                             store_names.SPLIT_TAG: self.explainer.split_of(predicted.image_id),
+                             store_names.SALIENCY_PARENT_TAG: parent.info.run_id,
+                             store_names.CODE_VERSION_TAG: parent.data.tags[store_names.CODE_VERSION_TAG],
                              **extra_tags})
             mlflow.log_params({**params, **self.data_params})
-            mlflow.log_dict(self.config, names.CONFIG_ARTIFACT)
+            mlflow.log_dict(self.config, store_names.CONFIG_ARTIFACT)
             self.log_maps(predicted, explained.maps, explained.raw)
             log_scores(scores)
-            mlflow.log_metrics({names.PREDICTED_CONF_METRIC: predicted.confidence,
+            mlflow.log_metrics({store_names.PREDICTED_CONF_METRIC: predicted.confidence,
                                 **scores.metrics})
             runs.describe(map_verdict(scores))
             return run
@@ -273,15 +273,15 @@ class MapRunWriter:
                               [one.predicted_class for one, _ in made])
         column = {n: k for k, n in enumerate(self.inputs.classes.names)}.get
         for (true, predicted), (mean_maps, mean_image, count) in groups.items():
-            name = f"true_{names.metric_safe(true)}" + (
-                f"_predicted_{names.metric_safe(predicted)}" if predicted is not None else "")
+            name = f"true_{store_names.metric_safe(true)}" + (
+                f"_predicted_{store_names.metric_safe(predicted)}" if predicted is not None else "")
             what = f"true {true}" + (f", predicted {predicted}" if predicted is not None else "")
-            log_map(mean_maps, f"{names.AVERAGES_DIR}/", f"{name}.npy")
+            log_map(mean_maps, f"{store_names.AVERAGES_DIR}/", f"{name}.npy")
             log_pictures(mean_image, mean_maps, self.inputs.classes.names,
                          f"mean of {count} maps: {what}",
                          plots.Answer(None, column(predicted), column(true)),
                          replace(self.pictures, mode="combined", top_classes=0),
-                         f"{names.AVERAGES_DIR}/{name}_")
+                         f"{store_names.AVERAGES_DIR}/{name}_")
 
     def log_summary(self, made: list[tuple[PredictedImage, np.ndarray]]) -> None:
         """One picture of the step's maps (`summary.png` of the active, step run): a row per
@@ -305,7 +305,7 @@ class MapRunWriter:
         fig = plots.rows_figure(rows, f"{shown} maps by {self.label or 'the algorithm'}: the "
                                       "predicted class, and the true class where it differs",
                                 plots.meaning_of(made[0][1]))
-        mlflow.log_figure(fig, names.SUMMARY_PICTURE)
+        mlflow.log_figure(fig, store_names.SUMMARY_PICTURE)
         plots.plt.close(fig)
 
 
@@ -335,7 +335,7 @@ class MapRecipe:
 
 def stored_map(run: Run) -> np.ndarray:
     return np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                       artifact_path=names.MAP_ARTIFACT))
+                                                       artifact_path=store_names.MAP_ARTIFACT))
 
 
 @dataclass(frozen=True)
@@ -349,16 +349,16 @@ class MapMade:
 
     @classmethod
     def stored(cls, run: Run) -> MapMade:
-        metrics = {k: v for k, v in run.data.metrics.items() if k != names.PREDICTED_CONF_METRIC}
-        return cls(run.data.tags[names.IMAGE_ID_TAG], run.info.run_id, stored_map(run),
+        metrics = {k: v for k, v in run.data.metrics.items() if k != store_names.PREDICTED_CONF_METRIC}
+        return cls(run.data.tags[store_names.IMAGE_ID_TAG], run.info.run_id, stored_map(run),
                    MapScores(metrics, {}))
 
 
 def earlier_maps(client: MlflowClient, parent_id: str, experiment_id: str, restore: bool,
                  partition: int | None = None) -> dict[str, MapMade]:
     """The FINISHED map runs an earlier try of a step run (or of one of its partitions) made,
-    by image ID; any other run of it is ended KILLED and soft-deleted (`keep_finished`)."""
-    kept = keep_finished(client, experiment_id, parent_id, partition, restore)
+    by image ID; any other run of it is ended KILLED and soft-deleted (`settle_earlier_runs`)."""
+    kept = settle_earlier_runs(client, experiment_id, parent_id, partition, restore)
     return {image_id: MapMade.stored(run) for image_id, run in kept.items()}
 
 
@@ -371,7 +371,7 @@ def map_runs(writer: MapRunWriter, params: dict, parent: Run, todo: list[tuple[s
     for first in range(0, len(todo), MAP_PARTITION_SIZE):
         group = todo[first:first + MAP_PARTITION_SIZE]
         predicted = writer.explainer.predict_all([image_id for image_id, _ in group])
-        explained = phases.produced_in(names.COMPUTE_PHASE, writer.explainer.explain(predicted))
+        explained = phases.produced_in(store_names.COMPUTE_PHASE, writer.explainer.explain(predicted))
         for (_, lineage), one in zip(group, explained):
             if stopped():
                 return
@@ -393,7 +393,7 @@ def explain_partition(index: int, items: list[tuple[str, dict]], *, tracking_uri
     parent = client.get_run(parent_id)
     made = earlier_maps(client, parent_id, parent.info.experiment_id, False, index)
     writer = recipe.writer([image_id for image_id, _ in items])
-    extra = {names.PARTITION_TAG: str(index), names.WORKER_TAG: worker_name()}
+    extra = {store_names.PARTITION_TAG: str(index), store_names.WORKER_TAG: worker_name()}
     with quiet_run_links():
         for one in map_runs(writer, recipe.params, parent,
                             [item for item in items if item[0] not in made], extra,

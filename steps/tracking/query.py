@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from steps.names import (CORRECT_TAG, EVALUATION_EXPERIMENT, EVALUATION_PARENT_TAG, GT_CLASS_TAG,
+from steps.store_names import (CORRECT_TAG, EVALUATION_EXPERIMENT, EVALUATION_PARENT_TAG, GT_CLASS_TAG,
                          IMAGE_ID_TAG, PREDICTED_CLASS_TAG, PREDICTED_CONF_METRIC,
                          SAMPLES_KEYED_TAG, sample_key)
 from steps.tracking.runs import experiment_id

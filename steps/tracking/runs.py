@@ -20,7 +20,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENV, MLFL
 
 from steps import phases
 from steps.core.code_version import code_version
-from steps.names import (CODE_VERSION_TAG, DATASET_DIGEST_TAG, ERROR_TAG,
+from steps.store_names import (CODE_VERSION_TAG, DATASET_DIGEST_TAG, ERROR_TAG,
                          EXPERIMENT_DESCRIPTIONS, IMAGE_ID_TAG, INTERRUPTED_TAG, NOTE_TAG, PARENT_RUN_TAG, PHASES, PROCESS_HOST_TAG,
                          PROCESS_ID_TAG, RESULTS_DELETED_TAG, RESUME_COUNT_TAG, RUN_NAME_TAG,
                          SALIENCY_PARENT_TAG, STEP_PARAMETERS_ARTIFACT, STEP_RUN_TAG,

@@ -160,13 +160,13 @@ def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
     of the partition (left RUNNING by a dead worker, or FAILED) is ended KILLED and
     soft-deleted, and only the missing samples are written.
     """
-    from steps.names import IMAGE_ID_TAG, PARTITION_TAG, WORKER_TAG
+    from steps.store_names import IMAGE_ID_TAG, PARTITION_TAG, WORKER_TAG
     from steps.tracking.cluster import stop_check, worker_name
-    from steps.tracking.lifecycle import keep_finished
+    from steps.tracking.lifecycle import settle_earlier_runs
 
     client = MlflowClient(tracking_uri)
     kept = {image_id: run.info.run_id for image_id, run
-            in keep_finished(client, experiment_id, parent_id, index).items()}
+            in settle_earlier_runs(client, experiment_id, parent_id, index).items()}
     # As many runs at a time as the writer has threads (a pool against a server, as the step's
     # own process writes), checking between batches whether the step has stopped.
     writer = SampleRunWriter(experiment_id, client)

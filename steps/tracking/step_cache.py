@@ -15,7 +15,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.string_utils import quote
 
-from steps.names import CODE_VERSION_TAG, ENTRY_POINT_TAG
+from steps.store_names import CODE_VERSION_TAG, ENTRY_POINT_TAG
 
 PAGE_SIZE = 1000
 

@@ -9,9 +9,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps import names
+from steps import store_names
 from steps.core import plots
-from steps.core.data import DATASET, IMAGE_SIZE, SPLIT_PARAMETERS, SplitChoice, split_choice
+from steps.core.image_dataset import DATASET, IMAGE_SIZE, SPLIT_PARAMETERS, SplitChoice, split_choice
 from steps.core.explain import PredictedImage
 from steps.tracking import runs
 from steps.tracking.map_runs import BATCH_PARAM, MapRunWriter, identity_tags
@@ -23,7 +23,7 @@ def check_evaluation_runs(image_ids, evaluation_run_ids) -> list[dict[str, str]]
     Returns, per image, the lineage tags naming the evaluation sample and its evaluation.
     """
     if not evaluation_run_ids:
-        return [{names.EVALUATION_RUN_TAG: ""} for _ in image_ids]
+        return [{store_names.EVALUATION_RUN_TAG: ""} for _ in image_ids]
     hint = "'--evaluation_run_ids'"
     if len(evaluation_run_ids) != len(image_ids):
         raise click.BadParameter(
@@ -33,38 +33,38 @@ def check_evaluation_runs(image_ids, evaluation_run_ids) -> list[dict[str, str]]
         )
     lineage = []
     for image_id, run_id in zip(image_ids, evaluation_run_ids):
-        run = runs.require_run(run_id, names.EVALUATION_EXPERIMENT, "evaluation_run_ids")
-        evaluated = run.data.tags.get(names.IMAGE_ID_TAG)
+        run = runs.require_run(run_id, store_names.EVALUATION_EXPERIMENT, "evaluation_run_ids")
+        evaluated = run.data.tags.get(store_names.IMAGE_ID_TAG)
         if evaluated != str(image_id):
             raise click.BadParameter(f"run {run_id} evaluated image {evaluated}, not image "
                                      f"{image_id}", param_hint=hint)
         lineage.append({
-            names.EVALUATION_RUN_TAG: run_id,
-            names.EVALUATION_PARENT_TAG: run.data.tags.get(names.EVALUATION_PARENT_TAG, ""),
+            store_names.EVALUATION_RUN_TAG: run_id,
+            store_names.EVALUATION_PARENT_TAG: run.data.tags.get(store_names.EVALUATION_PARENT_TAG, ""),
         })
     return lineage
 
 
 def require_map_run(run_id: str, param: str) -> Run:
     """A FINISHED per-image run of the Saliency experiment (one that holds a map and config)."""
-    run = runs.require_run(run_id, names.SALIENCY_EXPERIMENT, param)
-    if names.IMAGE_ID_TAG not in run.data.tags:
+    run = runs.require_run(run_id, store_names.SALIENCY_EXPERIMENT, param)
+    if store_names.IMAGE_ID_TAG not in run.data.tags:
         raise click.BadParameter(
             f"run {run_id} is a saliency step run, not one image's map; give one of its image "
-            f"runs (filter: tags.{names.SALIENCY_PARENT_TAG} = '{run_id}')",
+            f"runs (filter: tags.{store_names.SALIENCY_PARENT_TAG} = '{run_id}')",
             param_hint=f"'--{param}'")
     return run
 
 
 def stored_config(run: Run) -> dict:
-    return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{names.CONFIG_ARTIFACT}")
+    return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{store_names.CONFIG_ARTIFACT}")
 
 
 def original_image_id(run: Run) -> str:
     """The image of the run's own (root) map: its `Image_id`, or, for a run amended by an older
     version (whose `Image_id` then named the newest added image), the first of its history."""
     tags = run.data.tags
-    return tags.get(names.HISTORY_TAG, tags[names.IMAGE_ID_TAG]).split(",")[0]
+    return tags.get(store_names.HISTORY_TAG, tags[store_names.IMAGE_ID_TAG]).split(",")[0]
 
 
 def stored_split(run: Run) -> SplitChoice:
@@ -72,7 +72,7 @@ def stored_split(run: Run) -> SplitChoice:
     them, its evaluation's, else the defaults."""
     params = run.data.params
     if not all(d.name in params for d in SPLIT_PARAMETERS):
-        evaluation = run.data.tags.get(names.EVALUATION_PARENT_TAG)
+        evaluation = run.data.tags.get(store_names.EVALUATION_PARENT_TAG)
         try:
             params = MlflowClient().get_run(evaluation).data.params if evaluation else {}
         except MlflowException:  # the evaluation was purged
@@ -84,11 +84,11 @@ def stored_writer(run: Run, pictures: plots.PictureStyle, predict_batch_size: in
                   param: str) -> MapRunWriter:
     """The writer of a stored map run: its model, data, split, configuration and batch size."""
     tags, params = run.data.tags, run.data.params
-    if names.MODEL_URI_TAG not in tags:
+    if store_names.MODEL_URI_TAG not in tags:
         raise click.BadParameter(f"run {run.info.run_id} records no model URI; it was made by "
                                  "an older version of this project", param_hint=f"'--{param}'")
     writer = MapRunWriter.build(
-        tags[names.MODEL_URI_TAG], params.get(DATASET.name, DATASET.default),
+        tags[store_names.MODEL_URI_TAG], params.get(DATASET.name, DATASET.default),
         IMAGE_SIZE.type.convert(params.get(IMAGE_SIZE.name, IMAGE_SIZE.default)),
         stored_config(run), pictures, int(params.get(BATCH_PARAM, predict_batch_size)),
         image_ids, split=stored_split(run))
@@ -101,12 +101,12 @@ def update_record(k: int, predicted: PredictedImage, split: str
     """The tags and metric that describe the `k`-th image added to a map run:
     `Update_<k>_image_id`, `..._GT_class`, `..._Predicted_class`, `..._Split` and
     `Update_<k>_Predicted_class_conf`."""
-    tags = {names.update_tag(k, names.UPDATE_IMAGE_ID): predicted.image_id,
-            names.update_tag(k, names.SPLIT_TAG): split}
+    tags = {store_names.update_tag(k, store_names.UPDATE_IMAGE_ID): predicted.image_id,
+            store_names.update_tag(k, store_names.SPLIT_TAG): split}
     identity = identity_tags(predicted)
-    for name in (names.GT_CLASS_TAG, names.PREDICTED_CLASS_TAG):
-        tags[names.update_tag(k, name)] = identity[name]
-    return tags, {names.update_tag(k, names.PREDICTED_CONF_METRIC): predicted.confidence}
+    for name in (store_names.GT_CLASS_TAG, store_names.PREDICTED_CLASS_TAG):
+        tags[store_names.update_tag(k, name)] = identity[name]
+    return tags, {store_names.update_tag(k, store_names.PREDICTED_CONF_METRIC): predicted.confidence}
 
 
 def settled_identity(writer: MapRunWriter, tags: dict[str, str], own: str, added: list[str]
@@ -116,16 +116,16 @@ def settled_identity(writer: MapRunWriter, tags: dict[str, str], own: str, added
     and the `Update_<k>_...` records and `Added_image_ids` of images added before."""
     explainer = writer.explainer
     fixed, metrics = {}, {}
-    if tags[names.IMAGE_ID_TAG] != own:
+    if tags[store_names.IMAGE_ID_TAG] != own:
         fixed.update(identity_tags(explainer.predict(own)))
-    if names.SPLIT_TAG not in tags:
-        fixed[names.SPLIT_TAG] = explainer.split_of(own)
+    if store_names.SPLIT_TAG not in tags:
+        fixed[store_names.SPLIT_TAG] = explainer.split_of(own)
     for k, image_id in enumerate(added, 1):
-        if names.update_tag(k, names.UPDATE_IMAGE_ID) not in tags:
+        if store_names.update_tag(k, store_names.UPDATE_IMAGE_ID) not in tags:
             record, metric = update_record(k, explainer.predict(image_id),
                                            explainer.split_of(image_id))
             fixed.update(record)
             metrics.update(metric)
-    if added and names.ADDED_IMAGES_TAG not in tags:
-        fixed[names.ADDED_IMAGES_TAG] = ",".join(added)
+    if added and store_names.ADDED_IMAGES_TAG not in tags:
+        fixed[store_names.ADDED_IMAGES_TAG] = ",".join(added)
     return fixed, metrics

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steps.core.data import (DATASET_SOURCES, SPLIT_NAMES, DataError, DatasetSource,
+from steps.core.image_dataset import (DATASET_SOURCES, SPLIT_NAMES, DataError, DatasetSource,
                              ImageDataset)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steps.core.data import DATASET_SOURCES, DataError, DatasetSource, ImageDataset, resize
+from steps.core.image_dataset import DATASET_SOURCES, DataError, DatasetSource, ImageDataset, resize
 
 
 @DATASET_SOURCES.register

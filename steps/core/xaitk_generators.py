@@ -25,7 +25,7 @@ from xaitk_saliency.interfaces.gen_image_classifier_blackbox_sal import (
 
 from steps.core.algorithm import PREDICT_BATCH_SIZE
 from steps.core.blas import SMALL_BATCHES, blas_threads
-from steps.core.models import ImageModel
+from steps.core.image_models import ImageModel
 
 
 def generator_config(generator) -> dict[str, Any]:

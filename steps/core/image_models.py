@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from steps.core.blas import ONE_PREDICTION, current_threads, threads_for
-from steps.core.data import flatten
+from steps.core.image_dataset import flatten
 from steps.core.model_input import (AUTO, FROM_FLAG, FROM_MEASURED, InputConvention,
                                     ModelInputError, ShapeHint, describe_rows, output_kind)
 from steps.core.errors import ModelError

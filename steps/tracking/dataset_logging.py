@@ -7,7 +7,7 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.exceptions import MlflowException
 
-from steps.core.data import DatasetSource, ImageDataset, Split
+from steps.core.image_dataset import DatasetSource, ImageDataset, Split
 from steps.core.parameters import as_param
 
 #: What SQLite and PostgreSQL say when a concurrent insert of the same dataset got there first.

@@ -25,10 +25,10 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from steps import names
+from steps import store_names
 from steps.core.model_input import (InputConvention, ModelInputError, ShapeHint, as_text,
                                     metadata_facts, resolve_convention)
-from steps.core.models import ImageModel, ModelError, OnnxModel, ProbabilityFunction, ProbaModel
+from steps.core.image_models import ImageModel, ModelError, OnnxModel, ProbabilityFunction, ProbaModel
 from steps.core.registry import Registry
 
 ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
@@ -51,13 +51,13 @@ class ResolvedModel:
     source_run_id: str | None = None
 
     def lineage_tags(self) -> dict[str, str]:
-        tags = {names.MODEL_URI_TAG: self.uri}
+        tags = {store_names.MODEL_URI_TAG: self.uri}
         if self.version:
-            tags[names.MODEL_VERSION_TAG] = self.version
+            tags[store_names.MODEL_VERSION_TAG] = self.version
         if self.alias:
-            tags[names.MODEL_ALIAS_TAG] = self.alias
+            tags[store_names.MODEL_ALIAS_TAG] = self.alias
         if self.source_run_id:
-            tags[names.TRAIN_RUN_TAG] = self.source_run_id
+            tags[store_names.TRAIN_RUN_TAG] = self.source_run_id
         return tags
 
 
@@ -250,9 +250,9 @@ def load_image_model(model: ResolvedModel, flags: Mapping[str, Any] | None = Non
 
 def convention_tags(convention: InputConvention) -> dict[str, str]:
     """The resolved input convention as the tags every evaluation, saliency and map run shows."""
-    return {names.INPUT_LAYOUT_TAG: convention.layout,
-            names.INPUT_SCALE_TAG: as_text((convention.scale,)),
-            names.INPUT_MEAN_TAG: as_text(convention.mean) or "none",
-            names.INPUT_STD_TAG: as_text(convention.std) or "none",
-            names.MODEL_OUTPUT_TAG: convention.output,
-            names.INPUT_SOURCES_TAG: convention.describe_sources()}
+    return {store_names.INPUT_LAYOUT_TAG: convention.layout,
+            store_names.INPUT_SCALE_TAG: as_text((convention.scale,)),
+            store_names.INPUT_MEAN_TAG: as_text(convention.mean) or "none",
+            store_names.INPUT_STD_TAG: as_text(convention.std) or "none",
+            store_names.MODEL_OUTPUT_TAG: convention.output,
+            store_names.INPUT_SOURCES_TAG: convention.describe_sources()}
