@@ -349,6 +349,124 @@ def ui_hint(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
+def checked_data(values: dict, start) -> tuple[str, tuple | None]:
+    """The dataset's digest and image shape, once the data and the starting model are checked.
+
+    Bad data, or a model that does not take it, is one line before any step run exists: the
+    images are decoded here, unless a finished step already read this very content."""
+    if start.model is not None:
+        inputs = load_model_inputs(None, values["dataset"], values["image_size"], start.model,
+                                   input_flags=flags_of(values))
+        if values["eval_split"] == ALL:
+            refuse_training_images(inputs)
+        return inputs.data.digest, inputs.data.dataset.image_shape
+    digest = dataset_digest(values["dataset"], values["image_size"])
+    seen = runs.finished_run_tagged([store_names.TRAIN_EXPERIMENT,
+                                     store_names.EVALUATION_EXPERIMENT],
+                                    store_names.DATASET_DIGEST_TAG, digest)
+    if seen is None:
+        return digest, load_data(values["dataset"], values["image_size"]).dataset.image_shape
+    shape = seen.data.tags.get(store_names.IMAGE_SHAPE_TAG)
+    return digest, tuple(map(int, shape.split("x"))) if shape else None
+
+
+def model_stage(driver: Driver, start, train_run_id: str | None, values: dict,
+                summary: dict) -> ResolvedModel:
+    """The model to explain: given, taken from a stored Train run, or trained."""
+    model = start.model
+    if start.train_run_id:
+        train_id = (driver.resume("train", start.train_run_id) if train_run_id
+                    else start.train_run_id)
+    elif model is None:
+        train_id = driver.step("train", store_names.TRAIN_EXPERIMENT,
+                               options.values_of(options.TRAIN, values))
+        model = trained_model(train_id)
+    else:
+        train_id = None
+    if train_id:
+        mlflow.set_tag(store_names.TRAIN_RUN_TAG, train_id)
+        summary["Train run"] = train_id
+    mlflow.set_tags(model.lineage_tags())
+    summary["Model"] = model.uri + (f" (version {model.version})" if model.version else "")
+    return model
+
+
+def evaluation_stage(driver: Driver, start, model: ResolvedModel, values: dict,
+                     data_params: dict, summary: dict) -> tuple[str, dict]:
+    """The evaluation's run ID (stored, resumed or new) and the split parameters of its
+    samples."""
+    split_params = options.values_of(options.SPLIT, values)
+    if start.evaluation_run_id:
+        evaluation_id = driver.resume("evaluate", start.evaluation_run_id)
+        # Its samples are the test images of its own split: the maps' `Split` tags say so.
+        stored = MlflowClient().get_run(start.evaluation_run_id).data.params
+        split_params = {k: stored.get(k, v) for k, v in split_params.items()}
+    else:
+        evaluation_id = driver.step("evaluate", store_names.EVALUATION_EXPERIMENT, {
+            "model_uri": model.uri, **data_params,
+            **options.values_of(options.SPLIT + options.EVALUATE, values)})
+    mlflow.set_tag(store_names.EVALUATION_RUN_TAG, evaluation_id)
+    summary["Evaluation run"] = evaluation_id
+    return evaluation_id, split_params
+
+
+def queried_samples(evaluation_id: str, values: dict):
+    """The evaluation samples the query selects, and the values with the query that selected
+    them: when the default query finds no mistake, the least confident correct answers."""
+    samples = query_samples(evaluation_id, values["query"], values["order_by"],
+                            values["max_images"])
+    if samples.empty and values["query"] == options.DEFAULT_QUERY:
+        samples = query_samples(evaluation_id, options.FALLBACK_QUERY,
+                                options.FALLBACK_ORDER, values["max_images"])
+        click.echo(f"The model got every evaluated image right: explaining the "
+                   f"{len(samples)} it is least confident about instead (query "
+                   f"{options.FALLBACK_QUERY}, order {options.FALLBACK_ORDER})")
+        values = {**values, "query": options.FALLBACK_QUERY,
+                  "order_by": options.FALLBACK_ORDER}
+        mlflow.set_tags({store_names.QUERY_TAG: values["query"],
+                         store_names.ORDER_BY_TAG: values["order_by"]})
+    mlflow.log_text(samples.to_csv(index=False), store_names.QUERY_RESULT_ARTIFACT)
+    mlflow.set_tag(store_names.QUERY_MATCHES_TAG, len(samples))
+    return samples, values
+
+
+def saliency_stage(driver: Driver, evaluation_id: str, samples, values: dict,
+                   step_inputs: dict, summary: dict) -> list[str]:
+    """The saliency step runs of the queried images (one per configuration compared), and
+    their comparison when there are several."""
+    if samples.empty:
+        click.echo(f"The query {values['query']!r} matched no evaluation sample of run "
+                   f"{evaluation_id}; no saliency maps made. Try a broader -P query=...")
+        return []
+    image_ids = options.as_param(tuple(samples[f"tags.{store_names.IMAGE_ID_TAG}"]))
+    click.echo(f"Query {values['query']!r} selected images {image_ids}")
+    mlflow.set_tag(store_names.QUERIED_IMAGES_TAG, image_ids)
+    inputs = {**step_inputs, "image_ids": image_ids,
+              "evaluation_run_ids": ",".join(samples["run_id"]),
+              **options.values_of([options.CLUSTER], values)}
+    saliency_ids = driver.steps("saliency", store_names.SALIENCY_EXPERIMENT, [
+        {**inputs, **parameters} for parameters in saliency_parameter_sets(values)])
+    mlflow.set_tag(store_names.SALIENCY_RUN_TAG, ",".join(saliency_ids))
+    summary["Saliency run" if len(saliency_ids) == 1 else "Saliency runs"] = \
+        ",".join(saliency_ids)
+    if len(saliency_ids) > 1:
+        comparison_id = driver.step("compare", store_names.SALIENCY_EXPERIMENT,
+                                    {"saliency_run_ids": ",".join(saliency_ids)})
+        mlflow.set_tag(store_names.COMPARISON_RUN_TAG, comparison_id)
+        summary["Comparison run"] = comparison_id
+    return saliency_ids
+
+
+def print_summary(summary: dict, main_run: Run) -> None:
+    uri = mlflow.get_tracking_uri()
+    click.echo("\nPipeline finished.")
+    for label, run_id in summary.items():
+        click.echo(f"  {label + ':':18}{run_id}")
+    click.echo(f"  {'Tracking URI:':18}{uri}")
+    click.echo(f"  {'Report:':18}{report_location(main_run, uri)}")
+    click.echo(f"  {'Open the UI:':18}{ui_hint(uri)}")
+
+
 @click.command(help=__doc__)
 @options.with_options(options.ENTRY_POINTS["main"])
 def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
@@ -360,24 +478,7 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
         raise click.BadParameter("eval_split=all evaluates every image, which leaves none to "
                                  "train on; give a model_uri trained elsewhere, or eval_split="
                                  "test", param_hint="'--eval_split'")
-    # Bad data, or a model that does not take it, is one line before any step run exists:
-    # the images are decoded here, unless a finished step already read this very content.
-    if start.model is not None:
-        inputs = load_model_inputs(None, values["dataset"], values["image_size"], start.model,
-                                   input_flags=flags_of(values))
-        if values["eval_split"] == ALL:
-            refuse_training_images(inputs)
-        data = inputs.data
-        digest, image_shape = data.digest, data.dataset.image_shape
-    else:
-        digest = dataset_digest(values["dataset"], values["image_size"])
-        seen = runs.finished_run_tagged([store_names.TRAIN_EXPERIMENT, store_names.EVALUATION_EXPERIMENT],
-                                        store_names.DATASET_DIGEST_TAG, digest)
-        if seen is None:
-            image_shape = load_data(values["dataset"], values["image_size"]).dataset.image_shape
-        else:
-            shape = seen.data.tags.get(store_names.IMAGE_SHAPE_TAG)
-            image_shape = tuple(map(int, shape.split("x"))) if shape else None
+    digest, image_shape = checked_data(values, start)
     check_before_any_run(values, image_shape)
 
     os.environ[lifecycle.DRIVER_PID_ENV] = str(os.getpid())  # the steps watch this process
@@ -395,87 +496,22 @@ def main(use_cache, model_uri, train_run_id, evaluation_run_id, **values):
         mlflow.set_tag(store_names.DATASET_DIGEST_TAG, digest)
         summary = {"Main run": main_run.info.run_id}
 
-        model = start.model
-        if start.train_run_id:
-            train_id = (driver.resume("train", start.train_run_id) if train_run_id
-                        else start.train_run_id)
-        elif model is None:
-            train_id = driver.step("train", store_names.TRAIN_EXPERIMENT,
-                                   options.values_of(options.TRAIN, values))
-            model = trained_model(train_id)
-        else:
-            train_id = None
-        if train_id:
-            mlflow.set_tag(store_names.TRAIN_RUN_TAG, train_id)
-            summary["Train run"] = train_id
-        mlflow.set_tags(model.lineage_tags())
-        summary["Model"] = model.uri + (f" (version {model.version})" if model.version else "")
+        model = model_stage(driver, start, train_run_id, values, summary)
         data_params = {**options.values_of(options.MODEL_INPUT, values),
                        **options.values_of(options.DATA, values)}
-        split_params = options.values_of(options.SPLIT, values)
-
-        if start.evaluation_run_id:
-            evaluation_id = driver.resume("evaluate", start.evaluation_run_id)
-            # Its samples are the test images of its own split: the maps' `Split` tags say so.
-            stored = MlflowClient().get_run(start.evaluation_run_id).data.params
-            split_params = {k: stored.get(k, v) for k, v in split_params.items()}
-        else:
-            evaluation_id = driver.step("evaluate", store_names.EVALUATION_EXPERIMENT, {
-                "model_uri": model.uri, **data_params,
-                **options.values_of(options.SPLIT + options.EVALUATE, values)})
-        mlflow.set_tag(store_names.EVALUATION_RUN_TAG, evaluation_id)
-        summary["Evaluation run"] = evaluation_id
-
-        samples = query_samples(evaluation_id, values["query"], values["order_by"],
-                                values["max_images"])
-        if samples.empty and values["query"] == options.DEFAULT_QUERY:
-            # A model that makes no mistake on the split: show where it is least sure instead.
-            samples = query_samples(evaluation_id, options.FALLBACK_QUERY,
-                                    options.FALLBACK_ORDER, values["max_images"])
-            click.echo(f"The model got every evaluated image right: explaining the "
-                       f"{len(samples)} it is least confident about instead (query "
-                       f"{options.FALLBACK_QUERY}, order {options.FALLBACK_ORDER})")
-            values = {**values, "query": options.FALLBACK_QUERY,
-                      "order_by": options.FALLBACK_ORDER}
-            mlflow.set_tags({store_names.QUERY_TAG: values["query"],
-                             store_names.ORDER_BY_TAG: values["order_by"]})
-        mlflow.log_text(samples.to_csv(index=False), store_names.QUERY_RESULT_ARTIFACT)
-        mlflow.set_tag(store_names.QUERY_MATCHES_TAG, len(samples))
-        saliency_ids = []
-        if samples.empty:
-            click.echo(f"The query {values['query']!r} matched no evaluation sample of run "
-                       f"{evaluation_id}; no saliency maps made. Try a broader -P query=...")
-        else:
-            image_ids = options.as_param(tuple(samples[f"tags.{store_names.IMAGE_ID_TAG}"]))
-            click.echo(f"Query {values['query']!r} selected images {image_ids}")
-            mlflow.set_tag(store_names.QUERIED_IMAGES_TAG, image_ids)
-            inputs = {"model_uri": model.uri, **data_params, **split_params, "image_ids": image_ids,
-                      "evaluation_run_ids": ",".join(samples["run_id"]),
-                      **options.values_of([options.CLUSTER], values)}
-            saliency_ids = driver.steps("saliency", store_names.SALIENCY_EXPERIMENT, [
-                {**inputs, **parameters} for parameters in saliency_parameter_sets(values)])
-            mlflow.set_tag(store_names.SALIENCY_RUN_TAG, ",".join(saliency_ids))
-            summary["Saliency run" if len(saliency_ids) == 1 else "Saliency runs"] = \
-                ",".join(saliency_ids)
-            if len(saliency_ids) > 1:
-                comparison_id = driver.step("compare", store_names.SALIENCY_EXPERIMENT,
-                                            {"saliency_run_ids": ",".join(saliency_ids)})
-                mlflow.set_tag(store_names.COMPARISON_RUN_TAG, comparison_id)
-                summary["Comparison run"] = comparison_id
+        evaluation_id, split_params = evaluation_stage(driver, start, model, values,
+                                                       data_params, summary)
+        samples, values = queried_samples(evaluation_id, values)
+        saliency_ids = saliency_stage(driver, evaluation_id, samples, values,
+                                      {"model_uri": model.uri, **data_params, **split_params},
+                                      summary)
         mlflow.log_metrics(headline_metrics(evaluation_id, saliency_ids))
         runs.describe("Pipeline: " + ", ".join(f"{label.lower()} `{value}`"
                                                 for label, value in summary.items()
                                                 if label != "Main run")
                       + f". Results on one page: `{store_names.REPORT_ARTIFACT}`.")
         write_report(main_run.info.run_id)
-
-    uri = mlflow.get_tracking_uri()
-    click.echo("\nPipeline finished.")
-    for label, run_id in summary.items():
-        click.echo(f"  {label + ':':18}{run_id}")
-    click.echo(f"  {'Tracking URI:':18}{uri}")
-    click.echo(f"  {'Report:':18}{report_location(main_run, uri)}")
-    click.echo(f"  {'Open the UI:':18}{ui_hint(uri)}")
+    print_summary(summary, main_run)
 
 
 if __name__ == "__main__":
