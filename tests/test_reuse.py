@@ -221,7 +221,7 @@ def test_compare_runs_each_configuration_once_and_compares_their_maps(project, f
 def test_code_edit_invalidates_reuse(project, first):
     project.run({**SMALL})
     before = project.step_run_ids()
-    model_py = project.dir / "project" / "steps" / "core" / "models.py"
+    model_py = project.dir / "project" / "steps" / "core" / "image_models.py"
     original = model_py.read_text()
     try:
         model_py.write_text(original + "\n# an uncommitted edit\n")
