@@ -9,6 +9,7 @@ from scipy.ndimage import gaussian_filter
 from sklearn.linear_model import LogisticRegression
 
 from steps.core.image_dataset import load_dataset
+from steps.core.road import FRACTIONS, noisy_linear_imputation
 from steps.core.metrics import (CAUSAL_STEPS, Deletion, Insertion, MapContext, average_maps,
                                 blur_sigma, class_map, score_map)
 
@@ -139,3 +140,101 @@ def test_mean_maps_by_class_and_confusion_cell_of_two_maps_or_more():
     np.testing.assert_allclose(mean_image, (images[1] + images[2]) / 2)
     assert count == 2 and groups[("cat", None)][2] == 3
     assert set(average_maps(maps, images, ["a", "b", "c", "d"], ["a", "b", "c", "d"])) == set()
+
+
+# --- ROAD: removal by noisy linear imputation (steps/core/road.py) ---------------------------
+
+NEIGHBOUR_WEIGHT = {(dy, dx): (1 / 12 if dy and dx else 1 / 6)
+                    for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx}
+
+
+def test_a_removed_pixel_is_the_weighted_mean_of_its_neighbours():
+    image = np.random.default_rng(5).random((4, 5, 3))
+    for y, x in ((1, 2), (0, 0), (3, 4), (0, 2)):  # inside, corners, an edge
+        removed = np.zeros((4, 5), bool)
+        removed[y, x] = True
+        filled = noisy_linear_imputation(image, removed, noise=0)
+        inside = {(dy, dx): w for (dy, dx), w in NEIGHBOUR_WEIGHT.items()
+                  if 0 <= y + dy < 4 and 0 <= x + dx < 5}
+        expected = sum(w * image[y + dy, x + dx] for (dy, dx), w in inside.items()) / sum(
+            inside.values())
+        np.testing.assert_allclose(filled[y, x], expected, atol=1e-12)
+        np.testing.assert_array_equal(filled[~removed], image[~removed])
+
+
+def straightforward_imputation(image, removed):
+    """The same equations, one per removed pixel, built in a loop and solved densely."""
+    height, width = removed.shape
+    unknown = [(y, x) for y in range(height) for x in range(width) if removed[y, x]]
+    number = {p: i for i, p in enumerate(unknown)}
+    system = np.zeros((len(unknown), len(unknown)))
+    right = np.zeros((len(unknown), image.shape[2]))
+    for i, (y, x) in enumerate(unknown):
+        for (dy, dx), w in NEIGHBOUR_WEIGHT.items():
+            ny, nx = y + dy, x + dx
+            if not (0 <= ny < height and 0 <= nx < width):
+                continue
+            system[i, i] += w
+            if removed[ny, nx]:
+                system[i, number[(ny, nx)]] -= w
+            else:
+                right[i] += w * image[ny, nx]
+    filled = image.copy()
+    for (y, x), value in zip(unknown, np.linalg.solve(system, right)):
+        filled[y, x] = value
+    return filled
+
+
+def test_imputation_of_regions_equals_a_dense_solve_and_keeps_a_linear_ramp():
+    rng = np.random.default_rng(6)
+    image = rng.random((9, 7, 3))
+    removed = rng.random((9, 7)) < 0.6
+    np.testing.assert_allclose(noisy_linear_imputation(image, removed, noise=0),
+                               straightforward_imputation(image, removed), atol=1e-10)
+    ramp = np.tile(np.arange(7.0), (9, 1))[..., np.newaxis]
+    block = np.zeros((9, 7), bool)
+    block[2:7, 2:5] = True
+    np.testing.assert_allclose(noisy_linear_imputation(ramp, block, noise=0), ramp, atol=1e-10)
+    noisy = noisy_linear_imputation(image, removed, rng=np.random.default_rng(0))
+    assert 0.002 < np.std(noisy[removed] - straightforward_imputation(image, removed)[removed]) \
+        < 0.05  # NOISE is 0.01
+
+
+def test_road_metrics_equal_a_straightforward_loop(linear_digits):
+    data, model = linear_digits
+    predict = predict_with(model)
+    image = data.images[1300]
+    column = int(data.labels[1300])
+    maps = np.random.default_rng(7).uniform(-1, 1, size=(10, 8, 8))
+    scores = score_map(maps, image, predict, column, None)
+    for name, most_first in (("Road_morf_auc", True), ("Road_lerf_auc", False)):
+        ranking = sorted(range(64), key=lambda p: (-maps[column].ravel()[p] if most_first
+                                                   else maps[column].ravel()[p], p))
+        rng, curve = np.random.default_rng(0), []
+        for fraction in FRACTIONS:
+            removed = np.zeros(64, bool)
+            removed[ranking[:round(fraction * 64)]] = True
+            changed = noisy_linear_imputation(image, removed.reshape(8, 8), rng=rng)
+            curve.append(predict(changed[np.newaxis])[0, column])
+        np.testing.assert_allclose(scores.curves[name], curve, atol=1e-6)
+        assert scores.metrics[name] == pytest.approx(np.mean(curve), abs=1e-6)
+    assert scores.metrics["Road_lerf_minus_morf"] == pytest.approx(
+        scores.metrics["Road_lerf_auc"] - scores.metrics["Road_morf_auc"])
+
+
+def test_road_ranks_the_models_own_weights_above_a_random_map(linear_digits):
+    """The exact per-pixel contributions of a linear model: removing them first must hurt more
+    than removing them last, and more than removing a random map's first."""
+    data, model = linear_digits
+    gaps, random_gaps = [], []
+    for row in range(1300, 1310):
+        image = data.images[row]
+        column = int(model.predict(image.reshape(1, -1))[0])
+        maps = (model.coef_ * image.reshape(1, -1)).reshape(10, 8, 8)
+        gaps.append(score_map(maps, image, predict_with(model), column, None)
+                    .metrics["Road_lerf_minus_morf"])
+        noise = np.random.default_rng(row).random((10, 8, 8))
+        random_gaps.append(score_map(noise, image, predict_with(model), column, None)
+                           .metrics["Road_lerf_minus_morf"])
+    assert np.mean(gaps) > 0.2 and np.mean(gaps) > np.mean(random_gaps) + 0.2, (gaps,
+                                                                                   random_gaps)

@@ -18,6 +18,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from steps.core.registry import Registry
+from steps.core.road import FRACTIONS, LERF, MORF, NOISE, road_images
 
 CAUSAL_STEPS = 50
 #: The RISE paper's blur for insertion: sigma 5 px on 224-px images, scaled to the image.
@@ -146,6 +147,39 @@ class Entropy(MapMetric):
         return XaitkEntropy().compute(np.asarray(context.saliency)), None
 
 
+class RoadMetric(MapMetric):
+    """ROAD (steps/core/road.py): the class's mean probability with the map's most (MoRF) or
+    least (LeRF) relevant pixels removed by noisy linear imputation, over ROAD's fractions."""
+
+    order: ClassVar[str]
+
+    def compute(self, context: MapContext) -> tuple[float, np.ndarray]:
+        images = road_images(context.image, context.saliency, self.order)
+        curve = np.asarray(context.predict(images), dtype=np.float64)[:, context.column]
+        return float(curve.mean()), curve
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "order": self.order, "fractions": list(FRACTIONS),
+                "imputation": "noisy linear", "noise": NOISE}
+
+
+@MAP_METRICS.register
+class RoadMorf(RoadMetric):
+    name = "Road_morf_auc"
+    order = MORF
+
+
+@MAP_METRICS.register
+class RoadLerf(RoadMetric):
+    name = "Road_lerf_auc"
+    order = LERF
+
+
+ROAD_METRICS = (RoadMorf, RoadLerf)
+#: LeRF minus MoRF: how far removing what the map ranks last hurts less than removing what
+#: it ranks first (positive for a faithful map).
+ROAD_GAP = "Road_lerf_minus_morf"
+
 #: The metrics `beats_random` compares.
 AGAINST_RANDOM = ("Deletion_auc", "Random_deletion_auc", "Insertion_auc", "Random_insertion_auc")
 
@@ -171,9 +205,11 @@ class MapScores:
 
 
 def score_map(maps: np.ndarray, image: np.ndarray, predict, predicted_column: int,
-              true_column: int | None) -> MapScores:
-    """Every registered metric of the predicted class's map; deletion and insertion also for the
-    true class's map when it differs, and for a random map (the baseline)."""
+              true_column: int | None, metrics_of_map: tuple[type[MapMetric], ...] | None = None
+              ) -> MapScores:
+    """Every registered metric (or those of `metrics_of_map`) of the predicted class's map;
+    deletion and insertion also for the true class's map when it differs, and for a random map
+    (the baseline)."""
     image = np.asarray(image, dtype=np.float32)
     metrics, curves = {}, {}
     blurred_image = blurred(image)
@@ -187,7 +223,10 @@ def score_map(maps: np.ndarray, image: np.ndarray, predict, predicted_column: in
                 curves[suffix(metric_class.name)] = curve
 
     causal = (Deletion, Insertion)
-    run(class_map(maps, predicted_column), predicted_column, lambda name: name)
+    run(class_map(maps, predicted_column), predicted_column, lambda name: name,
+        tuple(MAP_METRICS) if metrics_of_map is None else metrics_of_map)
+    if {RoadLerf.name, RoadMorf.name} <= metrics.keys():
+        metrics[ROAD_GAP] = metrics[RoadLerf.name] - metrics[RoadMorf.name]
     if true_column is not None and true_column != predicted_column:
         run(class_map(maps, true_column), true_column, lambda name: f"{name}_true_class",
             causal)

@@ -139,6 +139,12 @@ METRIC_MEANINGS = {
     "Random_deletion_auc": "the same deletion for a random map: the value to beat (from below)",
     "Random_insertion_auc": "the same insertion for a random map: the value to beat (from above)",
     "Entropy": "how spread out the map is, in bits; lower is more focused",
+    "Road_morf_auc": "ROAD: the class's mean probability as the pixels the map ranks first are "
+                     "removed by imputation from their neighbours (10 to 90%); lower is better",
+    "Road_lerf_auc": "ROAD: the same, the pixels the map ranks last removed first; higher is "
+                     "better",
+    "Road_lerf_minus_morf": "ROAD LeRF minus MoRF: above 0 when the map's ranking matters; "
+                            "higher is better",
     "Maps_beating_random": "share of the maps whose deletion and insertion both beat a random "
                            "map's",
     "Xcorr": "agreement of two maps: normalised cross-correlation, 1 the same map up to scale",
