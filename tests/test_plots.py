@@ -419,3 +419,28 @@ def test_pictures_benchmark_runs_on_tiny_sizes():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "ours / naive:" in result.stdout and "pictures/s" in result.stdout
+
+
+def test_causal_curves_draw_road_beside_deletion_and_insertion():
+    from steps.core.metrics import score_map
+    from steps.core.road import FRACTIONS
+
+    rng = np.random.default_rng(4)
+    weights = rng.random((10, 64))
+
+    def predict(images):
+        logits = np.asarray(images).reshape(len(images), -1) @ weights.T
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    image = rng.random((8, 8))
+    scores = score_map(rng.random((10, 8, 8)), image, predict, 3, None)
+    fig = plots.causal_curves_figure(scores.curves, scores.metrics)
+    deletion, insertion, road = fig.axes
+    assert road.get_title().startswith("ROAD")
+    assert [line.get_label().split()[0] for line in road.get_lines()] == ["MORF", "LERF"]
+    np.testing.assert_allclose(road.get_lines()[0].get_xdata(), FRACTIONS)
+    np.testing.assert_allclose(road.get_lines()[1].get_ydata(), scores.curves["Road_lerf_auc"])
+    assert len(deletion.get_lines()) == 2 and len(insertion.get_lines()) == 2  # map, random
+    without = {k: v for k, v in scores.curves.items() if not k.startswith("Road_")}
+    assert len(plots.causal_curves_figure(without, scores.metrics).axes) == 2

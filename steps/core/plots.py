@@ -34,6 +34,7 @@ from matplotlib.colors import LinearSegmentedColormap, ListedColormap, Normalize
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.image import AxesImage  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from steps.core.road import FRACTIONS as ROAD_FRACTIONS  # noqa: E402
 
 #: SHAP's colours (`shap.plots.colors`): red for positive values, blue for negative ones.
 POSITIVE_RGB = (1.0, 13 / 255, 87 / 255)
@@ -763,21 +764,36 @@ def confusion_matrix_figure(
 
 def causal_curves_figure(curves: dict[str, np.ndarray], metrics: dict[str, float]) -> Figure:
     """Deletion and insertion curves: the class probability against the fraction of pixels
-    deleted or inserted, the map's beside the random map's, areas in the legend. Laid out by
-    hand: `tight_layout` took longer than drawing."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.14, top=0.92, wspace=0.06)
-    for ax, kind in zip(axes, ("Deletion", "Insertion")):
+    deleted or inserted, the map's beside the random map's, areas in the legend; and ROAD's
+    MoRF and LeRF curves against the fraction removed by imputation, when there are any. Laid
+    out by hand: `tight_layout` took longer than drawing."""
+    kinds = ["Deletion", "Insertion"] + (["Road"] if any(n.startswith("Road_") for n in curves)
+                                         else [])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.2), sharey=True)
+    fig.subplots_adjust(left=0.07 * 2 / len(kinds), right=0.99, bottom=0.14, top=0.92,
+                        wspace=0.06)
+    for ax, kind in zip(axes, kinds):
         for name, curve in curves.items():
+            if kind == "Road":
+                if not name.startswith("Road_"):
+                    continue
+                order = name.split("_")[1]
+                ax.plot(ROAD_FRACTIONS, curve, "-" if order == "morf" else "--",
+                        label=f"{order.upper()} (mean {metrics[name]:.3f})")
+                continue
             if kind.lower() not in name.lower():
                 continue
             label = name.replace("_auc", "").replace("_", " ")
             style = ":" if name.startswith("Random") else "-"
             ax.plot(np.linspace(0, 1, len(curve)), curve, style,
                     label=f"{label} (area {metrics[name]:.3f})")
-        ax.set_title(f"{kind} ({'lower' if kind == 'Deletion' else 'higher'} is better)",
-                     fontsize=9)
-        ax.set_xlabel(f"fraction of pixels {kind.lower()[:-3]}ed", fontsize=8)
+        if kind == "Road":
+            ax.set_title("ROAD (MoRF lower, LeRF higher is better)", fontsize=9)
+            ax.set_xlabel("fraction of pixels removed by imputation", fontsize=8)
+        else:
+            ax.set_title(f"{kind} ({'lower' if kind == 'Deletion' else 'higher'} is better)",
+                         fontsize=9)
+            ax.set_xlabel(f"fraction of pixels {kind.lower()[:-3]}ed", fontsize=8)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("class probability", fontsize=8)
     return fig
