@@ -272,7 +272,7 @@ def saliency_parameter_sets(values: dict) -> list[dict[str, str]]:
     """The saliency step's parameters for each configuration to run: `-P compare=...`'s, or
     `algorithm` alone. Only the parameters the algorithm uses are passed, so a stored run
     stands in whatever the others are."""
-    making = options.values_of(options.MAP_MAKING, values)
+    making = options.values_of(options.MAP_MAKING + options.MAP_SCORING, values)
     return [{**{k: options.as_param(v) for k, v in algorithm.used_params().items()}, **making}
             for algorithm in saliency_configurations(values)]
 

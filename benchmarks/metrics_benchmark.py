@@ -1,9 +1,10 @@
 """Map metrics' cost, side by side in one process on the same images and maps.
 
 - maps: the saliency step's engine alone (`engine_from_config`), one map per image;
-- maps + metrics without ROAD: the same, then `score_map` (deletion and insertion for the
-  predicted class, the true class when it differs and a random map; Entropy), its curves'
-  images classified in batches;
+- maps + metrics, one random map, without ROAD: the same, then `score_map` (deletion and
+  insertion to the mean colour for the predicted class, the true class when it differs and
+  one random map; Entropy), its curves' images classified in batches;
+- maps + metrics without ROAD: the same against 10 random maps (the default `random_maps`);
 - maps + metrics (ours): the same with ROAD's MoRF and LeRF too (nine imputed images each);
 - naive metrics: the same curves with one `predict_proba` call per step per image.
 The rounds alternate between the ways. It prints maps/s and the ratios, and exits 1 if the
@@ -25,7 +26,8 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from digits_setup import digits_setup  # noqa: E402
-from steps.core.metrics import MAP_METRICS, ROAD_METRICS, score_map  # noqa: E402
+from steps.core.metrics import (MAP_METRICS, ROAD_METRICS, MetricSettings,  # noqa: E402
+                                score_map)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,29 +56,29 @@ def main(argv=None) -> int:
     predicted = classifier.classify_array(images).argmax(axis=1)
     engine(images[0], classifier)  # masks made once, outside the timings
 
+    settings = MetricSettings().resolve(images, "the benchmark's images", [(0.0,)])
+    one_random = MetricSettings(random_maps=1).resolve(images, "the benchmark's images",
+                                                       [(0.0,)])
+    without_road = tuple(m for m in MAP_METRICS if m not in ROAD_METRICS)
+
+    def scored(predict, how: MetricSettings, metrics=None):
+        return [score_map(engine(image, classifier), image, predict, p, t, how, str(k),
+                          metrics)
+                for k, (image, p, t) in enumerate(zip(images, predicted, labels))]
+
     def maps_only():
         return [engine(image, classifier) for image in images]
 
-    def with_metrics():
-        return [score_map(engine(image, classifier), image, classifier.classify_array, p, t)
-                for image, p, t in zip(images, predicted, labels)]
-
-    without_road = tuple(m for m in MAP_METRICS if m not in ROAD_METRICS)
-
-    def metrics_without_road():
-        return [score_map(engine(image, classifier), image, classifier.classify_array, p, t,
-                          without_road)
-                for image, p, t in zip(images, predicted, labels)]
-
     naive_predict = OneAtATime(setup.model)
-
-    def naive_metrics():
-        return [score_map(engine(image, classifier), image, naive_predict, p, t)
-                for image, p, t in zip(images, predicted, labels)]
-
-    ways = {"maps": maps_only, "maps + metrics without ROAD": metrics_without_road,
-            "maps + metrics (ours)": with_metrics,
-            "maps + metrics, one predict_proba per step": naive_metrics}
+    ways = {
+        "maps": maps_only,
+        "maps + metrics, 1 random map, without ROAD":
+            lambda: scored(classifier.classify_array, one_random, without_road),
+        "maps + metrics without ROAD":
+            lambda: scored(classifier.classify_array, settings, without_road),
+        "maps + metrics (ours)": lambda: scored(classifier.classify_array, settings),
+        "maps + metrics, one predict_proba per step": lambda: scored(naive_predict, settings),
+    }
     seconds = {name: [] for name in ways}
     results = {}
     with threadpool_limits(1):
@@ -93,7 +95,9 @@ def main(argv=None) -> int:
     ours, naive = results[ours_name], results[naive_name]
     print(f"metrics cost: maps + metrics run at {rate[ours_name] / rate['maps']:.2f}x the rate "
           "of maps alone")
-    print(f"ROAD's cost: maps + metrics run at {rate[ours_name] / rate[ways_list[1]]:.2f}x "
+    print(f"10 random maps' cost: {rate[ways_list[2]] / rate[ways_list[1]]:.2f}x the rate "
+          "with one")
+    print(f"ROAD's cost: maps + metrics run at {rate[ours_name] / rate[ways_list[2]]:.2f}x "
           "the rate without ROAD")
     print(f"ours / naive: {rate[ours_name] / rate[naive_name]:.1f}x")
     worst = max(abs(a.metrics[k] - b.metrics[k]) for a, b in zip(ours, naive) for k in a.metrics)

@@ -21,6 +21,7 @@ from steps import phases
 from steps.core.algorithm import ALGORITHMS, PREDICT_BATCH_SIZE, algorithm_parameters
 from steps.core.agreement import Configurations
 from steps.core.image_dataset import DATA_PARAMETERS, SPLIT_PARAMETERS, split_choice  # noqa: F401
+from steps.core.metrics import METRIC_PARAMETERS
 from steps.core.model_input import MODEL_INPUT_PARAMETERS
 from steps.core.image_models import MLP_PARAMETERS
 from steps.core.errors import SaliencyFlowError
@@ -167,7 +168,10 @@ MAP_MAKING = [
            "How many perturbed images the classifier scores per call."),
 ]
 
-SALIENCY = [ALGORITHM, *algorithm_parameters(), *MAP_MAKING]
+#: How the maps are scored: baselines, steps, random maps, the sanity check.
+MAP_SCORING = list(METRIC_PARAMETERS)
+
+SALIENCY = [ALGORITHM, *algorithm_parameters(), *MAP_MAKING, *MAP_SCORING]
 
 COMPARE = option(
     "compare", "", Configurations(),

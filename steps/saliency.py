@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from steps import options, phases, store_names
 from steps.core import plots
 from steps.core.algorithm import algorithm_parameters, make_algorithm
+from steps.core.metrics import BEATS_RANDOM_PERCENTILE, MetricSettings
 from steps.core.model_input import flags_of
 from steps.core.xaitk_generators import generator_config
 from steps.tracking import lifecycle, runs
@@ -49,16 +50,18 @@ class MapsDiffer(click.ClickException):
 def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_ids, algorithm,
              pictures, predict_batch_size, cluster: ClusterSpec | None = None,
              parameters: dict[str, str] | None = None, resume: Run | None = None,
-             input_flags: dict | None = None) -> None:
+             input_flags: dict | None = None, metric_settings: MetricSettings | None = None
+             ) -> None:
     """The normal mode: one new map run per image, in this process or on a Dask cluster.
     `parameters`: the step's own, recorded for a resume. `resume`: a stopped step run to
     finish, keeping the map runs it made."""
+    metric_settings = metric_settings or MetricSettings()
     if cluster is not None:
         check_reachable_store(cluster, mlflow.get_tracking_uri())
     writer = MapRunWriter.build(model_uri, dataset, image_size,
                                 generator_config(algorithm.generator()), pictures,
                                 predict_batch_size, image_ids, split=split,
-                                input_flags=input_flags)
+                                input_flags=input_flags, metric_settings=metric_settings)
     if resume is not None:
         runs.require_same_data(resume, writer.inputs.data.digest)
     algorithm.check_image(writer.inputs.dataset.image_shape)
@@ -76,7 +79,8 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
     writer.warn_about_training_images(image_ids)
     recipe = MapRecipe(writer.inputs.resolved.uri, writer.data_params["dataset"], image_size,
                        split, writer.config, pictures, predict_batch_size,
-                       {**{k: options.as_param(v) for k, v in algorithm.used_params().items()},
+                       {**{k: options.as_param(v) for k, v in {
+                           **algorithm.used_params(), **metric_settings.params()}.items()},
                         BATCH_PARAM: str(predict_batch_size)}, writer.label)
     with runs.step_run(store_names.SALIENCY_EXPERIMENT, "saliency", parameters, resume) as parent:
         mlflow.set_tags({**writer.step_tags(), store_names.ALGORITHM_TAG: algorithm.name,
@@ -110,9 +114,11 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
         mlflow.set_tag(store_names.RUN_NAME_TAG,
                        store_names.saliency_run_name(writer.label, beating, len(scores)))
         runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
-                      f"of them beat a random map. One run per image below.")
+                      f"of them beat random maps (better than {BEATS_RANDOM_PERCENTILE:.0f}% "
+                      f"of {metric_settings.random_maps} random maps each on deletion and "
+                      f"insertion). One run per image below.")
         click.echo(f"Saliency run {parent.info.run_id} ({algorithm}): {len(image_ids)} maps, "
-                   f"{beating} beating a random map")
+                   f"{beating} beating random maps")
 
 
 def reproduce(source_id: str, pictures: plots.PictureStyle, predict_batch_size: int) -> None:
@@ -231,7 +237,7 @@ def generate_with(values: dict, cluster: ClusterSpec | None, resume: Run | None 
                                 values["picture_scale"]),
              values["predict_batch_size"], cluster,
              None if resume else options.values_of(options.ENTRY_POINTS["saliency"], values),
-             resume, flags_of(values))
+             resume, flags_of(values), MetricSettings.from_values(values))
 
 
 if __name__ == "__main__":

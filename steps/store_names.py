@@ -123,6 +123,8 @@ MODEL_OUTPUT_TAG = "Model_output"
 INPUT_SOURCES_TAG = "Input_convention_from"
 #: The key of a map's stored configuration that holds the convention it was made with.
 MODEL_INPUT_CONFIG_KEY = "model_input"
+#: ... and the one that holds how its metrics were computed (baselines resolved to values).
+METRICS_CONFIG_KEY = "map_metrics"
 
 
 def image_shape_tag(shape) -> str:
@@ -207,6 +209,8 @@ MODIFIED_BY_TAG = "Modified_by_run_id"
 UPDATED_RUN_TAG = "Updated_run_id"
 MAX_DIFFERENCE_METRIC = "Max_abs_difference"
 BEATING_RANDOM_METRIC = "Maps_beating_random"
+#: An MC-RISE map run's fill colour whose map is the most faithful (insertion minus deletion).
+MOST_FAITHFUL_FILL_TAG = "Most_faithful_fill"
 #: The main run's headline metrics, so the pipelines' runs table compares pipelines: the
 #: evaluation's accuracy, how many maps were made and, of the (first) saliency run, the share
 #: beating a random map and the mean deletion and insertion areas.

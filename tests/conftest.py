@@ -23,6 +23,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Small sizes keep the end-to-end runs quick while exercising every code path.
 FAST_TRAIN = {"epochs": "20", "hidden_layer_sizes": "32"}
 FAST_SALIENCY = {"n": "100"}
+#: The metric parameters every map run logs, at their defaults.
+METRIC_DEFAULTS = {"metric_baseline": "mean", "insertion_start": "blur", "metric_steps": "50",
+                   "random_maps": "10", "sanity_check": "false"}
 
 
 @dataclass

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_TRAIN, Store
+from tests.conftest import FAST_TRAIN, METRIC_DEFAULTS, Store
 from tests.test_pipeline import artifact_paths, model_uri_of
 
 
@@ -116,7 +116,7 @@ def test_saliency_alone_with_sliding_window_and_per_class_pictures(store, train_
     for run in maps:
         assert run.data.params == {"algorithm": "sliding_window", "window_size": "3,3",
                                    "stride": "2,2", "scoring": "occlusion", "fill": "0.5",
-                                   "predict_batch_size": "256",
+                                   **METRIC_DEFAULTS, "predict_batch_size": "256",
                                    "dataset": "digits", "image_size": "",
                                    "test_fraction": "0.25", "split_seed": "0", "eval_split": "test"}
         assert run.data.tags["Evaluation_run_id"] == ""

@@ -10,8 +10,9 @@ from sklearn.linear_model import LogisticRegression
 
 from steps.core.image_dataset import load_dataset
 from steps.core.road import FRACTIONS, noisy_linear_imputation
-from steps.core.metrics import (CAUSAL_STEPS, Deletion, Insertion, MapContext, average_maps,
-                                blur_sigma, class_map, score_map)
+from steps.core.metrics import (CAUSAL_STEPS, Deletion, Insertion, MapContext, MetricSettings,
+                                average_maps, beats_random, blur_sigma, blurred, causal_images,
+                                class_map, random_maps, random_percentile, score_map)
 
 WEIGHTS = np.array([[0.4, 0.3], [0.2, 0.1]])
 
@@ -30,7 +31,7 @@ def test_deletion_and_insertion_by_hand():
     np.testing.assert_allclose(curve, [1.0, 0.6, 0.3, 0.1, 0.0], atol=1e-7)
     assert value == pytest.approx(0.25 * (0.5 * 1.0 + 0.6 + 0.3 + 0.1 + 0.5 * 0.0))
     context = MapContext(image, WEIGHTS, linear, column=1, steps=4,
-                         _blurred=np.zeros_like(image))
+                         insertion_base=np.zeros_like(image))
     value, curve = Insertion().compute(context)
     np.testing.assert_allclose(curve, [0.0, 0.4, 0.7, 0.9, 1.0], atol=1e-7)
     assert value == pytest.approx(0.25 * (0.0 + 0.4 + 0.7 + 0.9 + 0.5 * 1.0))
@@ -94,17 +95,108 @@ def test_batched_metrics_equal_a_straightforward_implementation(linear_digits):
         assert 0 < scores.metrics["Entropy"] <= 6  # at most log2(64) bits
 
 
-def test_the_models_own_weights_beat_a_random_map(linear_digits):
+def test_the_models_own_weights_beat_random_maps(linear_digits):
     """For a linear model, the class's weights times the pixels are the exact contribution of
-    each pixel to its logit: that map must beat a random one on deletion and insertion."""
+    each pixel to its logit: deleting them (to zero) in that order must beat every random map,
+    and the map must beat 90% of them on both metrics for nearly every image."""
     data, model = linear_digits
+    beating = []
     for row in range(1300, 1320):
         image = data.images[row]
         column = int(model.predict(image.reshape(1, -1))[0])
         maps = (model.coef_ * image.reshape(1, -1)).reshape(10, 8, 8)
-        scores = score_map(maps, image, predict_with(model), column, None)
-        assert scores.beats_random(), (row, scores.metrics)
+        scores = score_map(maps, image, predict_with(model), column, None, image_id=str(row))
+        assert scores.metrics["Deletion_random_percentile"] == 100, (row, scores.metrics)
+        assert scores.metrics["Deletion_auc"] < scores.metrics["Random_deletion_auc"]
+        beating.append(scores.beats_random())
         assert "Deletion_auc_true_class" not in scores.metrics
+    assert sum(beating) >= 16, beating
+
+
+def test_a_maps_percentile_among_random_maps_is_the_share_it_does_better_than():
+    assert random_percentile(0.2, [0.1, 0.3, 0.4, 0.5], lower_is_better=True) == 75
+    assert random_percentile(0.2, [0.1, 0.3, 0.4, 0.5], lower_is_better=False) == 25
+    assert random_percentile(0.3, [0.1, 0.3, 0.4, 0.5], lower_is_better=True) == 62.5  # tie: half
+    assert random_percentile(0.0, [0.1] * 10, lower_is_better=True) == 100
+    assert beats_random({"Deletion_random_percentile": 90, "Insertion_random_percentile": 95})
+    assert not beats_random({"Deletion_random_percentile": 100,
+                             "Insertion_random_percentile": 85})
+
+
+def test_random_maps_are_seeded_by_the_image_id_and_their_mean_is_the_baseline(linear_digits):
+    data, model = linear_digits
+    image, column = data.images[1300], int(data.labels[1300])
+    maps = np.random.default_rng(8).uniform(-1, 1, size=(10, 8, 8))
+    np.testing.assert_array_equal(random_maps("a.png", (8, 8), 3), random_maps("a.png", (8, 8), 3))
+    assert not np.array_equal(random_maps("a.png", (8, 8), 3), random_maps("b.png", (8, 8), 3))
+    settings = MetricSettings(metric_baseline="zero", random_maps=4)
+    scores = score_map(maps, image, predict_with(model), column, None, settings, "1300")
+    noise = random_maps("1300", (8, 8), 4)
+    deletions = [straightforward_curves(predict_with(model), image, n, column)[0] for n in noise]
+    assert scores.metrics["Random_deletion_auc"] == pytest.approx(np.mean(deletions), abs=1e-6)
+    better = sum(d > scores.metrics["Deletion_auc"] for d in deletions)
+    assert scores.metrics["Deletion_random_percentile"] == pytest.approx(100 * better / 4)
+    again = score_map(maps, image, predict_with(model), column, None, settings, "1300")
+    assert again.metrics == scores.metrics
+
+
+def test_each_baseline_is_what_deleted_pixels_become():
+    image = np.random.default_rng(9).random((6, 6, 3)).astype(np.float32)
+    others = np.random.default_rng(10).random((5, 6, 6, 3))
+    settings = MetricSettings(metric_steps=4).resolve(others, "the training split", [(0.5,)])
+    np.testing.assert_allclose(settings.mean_colour, others.mean(axis=(0, 1, 2)))
+    assert settings.mean_source == "the training split"
+    blur = blurred(image)
+    expected = {"zero": np.zeros_like(image), "blur": blur, "fill": np.full_like(image, 0.5),
+                "mean": np.broadcast_to(others.mean(axis=(0, 1, 2)), image.shape)}
+    saliency = np.arange(36.0).reshape(6, 6)
+    for kind, base in expected.items():
+        context = MapContext(image, saliency, lambda x: x.reshape(len(x), -1)[:, :2], 0, 4,
+                             deletion_base=settings.base(kind, image, blur),
+                             insertion_base=settings.base(kind, image, blur))
+        deleted = causal_images(image, saliency, image, context.deletion_base, 4)
+        np.testing.assert_allclose(deleted[-1], base, atol=1e-6, err_msg=kind)
+        inserted = causal_images(image, saliency, context.insertion_base, image, 4)
+        np.testing.assert_allclose(inserted[0], base, atol=1e-6, err_msg=kind)
+    # The model's own input_mean, on 0..255: the colour that normalises to zero.
+    declared = MetricSettings().resolve(others, "x", [], model_mean=(127.5, 51, 255),
+                                        model_scale=255)
+    assert declared.mean_colour == pytest.approx((0.5, 0.2, 1.0))
+    assert declared.mean_source == "the model's input_mean"
+    stored = MetricSettings.from_dict(settings.as_dict())
+    assert stored == settings and stored.resolve(image[None], "y", []) is stored
+
+
+def test_metric_steps_set_the_curves_resolution(linear_digits):
+    data, model = linear_digits
+    image, column = data.images[1301], int(data.labels[1301])
+    maps = np.random.default_rng(11).uniform(-1, 1, size=(10, 8, 8))
+    settings = MetricSettings(metric_baseline="blur", insertion_start="zero", metric_steps=8)
+    scores = score_map(maps, image, predict_with(model), column, None, settings, "x")
+    assert scores.curves["Deletion_auc"].shape == (9,)
+    context = MapContext(image, maps[column], predict_with(model), column, 8,
+                         deletion_base=blurred(image), insertion_base=np.zeros_like(image))
+    assert scores.metrics["Deletion_auc"] == pytest.approx(Deletion().compute(context)[0])
+    assert scores.metrics["Insertion_auc"] == pytest.approx(Insertion().compute(context)[0])
+
+
+def test_mc_rise_maps_are_scored_per_fill_colour(linear_digits):
+    """Each colour's map with its own colour as the `fill` baseline; the most faithful colour
+    is the one whose insertion minus deletion is highest."""
+    data, model = linear_digits
+    image, column = data.images[1302], int(data.labels[1302])
+    contributions = (model.coef_ * image.reshape(1, -1)).reshape(10, 8, 8)
+    maps = np.stack([-contributions, contributions])  # colour 1's map is the faithful one
+    settings = MetricSettings(metric_baseline="fill").resolve(data.images[:10], "t",
+                                                               [(0.0,), (1.0,)])
+    scores = score_map(maps, image, predict_with(model), column, None, settings, "x")
+    assert scores.most_faithful_fill == 1
+    for colour, fill in ((0, 0.0), (1, 1.0)):
+        context = MapContext(image, maps[colour, column], predict_with(model), column,
+                             deletion_base=np.full_like(image, fill))
+        assert scores.metrics[f"Deletion_auc_fill_{colour}"] == pytest.approx(
+            Deletion().compute(context)[0])
+    assert scores.metrics["Deletion_auc_fill_1"] < scores.metrics["Deletion_auc_fill_0"]
 
 
 def test_maps_of_every_shape_give_one_class_map():

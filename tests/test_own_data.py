@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.core.image_dataset import dataset_source, load_dataset, random_split
-from tests.conftest import module_store
+from tests.conftest import METRIC_DEFAULTS, module_store
 from tests.images import CLASSES, write_image_folder, write_npz
 
 SMALL = {"epochs": "40", "hidden_layer_sizes": "32", "n": "40", "max_images": "2",
@@ -290,7 +290,8 @@ def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, alg
     assert result.returncode == 0, result.output
     (run,) = store.runs("Saliency Map Generation",
                         f"params.algorithm = '{algorithm}' AND tags.Image_id = '{image_id}'")
-    assert run.data.params == {"algorithm": algorithm, **logged, "predict_batch_size": "256",
+    assert run.data.params == {"algorithm": algorithm, **logged, **METRIC_DEFAULTS,
+                               "predict_batch_size": "256",
                                "dataset": str(folder), "image_size": SIZE,
                                "test_fraction": "0.25", "split_seed": "0", "eval_split": "test"}
     stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
@@ -298,7 +299,13 @@ def test_each_algorithm_on_the_colour_folder(store, folder, folder_pipeline, alg
     assert picture in artifact_paths(store.client, run.info.run_id)
     metrics = run.data.metrics
     assert {"Deletion_auc", "Insertion_auc", "Entropy", "Random_deletion_auc",
-            "Random_insertion_auc"} <= set(metrics)
+            "Random_insertion_auc", "Deletion_random_percentile"} <= set(metrics)
+    if algorithm == "mc_rise":  # each fill colour's map scored on its own
+        assert {"Deletion_auc_fill_0", "Insertion_auc_fill_1"} <= set(metrics)
+        faithful = [metrics[f"Insertion_auc_fill_{k}"] - metrics[f"Deletion_auc_fill_{k}"]
+                    for k in (0, 1)]
+        assert run.data.tags["Most_faithful_fill"] == \
+            ("0: red (1,0,0)", "1: blue (0,0,1)")[int(np.argmax(faithful))]
     found = mlflow.search_runs(experiment_names=["Saliency Map Generation"], filter_string=(
         f"params.algorithm = '{algorithm}' AND metrics.Insertion_auc <= {metrics['Insertion_auc']}"
         f" AND metrics.Deletion_auc >= {metrics['Deletion_auc']}"))

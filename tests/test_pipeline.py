@@ -25,7 +25,7 @@ from steps.core.image_models import ProbaModel
 from steps.core.xaitk_generators import ImageClassifier, compute_saliency, generator_from_config
 from steps.tracking.sqlite_journal import journal_mode
 from tests.browser import render_page
-from tests.conftest import FAST_SALIENCY, FAST_TRAIN, PROJECT_DIR, Store
+from tests.conftest import FAST_SALIENCY, FAST_TRAIN, METRIC_DEFAULTS, PROJECT_DIR, Store
 
 NUM_SAMPLES = 40
 # Quotes inside: MLflow logs it shell-quoted as a param; the driver keeps it as typed.
@@ -280,7 +280,8 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
         assert tags["Predicted_class"] == sample.data.tags["Predicted_class"]
         assert run.data.params == {"algorithm": "rise", "n": FAST_SALIENCY["n"], "s": "4",
                                    "p1": "0.5", "seed": "0", "debiased": "true", "fill": "0.0",
-                                   "predict_batch_size": "256", "dataset": "digits",
+                                   **METRIC_DEFAULTS, "predict_batch_size": "256",
+                                   "dataset": "digits",
                                    "image_size": "", "test_fraction": "0.25", "split_seed": "0",
                                    "eval_split": "test"}
         assert tags["Split"] == "test" and sample.data.tags["Split"] == "test"
@@ -303,9 +304,10 @@ def test_saliency_runs_tags_params_map_and_pictures(pipeline, runs):
 
 
 def test_every_map_carries_its_faithfulness_metrics_and_curves(pipeline, runs):
-    """Deletion/insertion (with the random baseline) and Entropy on each map run, recomputed
-    here from the stored map; aggregates on the saliency step's run; a filter finds them."""
-    from steps.core.metrics import score_map
+    """Deletion/insertion (against random maps) and Entropy on each map run, recomputed here
+    from the stored map and the stored metric settings; aggregates on the saliency step's run;
+    a filter finds them."""
+    from steps.core.metrics import MetricSettings, beats_random, score_map
 
     store, _ = pipeline
     model = ProbaModel(mlflow.sklearn.load_model(runs["train"].data.tags["Model_uri"]))
@@ -318,14 +320,21 @@ def test_every_map_carries_its_faithfulness_metrics_and_curves(pipeline, runs):
         (row,) = data.rows([run.data.tags["Image_id"]])
         predicted = int(run.data.tags["Predicted_class"])
         true = int(run.data.tags["GT_class"])
+        config = mlflow.artifacts.load_dict(f"runs:/{run_id}/generator_config.json")
+        settings = MetricSettings.from_dict(config["map_metrics"])
+        assert settings.metric_baseline == "mean" and settings.random_maps == 10
+        assert settings.mean_source == "the training split"
+        assert run.data.params["metric_baseline"] == "mean"
         again = score_map(stored, data.images[row], classifier.classify_array, predicted,
-                          true)
+                          true, settings, run.data.tags["Image_id"])
         for name, value in again.metrics.items():
             assert metrics[name] == pytest.approx(value, abs=1e-9), name
         assert ("Deletion_auc_true_class" in metrics) == (predicted != true)
         for name in ("Deletion_auc", "Insertion_auc", "Random_deletion_auc",
                      "Random_insertion_auc"):
             assert 0 <= metrics[name] <= 1
+        for name in ("Deletion_random_percentile", "Insertion_random_percentile"):
+            assert 0 <= metrics[name] <= 100
         assert 0 < metrics["Entropy"] <= 6
         paths = artifact_paths(store.client, run_id)
         assert {"metrics/causal_curves.npz", "metrics/causal_curves.png"} <= paths
@@ -339,8 +348,9 @@ def test_every_map_carries_its_faithfulness_metrics_and_curves(pipeline, runs):
         values = [m[name] for m in all_metrics]
         assert parent[f"{name}_mean"] == pytest.approx(np.mean(values))
         assert parent[f"{name}_median"] == pytest.approx(np.median(values))
-    beating = [m["Deletion_auc"] < m["Random_deletion_auc"] and
-               m["Insertion_auc"] > m["Random_insertion_auc"] for m in all_metrics]
+    beating = [m["Deletion_random_percentile"] >= 90 and m["Insertion_random_percentile"] >= 90
+               for m in all_metrics]
+    assert beating == [beats_random(m) for m in all_metrics]
     assert parent["Maps_beating_random"] == pytest.approx(np.mean(beating))
     worst = max(all_metrics, key=lambda m: m["Deletion_auc"])["Deletion_auc"]
     found = mlflow.search_runs(experiment_names=["Saliency Map Generation"],
@@ -392,8 +402,8 @@ def test_every_run_and_experiment_says_what_it_is(pipeline, runs):
         assert headline[name] == runs["saliency"].data.metrics[name]
     for run in runs["maps"]:
         assert run.data.tags["mlflow.note.content"].startswith(
-            "**Beats a random map**" if beats_random(run.data.metrics)
-            else "**Does not beat a random map**")
+            "**Beats random maps**" if beats_random(run.data.metrics)
+            else "**Does not beat random maps**")
     for key in ("main", "train", "evaluation", "saliency"):
         assert len(runs[key].data.tags.get("mlflow.note.content", "")) > 20, key
     assert "accuracy" in runs["evaluation"].data.tags["mlflow.note.content"]

@@ -141,7 +141,7 @@ def pages(marks: Landmarks) -> list[Page]:
         Page("main-run", run_route(marks.main),
              (run_name(marks.main), store_names.TEST_ACCURACY_METRIC, store_names.MAPS_EXPLAINED_METRIC)),
         Page("saliency-run", run_route(marks.step), (run_name(marks.step),)),
-        Page("map-run", run_route(marks.map), (run_name(marks.map), "a random map")),
+        Page("map-run", run_route(marks.map), (run_name(marks.map), "random maps")),
         Page("map-picture", f"{run_route(marks.map)}/artifactPath/{PICTURE}",
              (f'<img alt="{PICTURE}" src="blob:',), TABLE_HEIGHT),  # shown once fetched
     ]

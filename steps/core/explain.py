@@ -17,7 +17,7 @@ import numpy as np
 
 from steps.core import plots
 from steps.core.image_dataset import TRAIN, ImageDataset, Split
-from steps.core.metrics import MapScores, score_map
+from steps.core.metrics import MapScores, MetricSettings, score_map
 from steps.core.image_models import ClassMapping, ImageModel
 from steps.core.xaitk_generators import ImageClassifier
 
@@ -76,6 +76,21 @@ def fill_colours_of(config: dict) -> list:
     return generator.get(generator.get("type"), {}).get("fill_colors", [])
 
 
+def resolve_metric_settings(settings: MetricSettings, dataset: ImageDataset, split: Split,
+                            model: ImageModel, config: dict) -> MetricSettings:
+    """The settings with their baselines' values for this data, model and algorithm: the mean
+    colour of the model's declared input_mean, else of the training split (of every image when
+    nothing is held out for training); the fill value(s) the algorithm occluded with."""
+    fill = config.get("fill")
+    fills = fill_colours_of(config) or ([[fill]] if fill is not None else [])
+    if len(split.train_rows):
+        images, source = dataset.images[split.train_rows], "the training split"
+    else:
+        images, source = dataset.images, "every image (no training split)"
+    return settings.resolve(images, source, fills, model.convention.mean,
+                            model.convention.scale)
+
+
 @dataclass
 class ImageExplainer:
     """The dataset, the model on it and the algorithm's configuration: predictions, maps and
@@ -89,6 +104,8 @@ class ImageExplainer:
     #: The dataset's split: which images the model was trained on.
     split: Split
     predict_batch_size: int
+    #: How the maps are scored, baselines resolved (`resolve_metric_settings`).
+    metric_settings: MetricSettings = field(default_factory=MetricSettings)
     #: Predictions by image ID, once made.
     predictions: dict[str, PredictedImage] = field(default_factory=dict)
 
@@ -144,7 +161,8 @@ class ImageExplainer:
 
     def score(self, predicted: PredictedImage, maps: np.ndarray) -> MapScores:
         return score_map(maps, predicted.image, self.classifier.classify_array,
-                         predicted.predicted_column, predicted.true_column)
+                         predicted.predicted_column, predicted.true_column,
+                         self.metric_settings, predicted.image_id)
 
     def explain(self, predicted: Sequence[PredictedImage]) -> Iterator[ExplainedImage]:
         """Each image explained and scored, in order; the maps made together first, each

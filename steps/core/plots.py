@@ -764,7 +764,7 @@ def confusion_matrix_figure(
 
 def causal_curves_figure(curves: dict[str, np.ndarray], metrics: dict[str, float]) -> Figure:
     """Deletion and insertion curves: the class probability against the fraction of pixels
-    deleted or inserted, the map's beside the random map's, areas in the legend; and ROAD's
+    deleted or inserted, the map's beside the random maps' mean, areas in the legend; and ROAD's
     MoRF and LeRF curves against the fraction removed by imputation, when there are any. Laid
     out by hand: `tight_layout` took longer than drawing."""
     kinds = ["Deletion", "Insertion"] + (["Road"] if any(n.startswith("Road_") for n in curves)
@@ -783,7 +783,8 @@ def causal_curves_figure(curves: dict[str, np.ndarray], metrics: dict[str, float
                 continue
             if kind.lower() not in name.lower():
                 continue
-            label = name.replace("_auc", "").replace("_", " ")
+            label = ("random maps' mean" if name.startswith("Random")
+                     else name.replace("_auc", "").replace("_", " "))
             style = ":" if name.startswith("Random") else "-"
             ax.plot(np.linspace(0, 1, len(curve)), curve, style,
                     label=f"{label} (area {metrics[name]:.3f})")

@@ -27,8 +27,9 @@ from steps.core import plots
 from steps.core.image_dataset import DATA_PARAMETERS, SPLIT_PARAMETERS, DataError, SplitChoice
 from steps.core.parameters import values_of
 from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
-                                fill_colours_of)
-from steps.core.metrics import MapScores, average_maps, class_map
+                                fill_colours_of, resolve_metric_settings)
+from steps.core.metrics import (BEATS_RANDOM_PERCENTILE, MapScores, MetricSettings,
+                                average_maps, class_map)
 from steps.tracking import lifecycle, runs
 from steps.tracking.cluster import MAP_PARTITION_SIZE, ClusterSpec, dask_client, run_partitions
 from steps.tracking.console import Progress, quiet_run_links
@@ -113,19 +114,26 @@ def log_scores(scores: MapScores) -> None:
 
 
 def against_random(scores: MapScores) -> str:
-    """`deletion 0.110 vs 0.590, lower is better; insertion ...`."""
+    """`deletion 0.110, better than 100% of the random maps (mean 0.590), lower is better;
+    insertion ...`."""
     m = scores.metrics
-    return (f"deletion {m['Deletion_auc']:.3f} vs {m['Random_deletion_auc']:.3f}, lower is "
-            f"better; insertion {m['Insertion_auc']:.3f} vs {m['Random_insertion_auc']:.3f}, "
-            "higher is better")
+
+    def one(kind: str, better: str) -> str:
+        name = kind.capitalize()
+        return (f"{kind} {m[f'{name}_auc']:.3f}, better than "
+                f"{m[f'{name}_random_percentile']:.0f}% of the random maps (mean "
+                f"{m[f'Random_{kind}_auc']:.3f}), {better} is better")
+
+    return f"{one('deletion', 'lower')}; {one('insertion', 'higher')}"
 
 
 def map_verdict(scores: MapScores) -> str:
-    """A map run's description: whether the map beats a random map, in words."""
-    verdict = ("**Beats a random map**" if scores.beats_random()
-               else "**Does not beat a random map**")
-    return (f"{verdict}: hiding its most salient pixels first lowers the predicted class's "
-            f"confidence, and showing them first raises it, against a random map's order "
+    """A map run's description: whether the map beats random maps, in words."""
+    verdict = ("**Beats random maps**" if scores.beats_random()
+               else "**Does not beat random maps**")
+    return (f"{verdict} (better than {BEATS_RANDOM_PERCENTILE:.0f}% of them on both): hiding "
+            f"its most salient pixels first lowers the predicted class's confidence, and "
+            f"showing them first raises it, against random maps' orders "
             f"({against_random(scores)}; areas under the curves in `metrics/`).")
 
 
@@ -156,10 +164,12 @@ class MapRunWriter:
     @classmethod
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
               pictures: plots.PictureStyle, predict_batch_size: int, image_ids=(), *,
-              split: SplitChoice, input_flags: dict | None = None) -> MapRunWriter:
+              split: SplitChoice, input_flags: dict | None = None,
+              metric_settings: MetricSettings | None = None) -> MapRunWriter:
         """`split`: how the dataset is split, which tells training from test images.
-        The model's input convention is the one `config` holds (a stored map's), else
-        resolved from `input_flags`; either way the explainer's config then holds it."""
+        The model's input convention and the metrics' settings are those `config` holds (a
+        stored map's), else resolved from `input_flags` and `metric_settings`; either way the
+        explainer's config then holds them."""
         dataset = absolute_dataset(dataset)
         inputs = load_model_inputs(model_uri, dataset, image_size, input_flags=input_flags,
                                    stored_convention=config.get(store_names.MODEL_INPUT_CONFIG_KEY))
@@ -171,8 +181,13 @@ class MapRunWriter:
         except DataError as error:
             raise click.BadParameter(str(error), param_hint="'--image_ids'") from None
         made = split_data(inputs.dataset, split, quiet=lifecycle.under_driver())
+        stored = config.get(store_names.METRICS_CONFIG_KEY)
+        settings = resolve_metric_settings(
+            MetricSettings.from_dict(stored) if stored else metric_settings or MetricSettings(),
+            inputs.dataset, made, inputs.model, config)
+        config = {**config, store_names.METRICS_CONFIG_KEY: settings.as_dict()}
         explainer = ImageExplainer(inputs.dataset, inputs.model, inputs.classes, config, made,
-                                   predict_batch_size)
+                                   predict_batch_size, settings)
         return cls(explainer, inputs, pictures,
                    values_of(DATA_PARAMETERS + SPLIT_PARAMETERS, {
                        "dataset": dataset, "image_size": image_size,
@@ -202,8 +217,8 @@ class MapRunWriter:
     def warn_unless_beating_random(self, image_id: str, scores: MapScores) -> None:
         if not scores.beats_random():
             click.echo(f"Warning: the {self.label + ' ' if self.label else ''}map of image "
-                       f"{image_id} does not beat a random map ({against_random(scores)})",
-                       err=True)
+                       f"{image_id} does not beat {BEATS_RANDOM_PERCENTILE:.0f}% of random "
+                       f"maps ({against_random(scores)})", err=True)
 
     def step_tags(self) -> dict[str, str]:
         """What every run of this step records about its model and data."""
@@ -249,6 +264,9 @@ class MapRunWriter:
                 nested=mlflow.active_run() is not None,
                 experiment_id=parent.info.experiment_id,
                 tags={store_names.PARENT_RUN_TAG: parent.info.run_id}) as run:
+            if scores.most_faithful_fill is not None:
+                extra_tags = {**extra_tags, store_names.MOST_FAITHFUL_FILL_TAG:
+                              self.fill_name(scores.most_faithful_fill)}
             mlflow.set_tags({**identity_tags(predicted), **self.step_tags(),
                              store_names.SPLIT_TAG: self.explainer.split_of(predicted.image_id),
                              store_names.SALIENCY_PARENT_TAG: parent.info.run_id,
@@ -262,6 +280,10 @@ class MapRunWriter:
                                 **scores.metrics})
             runs.describe(map_verdict(scores))
             return run
+
+    def fill_name(self, colour: int) -> str:
+        """`0: black`: an MC-RISE fill colour's index and name."""
+        return f"{colour}: {plots.fill_colour_name(fill_colours_of(self.config)[colour])}"
 
     def log_averages(self, made: list[tuple[PredictedImage, np.ndarray]]) -> None:
         """Mean maps by true class and by confusion cell (true → predicted) of two maps or more,
