@@ -30,5 +30,10 @@ class ModelError(SaliencyFlowError):
     default_param = "model_uri"
 
 
+class NotRandomisable(ModelError):
+    """A model whose learned weights cannot be redrawn, so the model-randomisation sanity check
+    cannot be run on it; the message says why."""
+
+
 class ParameterError(SaliencyFlowError):
     """A parameter's value that is not accepted, or does not fit the data."""

@@ -4,12 +4,14 @@ Any model is wrapped as an `ImageModel`: probabilities per class for a batch of 
 `[N, H, W(, C)]` in [0, 1]. Its `InputConvention` (`steps/core/model_input.py`) turns the images
 into what the model takes (flat rows, NHWC or NCHW tensors, scaled and normalised) and its
 output into probabilities (softmax of logits). The model kinds are registered in `MODEL_KINDS`;
-`class_mapping` ties the model's output columns to the dataset's classes. Nothing here knows
-about MLflow.
+`class_mapping` ties the model's output columns to the dataset's classes. `randomised` gives
+the same model with its learned weights redrawn, for the model-randomisation sanity check
+(`steps/core/sanity.py`). Nothing here knows about MLflow.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
@@ -20,7 +22,7 @@ from steps.core.blas import ONE_PREDICTION, current_threads, threads_for
 from steps.core.image_dataset import flatten
 from steps.core.model_input import (AUTO, FROM_FLAG, FROM_MEASURED, InputConvention,
                                     ModelInputError, ShapeHint, describe_rows, output_kind)
-from steps.core.errors import ModelError
+from steps.core.errors import ModelError, NotRandomisable
 from steps.core.parameters import Choice, Float, Integer, IntList, Parameter
 from steps.core.registry import Registry
 
@@ -64,6 +66,37 @@ class ImageModel:
         return {"kind": self.name, "labels": None if self.labels is None else list(self.labels),
                 "input": self.convention.as_dict()}
 
+    def randomised(self, seed: int = 0) -> ImageModel:
+        """A new model of the same kind, taking the same input and naming the same classes,
+        whose learned weights are all redrawn at once (every layer): the model-randomisation
+        sanity check of Adebayo et al. (2018) compares a map with the map of this model.
+
+        Each weight array is redrawn from a normal distribution with that array's own mean and
+        standard deviation (`redraw`, one `numpy.random.default_rng(seed)` for the whole
+        model, the arrays in order), so each layer keeps its scale and loses what it learned;
+        an all-zero array stays zero, and an array of one value (or all equal) keeps it. This
+        model is left untouched. NotRandomisable when the weights cannot be reached.
+        """
+        raise NotRandomisable(f"a {self.name} model's weights cannot be redrawn; the sanity "
+                              "check needs a scikit-learn or ONNX model")
+
+    def _same_input(self, model: ImageModel) -> ImageModel:
+        """`model` given this model's convention, labels, shape hint and image size."""
+        for name in ("convention", "labels", "hint", "image_size", "size_source", "input_dtype"):
+            setattr(model, name, getattr(self, name))
+        return model
+
+
+def redraw(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """New weights of the same shape and type, drawn from a normal distribution with the mean
+    and standard deviation of `weights` (`ImageModel.randomised`'s rule)."""
+    weights = np.asarray(weights)
+    if not weights.any():
+        return weights.copy()
+    # In float64: float16 weights' own sums overflow.
+    wide = weights.astype(np.float64)
+    return rng.normal(wide.mean(), wide.std(), weights.shape).astype(weights.dtype)
+
 
 MODEL_KINDS: Registry = Registry("model kind")
 
@@ -85,6 +118,43 @@ class ProbaModel(ImageModel):
     def predict_prepared(self, batch: np.ndarray) -> Any:
         return self.model.predict_proba(batch)
 
+    #: The learned weights redrawn: an MLP's lists of arrays, a linear model's arrays.
+    WEIGHTS = ("coefs_", "intercepts_", "coef_", "intercept_")
+
+    def randomised(self, seed: int = 0) -> ProbaModel:
+        """The same estimator with `WEIGHTS` redrawn on every step of a scikit-learn pipeline; see
+        `ImageModel.randomised`."""
+        model = copy.deepcopy(self.model)
+        rng = np.random.default_rng(seed)
+        redrawn = 0
+        for estimator in _estimators(model):
+            # The instance's own attributes only: SVC's `coef_`, say, is a read-only property.
+            learned = vars(estimator)
+            for name in self.WEIGHTS:
+                value = learned.get(name)
+                if isinstance(value, list):
+                    setattr(estimator, name, [redraw(array, rng) for array in value])
+                elif isinstance(value, np.ndarray):
+                    setattr(estimator, name, redraw(value, rng))
+                else:
+                    continue
+                redrawn += 1
+        if not redrawn:
+            raise NotRandomisable(
+                f"the scikit-learn model {type(self.model).__name__} has none of "
+                f"{', '.join(self.WEIGHTS)} to redraw; the sanity check needs an MLP or a "
+                "linear model (or an ONNX model)")
+        return self._same_input(ProbaModel(model))
+
+
+def _estimators(model) -> list:
+    """The estimator, or every step of a pipeline (nested ones too)."""
+    steps = getattr(model, "steps", None)
+    if not isinstance(steps, list):
+        return [model]
+    return [estimator for _, step in steps if hasattr(step, "__dict__")
+            for estimator in _estimators(step)]
+
 
 @MODEL_KINDS.register
 class ProbabilityFunction(ImageModel):
@@ -103,6 +173,10 @@ class ProbabilityFunction(ImageModel):
 
     def predict_prepared(self, batch: np.ndarray) -> Any:
         return self.predict(batch)
+
+    def randomised(self, seed: int = 0) -> ImageModel:
+        raise NotRandomisable("a pyfunc model's weights are not reachable from its predict "
+                              "function; the sanity check needs a scikit-learn or ONNX model")
 
 
 #: ONNX tensor element types the pipeline can feed, as numpy types.
@@ -155,6 +229,28 @@ class OnnxModel(ImageModel):
     def predict_prepared(self, batch: np.ndarray) -> Any:
         threads = current_threads() or threads_for(ONE_PREDICTION, batch.size)
         return self.session(threads).run(None, {self._input: batch})[0]
+
+    def randomised(self, seed: int = 0) -> OnnxModel:
+        """The same graph with every float initializer redrawn; see `ImageModel.randomised`."""
+        import onnx
+        from onnx import numpy_helper
+
+        # Loaded afresh, so this model's graph is untouched.
+        proto = (onnx.load_model_from_string(self._model) if isinstance(self._model, bytes)
+                 else onnx.load_model(self._model))
+        rng = np.random.default_rng(seed)
+        redrawn = 0
+        for initializer in proto.graph.initializer:
+            weights = numpy_helper.to_array(initializer)
+            if np.issubdtype(weights.dtype, np.floating):
+                initializer.CopyFrom(numpy_helper.from_array(redraw(weights, rng),
+                                                             initializer.name))
+                redrawn += 1
+        if not redrawn:
+            raise NotRandomisable("the ONNX graph has no float initializers to redraw (its "
+                                  "weights may be Constant nodes)")
+        model = OnnxModel(proto.SerializeToString(), self.convention, self.labels)
+        return self._same_input(model)
 
 
 @dataclass(frozen=True)
