@@ -6,7 +6,11 @@ Generation" experiment: for every image they share and every pair of configurati
 agreement of their maps of the predicted class (xaitk's cross-correlation and sum of squared
 differences) as metrics `<Measure>_<a>_vs_<b>_image_<Image_id>`, their mean and median over the
 images as `<Measure>_<a>_vs_<b>_mean/_median`, the same as one table
-(`comparison/agreement.json`, `mlflow.load_table`), and a side-by-side picture per image.
+(`comparison/agreement.json`, `mlflow.load_table`), and a side-by-side picture per image. It
+also ranks the configurations by their step runs' aggregates (steps/core/ranking.py: the share
+of maps beating random, then the mean ROAD gap, one failing the sanity check last): a table
+(`comparison/ranking.json`), a metric `Rank_<label>` each (1 is best), the description and
+the console say the order.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from steps.core import plots
 from steps.core.agreement import AGREEMENTS, CrossCorrelation, agreements, configuration_labels
 from steps.core.metrics import class_map
 from steps.core.parameters import text_items
+from steps.core.ranking import rank_configurations, ranking_line, table_row
 from steps.core.explain import PredictedImage
 from steps.tracking import runs
 from steps.tracking.map_runs import BATCH_PARAM, identity_tags, stored_map
@@ -137,14 +142,22 @@ def compare(saliency_run_ids):
                 metrics.update({f"{store_names.agreement_metric(measure, a, b)}_{statistic}":
                                 float(value) for (a, b), value in
                                 pairs[measure].agg(statistic).items()})
+        ranked = rank_configurations({label: run.data.metrics
+                                      for label, run in zip(labels, step_runs)})
+        run_ids = {label: run.info.run_id for label, run in zip(labels, step_runs)}
+        metrics.update({store_names.rank_metric(r.label): r.rank for r in ranked})
         mlflow.log_metrics(metrics)
         mlflow.log_table(table, store_names.AGREEMENT_TABLE)
+        mlflow.log_table(pd.DataFrame([table_row(r, run_ids[r.label]) for r in ranked]),
+                         store_names.RANKING_TABLE)
+        ranking = ranking_line(ranked)
         agreement = "; ".join(f"{a} vs {b} {value:.3f}"
                               for (a, b), value in pairs[CAPTION_MEASURE].mean().items())
         runs.describe(f"Compared the maps of {', '.join(labels)} on {len(image_ids)} images; "
-                      f"mean {CAPTION_MEASURE}: {agreement}.")
+                      f"mean {CAPTION_MEASURE}: {agreement}.\n\nRanking: {ranking}.")
         click.echo(f"Compared {', '.join(labels)} on {len(image_ids)} images; mean "
                    f"{CAPTION_MEASURE}: {agreement}")
+        click.echo(f"Ranking: {ranking}")
 
 
 if __name__ == "__main__":

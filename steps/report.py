@@ -8,6 +8,7 @@ Runs are linked to the MLflow UI when the tracking URI is a server's address.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,15 +22,16 @@ from mlflow.tracking import MlflowClient
 from steps import options, store_names
 from steps.core.metrics import beats_random
 from steps.core.parameters import text_items
+from steps.core.ranking import from_row
 from steps.core.report_page import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
-                               render)
+                                    SanityResult, render)
 from steps.tracking import lifecycle, runs
 
 #: The evaluation's headline metrics, in the order the page shows them.
 HEADLINE_METRICS = ("accuracy", "num_samples", "f1_macro", "log_loss", "roc_auc_ovr_macro",
                     "expected_calibration_error")
 #: A saliency step run's aggregates the page shows, beside any `*_mean`.
-SALIENCY_AGGREGATES = (store_names.BEATING_RANDOM_METRIC,)
+SALIENCY_AGGREGATES = (store_names.BEATING_RANDOM_METRIC, store_names.FAILING_SANITY_METRIC)
 
 
 class StoreReader:
@@ -58,6 +60,16 @@ class StoreReader:
             except (MlflowException, OSError):
                 return None
             return Picture(Path(local).read_bytes(), caption)
+
+    def table(self, run: Run, path: str) -> list[dict] | None:
+        """The rows of a table the run logged with `mlflow.log_table` (JSON), or None."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run.info.run_id, path, tmp)
+            except (MlflowException, OSError):
+                return None
+            table = json.loads(Path(local).read_text(encoding="utf-8"))
+        return [dict(zip(table["columns"], row)) for row in table["data"]]
 
     def first_picture(self, run: Run, paths: list[str], caption: str) -> Picture | None:
         """The first of `paths` the run has (listing once, not trying each)."""
@@ -90,7 +102,22 @@ def explained_image(reader: StoreReader, run: Run) -> ExplainedImage:
     return ExplainedImage(tags.get(store_names.IMAGE_ID_TAG, ""), tags.get(store_names.GT_CLASS_TAG, ""),
                           predicted, metrics.get(store_names.PREDICTED_CONF_METRIC),
                           tags.get(store_names.SPLIT_TAG), picture, shown, reader.ref(run),
-                          beats_random(metrics))
+                          beats_random(metrics), tags.get(store_names.SANITY_TAG))
+
+
+def sanity_result(step: Run, images: list[Run]) -> SanityResult | None:
+    """The step run's sanity check: from its map runs' `Sanity_check` tags, else from its
+    share of maps failing; None when its maps were not checked."""
+    checked = [r.data.tags[store_names.SANITY_TAG] for r in images
+               if store_names.SANITY_TAG in r.data.tags]
+    metrics = step.data.metrics
+    spearman = metrics.get(store_names.mean_metric(store_names.SANITY_SPEARMAN_METRIC))
+    if checked:
+        return SanityResult(checked.count(store_names.SANITY_FAILED), len(checked), spearman)
+    if store_names.FAILING_SANITY_METRIC in metrics and images:
+        return SanityResult(round(metrics[store_names.FAILING_SANITY_METRIC] * len(images)),
+                            len(images), spearman)
+    return None
 
 
 def explanation_set(reader: StoreReader, step: Run) -> ExplanationSet:
@@ -107,7 +134,8 @@ def explanation_set(reader: StoreReader, step: Run) -> ExplanationSet:
     used = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k not in not_algorithm)
     return ExplanationSet(f"Saliency: {algorithm}" + (f" ({used})" if used else ""),
                           reader.ref(step), aggregates,
-                          [explained_image(reader, run) for run in images])
+                          [explained_image(reader, run) for run in images],
+                          sanity_result(step, images))
 
 
 def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
@@ -164,6 +192,10 @@ def collect(main_run_id: str, status: str | None = None) -> PipelineReport:
         report.comparison = {k.removesuffix("_mean"): v
                              for k, v in sorted(comparison.data.metrics.items())
                              if k.endswith("_mean")}
+        rows = reader.table(comparison, store_names.RANKING_TABLE) or []
+        for ranked, run_id in map(from_row, rows):
+            step = reader.run(run_id)
+            report.ranking.append((ranked, reader.ref(step) if step else RunRef(run_id)))
     return report
 
 

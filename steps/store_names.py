@@ -218,10 +218,41 @@ TEST_ACCURACY_METRIC = "Test_accuracy"
 MAPS_EXPLAINED_METRIC = "Maps_explained"
 HEADLINE_MAP_METRICS = (BEATING_RANDOM_METRIC, "Deletion_auc_mean", "Insertion_auc_mean")
 
+
+def mean_metric(name: str) -> str:
+    """`<name>_mean`: a step run's mean over its maps of map metric `name`."""
+    return f"{name}_mean"
+
+
+#: A step run's mean ROAD figures (steps/core/metrics.py's `RoadMorf.name`, `RoadLerf.name`,
+#: `ROAD_GAP`, spelled out here so this module needs nothing: tests/test_compare.py checks that
+#: they match).
+ROAD_MORF_MEAN_METRIC = mean_metric("Road_morf_auc")
+ROAD_LERF_MEAN_METRIC = mean_metric("Road_lerf_auc")
+ROAD_GAP_MEAN_METRIC = mean_metric("Road_lerf_minus_morf")
+# The sanity check (`-P sanity_check=true`): does a map change when the model's weights are
+# randomised? On each map run the tag `Sanity_check` (`passed`/`failed`) and the similarity of
+# the map to the randomised model's (`Sanity_spearman`, `Sanity_ssim`); on the step run their
+# means and the share of maps that failed.
+SANITY_TAG = "Sanity_check"
+SANITY_PASSED = "passed"
+SANITY_FAILED = "failed"
+SANITY_SPEARMAN_METRIC = "Sanity_spearman"
+SANITY_SSIM_METRIC = "Sanity_ssim"
+FAILING_SANITY_METRIC = "Maps_failing_sanity"
+#: On a map run: the share (0 to 100) of random maps its deletion or insertion area beats.
+DELETION_PERCENTILE_METRIC = "Deletion_random_percentile"
+INSERTION_PERCENTILE_METRIC = "Insertion_random_percentile"
+
 # Comparison runs (several algorithm configurations on the same images).
 COMPARED_RUNS_TAG = "Compared_saliency_run_ids"
 COMPARISON_RUN_TAG = "Comparison_run_id"
 CONFIGURATIONS_TAG = "Compared_configurations"
+
+
+def rank_metric(label: str) -> str:
+    """`Rank_<label>`: a compared configuration's place in the ranking (1 is best)."""
+    return metric_safe(f"Rank_{label}")
 
 
 def update_tag(k: int, name: str) -> str:
@@ -266,6 +297,8 @@ CURVES_PICTURE = "causal_curves.png"
 COMPARISON_DIR = "comparison"
 AGREEMENT_TABLE = "comparison/agreement.json"
 CONFIGURATIONS_ARTIFACT = "comparison/configurations.json"
+#: The compared configurations ranked (steps/core/ranking.py), one row each (`mlflow.load_table`).
+RANKING_TABLE = "comparison/ranking.json"
 
 # Input-dataset contexts (mlflow.log_input).
 TRAINING_CONTEXT = "training"

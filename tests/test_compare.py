@@ -100,3 +100,44 @@ def test_comparison_pictures_say_what_the_compared_maps_mean():
     assert map_meaning([squared, {**squared, "stride": "1,1"}]) == plots.OCCLUDING
     assert map_meaning([rise, squared]) == plots.COMPARED
     assert map_meaning([rise, {"algorithm": "mc_rise"}]) == plots.COMPARED
+
+
+def test_configurations_rank_by_beating_random_then_road_gap_sanity_failures_last():
+    from steps import store_names
+    from steps.core.ranking import from_row, rank_configurations, ranking_line, table_row
+
+    beating, gap = store_names.BEATING_RANDOM_METRIC, store_names.ROAD_GAP_MEAN_METRIC
+    failing = store_names.FAILING_SANITY_METRIC
+    ranked = rank_configurations({
+        "a": {beating: 0.8, gap: 0.1, failing: 0.5},  # half failing: not yet last
+        "best_on_everything_but_sanity": {beating: 1.0, gap: 0.9, failing: 0.6},
+        "b": {beating: 0.8, gap: 0.3, "Entropy_mean": 4.0},
+        "no_road": {beating: 0.9},  # an older run, no ROAD: the share beating random comes first
+        "same_as_a": {beating: 0.8, gap: 0.1},
+        "no_beating": {gap: 0.5, beating: float("nan")},
+        "worse": {beating: 0.5, gap: 0.4},
+    })
+    assert [(r.rank, r.label) for r in ranked] == [
+        (1, "no_road"), (2, "b"), (3, "a"), (3, "same_as_a"), (5, "worse"), (6, "no_beating"),
+        (7, "best_on_everything_but_sanity")]
+    assert ranking_line(ranked[:2] + ranked[5:]) == (
+        "1. no_road (90% beat random, ROAD gap n/a), 2. b (80% beat random, ROAD gap 0.30), "
+        "6. no_beating (n/a beat random, ROAD gap 0.50), 7. best_on_everything_but_sanity "
+        "(100% beat random, ROAD gap 0.90, fails the sanity check)")
+    # Equal share beating random: the ROAD gap decides, a missing one last.
+    assert [r.label for r in rank_configurations({
+        "x": {beating: 0.5}, "y": {beating: 0.5, gap: -0.2}, "z": {beating: 0.5, gap: 0.0}})] == [
+        "z", "y", "x"]
+    # A row of the table, read back with its missing figures as NaN, is the same ranking.
+    row = {**table_row(ranked[0], "r1"), gap: float("nan")}
+    assert list(row)[:3] == ["rank", "label", "saliency_run_id"]
+    assert from_row(row) == (ranked[0], "r1")
+
+
+def test_the_ranked_road_means_are_the_step_run_s_means_of_the_road_metrics():
+    from steps import store_names
+    from steps.core.metrics import ROAD_GAP, RoadLerf, RoadMorf
+
+    assert (store_names.ROAD_MORF_MEAN_METRIC, store_names.ROAD_LERF_MEAN_METRIC,
+            store_names.ROAD_GAP_MEAN_METRIC) == tuple(
+        store_names.mean_metric(name) for name in (RoadMorf.name, RoadLerf.name, ROAD_GAP))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import io
 
@@ -12,8 +13,9 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from steps.core.classification import Evaluated, classifier_metrics, curve_figures, \
     expected_calibration_error
+from steps.core.ranking import rank_configurations
 from steps.core.report_page import (ExplainedImage, ExplanationSet, Picture, PipelineReport, RunRef,
-                               metric_meaning, render)
+                                    SanityResult, metric_meaning, render)
 from tests.browser import render_page
 
 
@@ -156,3 +158,53 @@ def test_metric_names_on_the_page_are_explained():
         row = text.split(f"<th>{shown}</th>", 1)[1].split("</tr>", 1)[0]
         assert f'<td class="what">{html.escape(metric_meaning(shown))}</td>' in row, shown
     assert f'title="{html.escape(metric_meaning("Deletion_auc"))}"' in text
+
+
+def test_each_configuration_says_how_far_its_maps_beat_random_and_pass_the_sanity_check():
+    report = page()
+    (rise,) = report.explanations
+    checked = dataclasses.replace(rise, aggregates={
+        "Maps_beating_random": 0.5, "Road_morf_auc_mean": 0.31, "Road_lerf_auc_mean": 0.52,
+        "Road_lerf_minus_morf_mean": 0.21, "Maps_failing_sanity": 0.5},
+        images=[rise.images[0], dataclasses.replace(
+            rise.images[1], sanity="failed", metrics={"Sanity_spearman": 0.934})],
+        sanity=SanityResult(1, 2, 0.47))
+    passed = dataclasses.replace(rise, title="Saliency: sliding_window", aggregates={},
+                                 sanity=SanityResult(0, 2, 0.12))
+    report.explanations = [checked, passed]
+    text = render(report)
+    assert "<b>50%</b> of the maps beat random maps; mean ROAD MoRF 0.310, LeRF 0.520, gap " \
+           "(LeRF − MoRF) 0.210." in text
+    assert ("Sanity check failed for 1 of 2 maps: these maps barely depend on the model "
+            "(mean Spearman 0.47).") in text
+    assert ("Sanity check passed: maps change when the model's weights are randomised "
+            "(mean Spearman 0.12).") in text
+    # The one card whose map failed says so, with its correlation.
+    assert text.count("This map barely depends on the model") == 1
+    assert ("This map barely depends on the model: it stays the same when the model's weights "
+            "are randomised (Spearman ρ 0.93).") in text
+    # Without a sanity check nor ROAD (the plain page), none of it.
+    plain = render(page())
+    assert "Sanity check" not in plain and "ROAD" not in plain and "ranked" not in plain
+    for name in ("Deletion_random_percentile", "Insertion_random_percentile", "Sanity_spearman",
+                 "Sanity_ssim", "Maps_failing_sanity", "Road_morf_auc_mean",
+                 "Road_lerf_auc_mean", "Road_lerf_minus_morf_mean", "Sanity_spearman_mean"):
+        assert metric_meaning(name), name
+    row = text.split("<th>Maps_failing_sanity</th>", 1)[1].split("</tr>", 1)[0]
+    assert html.escape(metric_meaning("Maps_failing_sanity")) in row
+
+
+def test_the_page_shows_the_compared_configurations_ranked():
+    report = page()
+    ranked = rank_configurations({
+        "rise": {"Maps_beating_random": 0.5, "Road_lerf_minus_morf_mean": 0.21},
+        "sliding_window": {"Maps_beating_random": 1.0, "Maps_failing_sanity": 1.0},
+        "rise_s8": {"Maps_beating_random": 0.5}})
+    report.ranking = [(r, RunRef(str(i) * 32)) for i, r in enumerate(ranked)]
+    text = render(report)
+    table = text.split("<h2>Configurations ranked</h2>", 1)[1].split("</table>", 1)[0]
+    rows = [row.split("</td>", 2)[:2] for row in table.split("<tr>")[2:]]
+    assert [(rank.removeprefix("<td class=num>"), label.removeprefix("<td>"))
+            for rank, label in rows] == [("1", "rise"), ("2", "rise_s8"), ("3", "sliding_window")]
+    assert "<td class=num>0.210</td>" in table and table.count("<td class=num>n/a</td>") == 2
+    assert "failed (100% of maps)" in table and "0" * 32 in table

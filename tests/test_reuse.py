@@ -190,8 +190,20 @@ def test_compare_runs_each_configuration_once_and_compares_their_maps(project, f
         np.mean([metrics[f"Xcorr_{pair}_image_{i}"] for i in images]))
     artifacts = {a.path for a in client.list_artifacts(comparison.info.run_id, "comparison")}
     assert {f"comparison/image_{i}.png" for i in images} | {
-        "comparison/agreement.json", "comparison/configurations.json"} == artifacts
+        "comparison/agreement.json", "comparison/configurations.json",
+        store_names.RANKING_TABLE} == artifacts
     assert "rise vs sliding_window" in comparison.data.tags["mlflow.note.content"]
+    # The configurations ranked by their step runs' share of maps beating random, then ROAD.
+    figures = {label: tuple(client.get_run(step_id).data.metrics[name] for name in (
+        store_names.BEATING_RANDOM_METRIC, store_names.ROAD_GAP_MEAN_METRIC))
+        for label, step_id in (("rise", rise_id), ("sliding_window", window_id))}
+    order = sorted(figures, key=lambda label: figures[label], reverse=True)
+    assert [metrics[f"Rank_{label}"] for label in order] == [1, 2]
+    ranking_line = next(line for line in result.output.splitlines() if "Ranking: " in line)
+    assert ranking_line.split("Ranking: ", 1)[1] == ", ".join(
+        f"{rank}. {label} ({figures[label][0]:.0%} beat random, ROAD gap "
+        f"{figures[label][1]:.2f})" for rank, label in enumerate(order, start=1))
+    assert ranking_line.split("Ranking: ", 1)[1] in comparison.data.tags["mlflow.note.content"]
     # Where its process spent its time (it draws a picture an image).
     spent = {phase: metrics[store_names.duration_metric(phase)] for phase in store_names.PHASES}
     assert min(spent.values()) >= 0 and spent[store_names.PICTURES_PHASE] > 0, spent
@@ -200,13 +212,22 @@ def test_compare_runs_each_configuration_once_and_compares_their_maps(project, f
     report = open(client.download_artifacts(main_id, "report.html")).read()
     assert report.count("<h2>Saliency: ") == 2
     assert f"{metrics[f'Xcorr_{pair}_mean']:.4g}" in report
+    assert report.count("of the maps beat random maps; mean ROAD MoRF") == 2
+    assert window_id in report.split("<h2>Configurations ranked</h2>", 1)[1]
     mlflow.set_tracking_uri(project.uri)  # load_table searches with the fluent API
     try:
         table = client.load_table(comparison.info.experiment_id, "comparison/agreement.json",
                                   run_ids=[comparison.info.run_id])
+        ranking = client.load_table(comparison.info.experiment_id, store_names.RANKING_TABLE,
+                                    run_ids=[comparison.info.run_id])
     finally:
         mlflow.set_tracking_uri(None)
     assert list(map(str, table["Image_id"])) == images and set(table["second"]) == {"sliding_window"}
+    assert list(ranking["label"]) == order and list(ranking["rank"]) == [1, 2]
+    assert list(ranking["saliency_run_id"]) == [{"rise": rise_id, "sliding_window": window_id}[
+        label] for label in order]
+    assert list(ranking[store_names.ROAD_GAP_MEAN_METRIC]) == pytest.approx(
+        [figures[label][1] for label in order])
 
     # Once more: both configurations and the comparison are reused.
     before = project.step_run_ids()

@@ -7,6 +7,9 @@ import base64
 import html
 from dataclasses import dataclass, field
 
+from steps import store_names
+from steps.core.ranking import RankedConfiguration
+
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
        max-width: 1200px; padding: 1.5em; color: #1f2328; background: #fff; }
@@ -75,6 +78,18 @@ class ExplainedImage:
     metrics: dict[str, float]
     run: RunRef
     beats_random: bool | None = None
+    #: The sanity check's result (`passed`/`failed`), when the map was checked.
+    sanity: str | None = None
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    """A step run's sanity check: of the maps checked, how many failed, and their mean
+    Spearman correlation with the maps of the model with randomised weights."""
+
+    failed: int
+    checked: int
+    spearman_mean: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,7 @@ class ExplanationSet:
     run: RunRef
     aggregates: dict[str, float]
     images: list[ExplainedImage]
+    sanity: SanityResult | None = None
 
 
 @dataclass
@@ -101,6 +117,8 @@ class PipelineReport:
     query: dict[str, str] = field(default_factory=dict)
     explanations: list[ExplanationSet] = field(default_factory=list)
     comparison: dict[str, float] = field(default_factory=dict)  # pair -> mean agreement
+    #: The compared configurations, best first, each with its saliency step run.
+    ranking: list[tuple[RankedConfiguration, RunRef]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -147,6 +165,18 @@ METRIC_MEANINGS = {
                             "higher is better",
     "Maps_beating_random": "share of the maps whose deletion and insertion both beat a random "
                            "map's",
+    "Deletion_random_percentile": "share (%) of random maps whose deletion area this map's is "
+                                  "below; higher is better",
+    "Insertion_random_percentile": "share (%) of random maps whose insertion area this map's "
+                                   "is above; higher is better",
+    "Sanity_spearman": "sanity check: rank correlation of the map with the map of the model "
+                       "with randomised weights; near 1 means the map barely depends on the "
+                       "model, lower is better",
+    "Sanity_ssim": "sanity check: structural similarity of the map with the map of the model "
+                   "with randomised weights; near 1 means the map barely depends on the "
+                   "model, lower is better",
+    "Maps_failing_sanity": "share of the maps that stay the same when the model's weights are "
+                           "randomised (the sanity check); lower is better",
     "Xcorr": "agreement of two maps: normalised cross-correlation, 1 the same map up to scale",
     "Ssd": "difference of two maps: sum of squared differences over their norms, 0 the same",
 }
@@ -208,6 +238,11 @@ def _image_card(image: ExplainedImage) -> str:
         trust = ('<p class="good">The map beats a random map (deletion and insertion).</p>'
                  if image.beats_random else
                  '<p class="bad">The map does not beat a random map: do not trust it.</p>')
+    if image.sanity == store_names.SANITY_FAILED:
+        spearman = image.metrics.get(store_names.SANITY_SPEARMAN_METRIC)
+        trust += ('<p class="bad">This map barely depends on the model: it stays the same when '
+                  "the model's weights are randomised"
+                  + (f" (Spearman ρ {spearman:.2f})" if spearman is not None else "") + ".</p>")
     picture = (image.picture.html(captioned=False) if image.picture
                else "<p class=sub>(no picture)</p>")
     return (f'<div class="card {"right" if right else "wrong"}"><div>{picture}</div><div>'
@@ -216,6 +251,63 @@ def _image_card(image: ExplainedImage) -> str:
             f"<b>{html.escape(image.predicted_class)}</b>{confidence}: {outcome}</p>"
             f"{trust}{_faithfulness_table(image.metrics)}"
             f"<p class=sub>map run {image.run.html()}</p></div></div>")
+
+
+def _percent(value: float) -> str:
+    return f"{value:.0%}"
+
+
+def _set_summary(explanation: ExplanationSet) -> str:
+    """The share of maps beating random, the mean ROAD figures and the sanity check's result,
+    each when the step run has it."""
+    aggregates = explanation.aggregates
+    figures = []
+    if store_names.BEATING_RANDOM_METRIC in aggregates:
+        figures.append(f"<b>{_percent(aggregates[store_names.BEATING_RANDOM_METRIC])}</b> of "
+                       "the maps beat random maps")
+    road = [f"{label} {aggregates[name]:.3f}" for label, name in (
+        ("MoRF", store_names.ROAD_MORF_MEAN_METRIC), ("LeRF", store_names.ROAD_LERF_MEAN_METRIC),
+        ("gap (LeRF − MoRF)", store_names.ROAD_GAP_MEAN_METRIC)) if name in aggregates]
+    if road:
+        figures.append("mean ROAD " + ", ".join(road))
+    parts = [f"<p>{'; '.join(figures)}.</p>"] if figures else []
+    sanity = explanation.sanity
+    if sanity is not None:
+        spearman = ("" if sanity.spearman_mean is None
+                    else f" (mean Spearman {sanity.spearman_mean:.2f})")
+        if sanity.failed:
+            parts.append(f'<p class="bad">Sanity check failed for {sanity.failed} of '
+                         f"{sanity.checked} maps: these maps barely depend on the model"
+                         f"{spearman}.</p>")
+        else:
+            parts.append('<p class="good">Sanity check passed: maps change when the model\'s '
+                         f"weights are randomised{spearman}.</p>")
+    return "".join(parts)
+
+
+def _ranking_table(ranking: list[tuple[RankedConfiguration, RunRef]]) -> str:
+    """The compared configurations, best first, with the figures they were ranked by."""
+    def cell(value: float | None, text) -> str:
+        return "<td class=num>n/a</td>" if value is None else f"<td class=num>{text(value)}</td>"
+
+    rows = []
+    for ranked, run in ranking:
+        failing = ranked.figures.get(store_names.FAILING_SANITY_METRIC)
+        sanity = ("" if failing is None else
+                  f'<span class="bad">failed ({_percent(failing)} of maps)</span>'
+                  if ranked.fails_sanity else '<span class="good">passed</span>'
+                  + (f" ({_percent(failing)} of maps failed)" if failing else ""))
+        rows.append(f"<tr><td class=num>{ranked.rank}</td><td>{html.escape(ranked.label)}</td>"
+                    + cell(ranked.figures.get(store_names.BEATING_RANDOM_METRIC), _percent)
+                    + cell(ranked.figures.get(store_names.ROAD_GAP_MEAN_METRIC),
+                           lambda v: f"{v:.3f}")
+                    + f"<td>{sanity}</td><td>{run.html()}</td></tr>")
+    head = ("<tr><th>rank</th><th>configuration</th><th>maps beating random</th>"
+            "<th>mean ROAD gap (LeRF − MoRF)</th><th>sanity check</th><th>saliency run</th></tr>")
+    return (f"<table>{head}{''.join(rows)}</table><p class=sub>Ranked by the share of maps "
+            "beating random maps, then by the mean ROAD gap (both higher is better); a "
+            "configuration whose maps mostly fail the sanity check ranks last, and a figure a "
+            "run does not have ranks after those it has.</p>")
 
 
 def render(report: PipelineReport) -> str:
@@ -236,9 +328,11 @@ def render(report: PipelineReport) -> str:
     for explanation in report.explanations:
         parts.append(f"<h2>{html.escape(explanation.title)}</h2>"
                      f"<p class=sub>saliency run {explanation.run.html()}</p>"
-                     + _metrics_table(explanation.aggregates)
+                     + _set_summary(explanation) + _metrics_table(explanation.aggregates)
                      + '<div class="gallery">'
                      + "".join(_image_card(image) for image in explanation.images) + "</div>")
+    if report.ranking:
+        parts.append("<h2>Configurations ranked</h2>" + _ranking_table(report.ranking))
     if report.comparison:
         parts.append("<h2>How far the configurations agree (mean over images)</h2>"
                      + _metrics_table(report.comparison))
