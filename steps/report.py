@@ -111,7 +111,7 @@ def sanity_result(step: Run, images: list[Run]) -> SanityResult | None:
     checked = [r.data.tags[store_names.SANITY_TAG] for r in images
                if store_names.SANITY_TAG in r.data.tags]
     metrics = step.data.metrics
-    spearman = metrics.get(store_names.mean_metric(store_names.SANITY_SPEARMAN_METRIC))
+    spearman = metrics.get(store_names.mean_metric(store_names.SANITY_SIGNED_SPEARMAN_METRIC))
     if checked:
         return SanityResult(checked.count(store_names.SANITY_FAILED), len(checked), spearman)
     if store_names.FAILING_SANITY_METRIC in metrics and images:

@@ -28,7 +28,8 @@ from mlflow.tracking import MlflowClient
 from steps import options, phases, store_names
 from steps.core import plots
 from steps.core.algorithm import algorithm_parameters, make_algorithm
-from steps.core.metrics import BEATS_RANDOM_PERCENTILE, MetricSettings
+from steps.core.metrics import BEATS_RANDOM_PERCENTILE, MapScores, MetricSettings
+from steps.core.ranking import SANITY_FAILURE_SHARE
 from steps.core.model_input import flags_of
 from steps.core.xaitk_generators import generator_config
 from steps.tracking import lifecycle, runs
@@ -77,6 +78,7 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
             f"{'it as a test image' if one else 'them as test images'}; give the evaluation's "
             "test_fraction, split_seed and eval_split", param_hint="'--split_seed'")
     writer.warn_about_training_images(image_ids)
+    sanity_unavailable = writer.warn_if_sanity_unavailable()
     recipe = MapRecipe(writer.inputs.resolved.uri, writer.data_params["dataset"], image_size,
                        split, writer.config, pictures, predict_batch_size,
                        {**{k: options.as_param(v) for k, v in {
@@ -103,7 +105,7 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
                                                             cluster, bar))
         made = [found[image_id] for image_id in image_ids]
         for one in made:
-            writer.warn_unless_beating_random(one.image_id, one.scores)
+            writer.warn_about_scores(one.image_id, one.scores)
         scores = [one.scores for one in made]
         mlflow.log_metrics(aggregate_scores(scores))
         with phases.phase(store_names.PICTURES_PHASE):
@@ -113,12 +115,33 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
         beating = sum(s.beats_random() for s in scores)
         mlflow.set_tag(store_names.RUN_NAME_TAG,
                        store_names.saliency_run_name(writer.label, beating, len(scores)))
+        sanity = sanity_summary(scores, sanity_unavailable)
+        if metric_settings.sanity_check:
+            mlflow.set_tag(store_names.SANITY_TAG, sanity[0])
         runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
                       f"of them beat random maps (better than {BEATS_RANDOM_PERCENTILE:.0f}% "
                       f"of {metric_settings.random_maps} random maps each on deletion and "
-                      f"insertion). One run per image below.")
+                      f"insertion).{sanity[1]} One run per image below.")
         click.echo(f"Saliency run {parent.info.run_id} ({algorithm}): {len(image_ids)} maps, "
-                   f"{beating} beating random maps")
+                   f"{beating} beating random maps{sanity[2]}")
+
+
+def sanity_summary(scores: list[MapScores], unavailable: str | None) -> tuple[str, str, str]:
+    """The step run's `Sanity_check` tag (`passed` when at most half its maps fail, `failed`,
+    `unavailable`), a sentence for its description and a clause for the console line; empty
+    words when the check was not asked for."""
+    if unavailable:
+        return (store_names.SANITY_UNAVAILABLE, f" No sanity check: {unavailable}.",
+                ", no sanity check")
+    checked = [s.fails_sanity for s in scores if s.fails_sanity is not None]
+    if not checked:
+        return "", "", ""
+    failing = sum(checked)
+    verdict = (store_names.SANITY_FAILED if failing > len(checked) * SANITY_FAILURE_SHARE
+               else store_names.SANITY_PASSED)
+    return (verdict, f" Sanity check {verdict}: {failing} of {len(checked)} maps barely "
+                     "depend on the model (they stay the same when its weights are "
+                     "randomised).", f", {failing} failing the sanity check")
 
 
 def reproduce(source_id: str, pictures: plots.PictureStyle, predict_batch_size: int) -> None:
@@ -139,7 +162,7 @@ def reproduce(source_id: str, pictures: plots.PictureStyle, predict_batch_size: 
             writer.explainer.predict_all([image_id])))
         run = writer.map_run(explained, parent, algorithm_params,
                              {**lineage, store_names.REPRODUCED_TAG: source_id})
-        writer.warn_unless_beating_random(image_id, explained.scores)
+        writer.warn_about_scores(image_id, explained.scores)
         maps = explained.maps
         difference = (float(np.max(np.abs(maps - expected))) if maps.shape == expected.shape
                       else float("inf"))

@@ -237,7 +237,11 @@ ROAD_GAP_MEAN_METRIC = mean_metric("Road_lerf_minus_morf")
 SANITY_TAG = "Sanity_check"
 SANITY_PASSED = "passed"
 SANITY_FAILED = "failed"
+#: On a step run whose model cannot be randomised (a pyfunc model, say).
+SANITY_UNAVAILABLE = "unavailable"
 SANITY_SPEARMAN_METRIC = "Sanity_spearman"
+#: The measure the check flags on (steps/core/sanity.py says why).
+SANITY_SIGNED_SPEARMAN_METRIC = "Sanity_spearman_signed"
 SANITY_SSIM_METRIC = "Sanity_ssim"
 FAILING_SANITY_METRIC = "Maps_failing_sanity"
 #: On a map run: the share (0 to 100) of random maps its deletion or insertion area beats.

@@ -49,8 +49,8 @@ def test_the_page_is_self_contained_escaped_and_says_which_maps_to_trust():
     assert text.count("data:image/png;base64,") == 3
     assert "cat/&lt;1&gt;.png" in text and "pipeline &amp; co" in text
     assert "tags.Correct = &#x27;false&#x27;" in text
-    assert "The map beats a random map" in text
-    assert "does not beat a random map" in text
+    assert "The map beats random maps" in text
+    assert "does not beat random maps" in text
     assert "the model saw it in training" in text  # the train-split image, said so
     assert text.count('class="card wrong"') == 1 and text.count('class="card right"') == 1
     for run_id in ("a", "b", "c", "d", "e"):
@@ -167,7 +167,7 @@ def test_each_configuration_says_how_far_its_maps_beat_random_and_pass_the_sanit
         "Maps_beating_random": 0.5, "Road_morf_auc_mean": 0.31, "Road_lerf_auc_mean": 0.52,
         "Road_lerf_minus_morf_mean": 0.21, "Maps_failing_sanity": 0.5},
         images=[rise.images[0], dataclasses.replace(
-            rise.images[1], sanity="failed", metrics={"Sanity_spearman": 0.934})],
+            rise.images[1], sanity="failed", metrics={"Sanity_spearman_signed": 0.934})],
         sanity=SanityResult(1, 2, 0.47))
     passed = dataclasses.replace(rise, title="Saliency: sliding_window", aggregates={},
                                  sanity=SanityResult(0, 2, 0.12))
@@ -176,13 +176,13 @@ def test_each_configuration_says_how_far_its_maps_beat_random_and_pass_the_sanit
     assert "<b>50%</b> of the maps beat random maps; mean ROAD MoRF 0.310, LeRF 0.520, gap " \
            "(LeRF − MoRF) 0.210." in text
     assert ("Sanity check failed for 1 of 2 maps: these maps barely depend on the model "
-            "(mean Spearman 0.47).") in text
+            "(mean signed Spearman 0.47).") in text
     assert ("Sanity check passed: maps change when the model's weights are randomised "
-            "(mean Spearman 0.12).") in text
+            "(mean signed Spearman 0.12).") in text
     # The one card whose map failed says so, with its correlation.
     assert text.count("This map barely depends on the model") == 1
     assert ("This map barely depends on the model: it stays the same when the model's weights "
-            "are randomised (Spearman ρ 0.93).") in text
+            "are randomised (signed Spearman ρ 0.93).") in text
     # Without a sanity check nor ROAD (the plain page), none of it.
     plain = render(page())
     assert "Sanity check" not in plain and "ROAD" not in plain and "ranked" not in plain

@@ -17,7 +17,9 @@ import numpy as np
 
 from steps.core import plots
 from steps.core.image_dataset import TRAIN, ImageDataset, Split
-from steps.core.metrics import MapScores, MetricSettings, score_map
+from steps.core.errors import NotRandomisable
+from steps.core.metrics import MapScores, MetricSettings, class_map, score_map
+from steps.core.sanity import SANITY_SEED, fails_sanity, map_similarity
 from steps.core.image_models import ClassMapping, ImageModel
 from steps.core.xaitk_generators import ImageClassifier
 
@@ -115,6 +117,24 @@ class ImageExplainer:
                                classes=len(self.classes.names))
 
     @functools.cached_property
+    def randomised_classifier(self) -> ImageClassifier:
+        """The classifier with the model's weights redrawn (the sanity check's); raises
+        `NotRandomisable` when they cannot be."""
+        return ImageClassifier(self.model.randomised(SANITY_SEED),
+                               batch_size=self.predict_batch_size,
+                               classes=len(self.classes.names))
+
+    def sanity_unavailable(self) -> str | None:
+        """Why the sanity check asked for cannot run on this model, or None."""
+        if not self.metric_settings.sanity_check:
+            return None
+        try:
+            self.randomised_classifier
+        except NotRandomisable as error:
+            return str(error)
+        return None
+
+    @functools.cached_property
     def engine(self):
         """FastSaliency, or xaitk's generator where it does not apply; made when the first map
         is (xaitk's implementations are slow to import, and compare never needs them; figures:
@@ -164,8 +184,23 @@ class ImageExplainer:
                          predicted.predicted_column, predicted.true_column,
                          self.metric_settings, predicted.image_id)
 
+    def randomised_maps(self, predicted: Sequence[PredictedImage]) -> list[np.ndarray | None]:
+        """The images' maps by the randomised model, when the sanity check asks for them and
+        can run (else None each)."""
+        if not self.metric_settings.sanity_check or self.sanity_unavailable():
+            return [None] * len(predicted)
+        return [maps for maps, _ in self.engine.maps_and_raw([one.image for one in predicted],
+                                                             self.randomised_classifier)]
+
     def explain(self, predicted: Sequence[PredictedImage]) -> Iterator[ExplainedImage]:
-        """Each image explained and scored, in order; the maps made together first, each
-        image's scores as it is reached (a caller that stops early scores no more)."""
-        for one, (maps, raw) in zip(predicted, self.maps_of(predicted)):
-            yield ExplainedImage(one, maps, raw, self.score(one, maps))
+        """Each image explained and scored, in order; the maps (and those of the randomised
+        model, for the sanity check) made together first, each image's scores as it is reached
+        (a caller that stops early scores no more)."""
+        made = zip(self.maps_of(predicted), self.randomised_maps(predicted))
+        for one, ((maps, raw), randomised) in zip(predicted, made):
+            scores = self.score(one, maps)
+            if randomised is not None:
+                similarity = map_similarity(class_map(maps, one.predicted_column),
+                                            class_map(randomised, one.predicted_column))
+                scores = scores.with_sanity(similarity, fails_sanity(similarity))
+            yield ExplainedImage(one, maps, raw, scores)

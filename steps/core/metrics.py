@@ -392,15 +392,21 @@ def beats_random(metrics: Mapping[str, float]) -> bool | None:
 
 @dataclass
 class MapScores:
-    """A map's metrics by name, the curves by name, whether it beats random maps and, of
-    MC-RISE's maps, the fill colour whose map is the most faithful."""
+    """A map's metrics by name, the curves by name, whether it beats random maps, of MC-RISE's
+    maps the fill colour whose map is the most faithful, and whether the map fails the sanity
+    check (None: not checked)."""
 
     metrics: dict[str, float]
     curves: dict[str, np.ndarray]
     most_faithful_fill: int | None = None
+    fails_sanity: bool | None = None
 
     def beats_random(self) -> bool:
         return bool(beats_random(self.metrics))
+
+    def with_sanity(self, similarity: dict[str, float], fails: bool) -> MapScores:
+        """These scores with the sanity check's similarity measures and verdict."""
+        return replace(self, metrics={**self.metrics, **similarity}, fails_sanity=fails)
 
 
 def scored(context: MapContext, which, suffix: str = ""

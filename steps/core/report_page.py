@@ -163,15 +163,17 @@ METRIC_MEANINGS = {
                      "better",
     "Road_lerf_minus_morf": "ROAD LeRF minus MoRF: above 0 when the map's ranking matters; "
                             "higher is better",
-    "Maps_beating_random": "share of the maps whose deletion and insertion both beat a random "
-                           "map's",
+    "Maps_beating_random": "share of the maps whose deletion and insertion both beat 90% of "
+                           "random maps",
     "Deletion_random_percentile": "share (%) of random maps whose deletion area this map's is "
                                   "below; higher is better",
     "Insertion_random_percentile": "share (%) of random maps whose insertion area this map's "
                                    "is above; higher is better",
-    "Sanity_spearman": "sanity check: rank correlation of the map with the map of the model "
-                       "with randomised weights; near 1 means the map barely depends on the "
-                       "model, lower is better",
+    "Sanity_spearman": "sanity check: rank correlation of the map's absolute values with the "
+                       "map of the model with randomised weights (Adebayo et al.'s measure)",
+    "Sanity_spearman_signed": "sanity check: rank correlation of the map with the map of the "
+                              "model with randomised weights; above 0.5 the map barely depends "
+                              "on the model, lower is better",
     "Sanity_ssim": "sanity check: structural similarity of the map with the map of the model "
                    "with randomised weights; near 1 means the map barely depends on the "
                    "model, lower is better",
@@ -235,14 +237,14 @@ def _image_card(image: ExplainedImage) -> str:
                   f'in training)</span>')
     trust = ""
     if image.beats_random is not None:
-        trust = ('<p class="good">The map beats a random map (deletion and insertion).</p>'
-                 if image.beats_random else
-                 '<p class="bad">The map does not beat a random map: do not trust it.</p>')
+        trust = ('<p class="good">The map beats random maps (deletion and insertion, better '
+                 'than 90% of them).</p>' if image.beats_random else
+                 '<p class="bad">The map does not beat random maps: do not trust it.</p>')
     if image.sanity == store_names.SANITY_FAILED:
-        spearman = image.metrics.get(store_names.SANITY_SPEARMAN_METRIC)
+        spearman = image.metrics.get(store_names.SANITY_SIGNED_SPEARMAN_METRIC)
         trust += ('<p class="bad">This map barely depends on the model: it stays the same when '
                   "the model's weights are randomised"
-                  + (f" (Spearman ρ {spearman:.2f})" if spearman is not None else "") + ".</p>")
+                  + (f" (signed Spearman ρ {spearman:.2f})" if spearman is not None else "") + ".</p>")
     picture = (image.picture.html(captioned=False) if image.picture
                else "<p class=sub>(no picture)</p>")
     return (f'<div class="card {"right" if right else "wrong"}"><div>{picture}</div><div>'
@@ -274,7 +276,7 @@ def _set_summary(explanation: ExplanationSet) -> str:
     sanity = explanation.sanity
     if sanity is not None:
         spearman = ("" if sanity.spearman_mean is None
-                    else f" (mean Spearman {sanity.spearman_mean:.2f})")
+                    else f" (mean signed Spearman {sanity.spearman_mean:.2f})")
         if sanity.failed:
             parts.append(f'<p class="bad">Sanity check failed for {sanity.failed} of '
                          f"{sanity.checked} maps: these maps barely depend on the model"

@@ -26,6 +26,7 @@ from steps import phases, store_names
 from steps.core import plots
 from steps.core.image_dataset import DATA_PARAMETERS, SPLIT_PARAMETERS, DataError, SplitChoice
 from steps.core.parameters import values_of
+from steps.core.sanity import SPEARMAN_SIGNED, sanity_config
 from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
                                 fill_colours_of, resolve_metric_settings)
 from steps.core.metrics import (BEATS_RANDOM_PERCENTILE, MapScores, MetricSettings,
@@ -127,19 +128,34 @@ def against_random(scores: MapScores) -> str:
     return f"{one('deletion', 'lower')}; {one('insertion', 'higher')}"
 
 
+def barely_depends(scores: MapScores) -> str:
+    """`it stays the same when the model's weights are randomised (Spearman 0.93)`."""
+    return ("it stays the same when the model's weights are randomised (signed Spearman "
+            f"{scores.metrics[SPEARMAN_SIGNED]:.2f})")
+
+
 def map_verdict(scores: MapScores) -> str:
-    """A map run's description: whether the map beats random maps, in words."""
+    """A map run's description: whether the map beats random maps, and whether it passed the
+    sanity check, in words."""
     verdict = ("**Beats random maps**" if scores.beats_random()
                else "**Does not beat random maps**")
+    sanity = ("" if scores.fails_sanity is None else
+              f" **This map barely depends on the model**: {barely_depends(scores)}."
+              if scores.fails_sanity else
+              " It passed the sanity check: it changes when the model's weights are "
+              f"randomised (signed Spearman {scores.metrics[SPEARMAN_SIGNED]:.2f}).")
     return (f"{verdict} (better than {BEATS_RANDOM_PERCENTILE:.0f}% of them on both): hiding "
             f"its most salient pixels first lowers the predicted class's confidence, and "
             f"showing them first raises it, against random maps' orders "
-            f"({against_random(scores)}; areas under the curves in `metrics/`).")
+            f"({against_random(scores)}; areas under the curves in `metrics/`).{sanity}")
 
 
 def aggregate_scores(scores: list[MapScores]) -> dict[str, float]:
     """Mean and median of each metric over the maps, and the share that beats a random map."""
     aggregates = {store_names.BEATING_RANDOM_METRIC: float(np.mean([s.beats_random() for s in scores]))}
+    checked = [s.fails_sanity for s in scores if s.fails_sanity is not None]
+    if checked:
+        aggregates[store_names.FAILING_SANITY_METRIC] = float(np.mean(checked))
     for name in scores[0].metrics:
         values = [s.metrics[name] for s in scores if name in s.metrics]
         aggregates[f"{name}_mean"] = float(np.mean(values))
@@ -185,7 +201,8 @@ class MapRunWriter:
         settings = resolve_metric_settings(
             MetricSettings.from_dict(stored) if stored else metric_settings or MetricSettings(),
             inputs.dataset, made, inputs.model, config)
-        config = {**config, store_names.METRICS_CONFIG_KEY: settings.as_dict()}
+        config = {**config, store_names.METRICS_CONFIG_KEY: {
+            **settings.as_dict(), **({"sanity": sanity_config()} if settings.sanity_check else {})}}
         explainer = ImageExplainer(inputs.dataset, inputs.model, inputs.classes, config, made,
                                    predict_batch_size, settings)
         return cls(explainer, inputs, pictures,
@@ -214,11 +231,23 @@ class MapRunWriter:
                        f"({self.split_description()}): the model has seen "
                        f"{'it' if one else 'them'}", err=True)
 
-    def warn_unless_beating_random(self, image_id: str, scores: MapScores) -> None:
+    def warn_about_scores(self, image_id: str, scores: MapScores) -> None:
+        """A `Warning:` line for a map that does not beat random maps, and one for a map that
+        fails the sanity check."""
+        which = f"the {self.label + ' ' if self.label else ''}map of image {image_id}"
         if not scores.beats_random():
-            click.echo(f"Warning: the {self.label + ' ' if self.label else ''}map of image "
-                       f"{image_id} does not beat {BEATS_RANDOM_PERCENTILE:.0f}% of random "
-                       f"maps ({against_random(scores)})", err=True)
+            click.echo(f"Warning: {which} does not beat {BEATS_RANDOM_PERCENTILE:.0f}% of "
+                       f"random maps ({against_random(scores)})", err=True)
+        if scores.fails_sanity:
+            click.echo(f"Warning: {which} barely depends on the model: "
+                       f"{barely_depends(scores)}", err=True)
+
+    def warn_if_sanity_unavailable(self) -> str | None:
+        """One `Warning:` line when the sanity check was asked for and cannot run; why."""
+        why = self.explainer.sanity_unavailable()
+        if why:
+            click.echo(f"Warning: no sanity check: {why}", err=True)
+        return why
 
     def step_tags(self) -> dict[str, str]:
         """What every run of this step records about its model and data."""
@@ -264,6 +293,9 @@ class MapRunWriter:
                 nested=mlflow.active_run() is not None,
                 experiment_id=parent.info.experiment_id,
                 tags={store_names.PARENT_RUN_TAG: parent.info.run_id}) as run:
+            if scores.fails_sanity is not None:
+                extra_tags = {**extra_tags, store_names.SANITY_TAG: store_names.SANITY_FAILED
+                              if scores.fails_sanity else store_names.SANITY_PASSED}
             if scores.most_faithful_fill is not None:
                 extra_tags = {**extra_tags, store_names.MOST_FAITHFUL_FILL_TAG:
                               self.fill_name(scores.most_faithful_fill)}
@@ -372,8 +404,10 @@ class MapMade:
     @classmethod
     def stored(cls, run: Run) -> MapMade:
         metrics = {k: v for k, v in run.data.metrics.items() if k != store_names.PREDICTED_CONF_METRIC}
+        sanity = run.data.tags.get(store_names.SANITY_TAG)
         return cls(run.data.tags[store_names.IMAGE_ID_TAG], run.info.run_id, stored_map(run),
-                   MapScores(metrics, {}))
+                   MapScores(metrics, {}, fails_sanity=None if sanity is None
+                             else sanity == store_names.SANITY_FAILED))
 
 
 def earlier_maps(client: MlflowClient, parent_id: str, experiment_id: str, restore: bool,
