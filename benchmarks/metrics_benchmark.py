@@ -6,6 +6,8 @@
   one random map; Entropy), its curves' images classified in batches;
 - maps + metrics without ROAD: the same against 10 random maps (the default `random_maps`);
 - maps + metrics (ours): the same with ROAD's MoRF and LeRF too (nine imputed images each);
+- + sanity check: the same, and each map made again with the model's weights randomised and
+  compared with it (`-P sanity_check=true`);
 - naive metrics: the same curves with one `predict_proba` call per step per image.
 The rounds alternate between the ways. It prints maps/s and the ratios, and exits 1 if the
 naive metrics differ from ours by more than float32 rounding.
@@ -28,6 +30,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from digits_setup import digits_setup  # noqa: E402
 from steps.core.metrics import (MAP_METRICS, ROAD_METRICS, MetricSettings,  # noqa: E402
                                 score_map)
+from steps.core.sanity import map_similarity  # noqa: E402
+from steps.core.xaitk_generators import ImageClassifier  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +70,17 @@ def main(argv=None) -> int:
                           metrics)
                 for k, (image, p, t) in enumerate(zip(images, predicted, labels))]
 
+    randomised = ImageClassifier(setup.model.randomised())
+
+    def with_sanity_check():
+        results = []
+        for k, (image, p, t) in enumerate(zip(images, predicted, labels)):
+            maps = engine(image, classifier)
+            results.append(score_map(maps, image, classifier.classify_array, p, t, settings,
+                                     str(k)))
+            map_similarity(maps[p], engine(image, randomised)[p])
+        return results
+
     def maps_only():
         return [engine(image, classifier) for image in images]
 
@@ -77,6 +92,7 @@ def main(argv=None) -> int:
         "maps + metrics without ROAD":
             lambda: scored(classifier.classify_array, settings, without_road),
         "maps + metrics (ours)": lambda: scored(classifier.classify_array, settings),
+        "maps + metrics + sanity check": with_sanity_check,
         "maps + metrics, one predict_proba per step": lambda: scored(naive_predict, settings),
     }
     seconds = {name: [] for name in ways}
@@ -99,6 +115,8 @@ def main(argv=None) -> int:
           "with one")
     print(f"ROAD's cost: maps + metrics run at {rate[ours_name] / rate[ways_list[2]]:.2f}x "
           "the rate without ROAD")
+    print(f"the sanity check's cost: {rate[ways_list[4]] / rate[ours_name]:.2f}x the rate "
+          "without it")
     print(f"ours / naive: {rate[ours_name] / rate[naive_name]:.1f}x")
     worst = max(abs(a.metrics[k] - b.metrics[k]) for a, b in zip(ours, naive) for k in a.metrics)
     print(f"largest difference between our and the naive metrics: {worst:.2e}")
