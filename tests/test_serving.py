@@ -35,7 +35,7 @@ SALIENCY = {"n": "100", "picture_mode": "combined", "random_maps": "2", "metric_
 def source(store):
     """A colour folder, an MLP trained on its training split and registered, and a saliency
     step on two of its test images (one PNG, one JPEG) that registers its explainer (version
-    1); then the explainer entry point on one of its map runs (version 2)."""
+    1, alias `live`)."""
     folder = write_image_folder(store.dir / "shapes")
     data = load_dataset(str(folder), (16, 16))
     split = random_split(data, 0.25, 0)
@@ -53,13 +53,10 @@ def source(store):
                             "register_explainer": NAME, **SALIENCY}, entry_point="saliency")
     assert result.returncode == 0, result.output
     assert f"Registered its explainer model as {NAME}/1" in result.stdout
+    store.client.set_registered_model_alias(NAME, "live", "1")
     step = next(r for r in store.runs("Saliency Map Generation") if "Image_id" not in r.data.tags)
     maps = {r.data.tags["Image_id"]: r for r in store.runs(
         "Saliency Map Generation", f"tags.Saliency_parent_run_id = '{step.info.run_id}'")}
-    result = store.process({"saliency_run_id": maps[image_ids[1]].info.run_id,
-                            "register_as": NAME}, entry_point="explainer")
-    assert result.returncode == 0, result.output
-    store.client.set_registered_model_alias(NAME, "live", "2")
     files = [(folder / image_id).read_bytes() for image_id in image_ids]
     return step, [maps[i] for i in image_ids], files
 
@@ -87,8 +84,12 @@ def check_answers(store, answers, map_runs, classes=None) -> None:
             np.testing.assert_allclose(served, stored[COLUMNS.index(name)], rtol=0, atol=1e-6)
 
 
-def test_both_versions_are_tagged_with_their_source_classifier_and_configuration(store, source):
+def test_both_versions_are_tagged_with_their_source_classifier_and_configuration(store, source,
+                                                                                  served):
     step, map_runs, _ = source
+    result = served[1]
+    assert result.returncode == 0, result.output
+    assert f"registered as {NAME}/2" in result.stdout
     config = mlflow.artifacts.load_dict(f"runs:/{map_runs[0].info.run_id}/generator_config.json")
     first, second = (store.client.get_model_version(NAME, v) for v in ("1", "2"))
     assert first.tags["Explainer_source_run_id"] == step.info.run_id
@@ -116,7 +117,9 @@ def post(url: str, frame: pd.DataFrame) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def served(store, source, tmp_path_factory):
     """`mlflow models serve -m models:/<name>@live --env-manager local` on 127.0.0.1, started in
-    a directory of its own without the project on its path."""
+    a directory of its own without the project on its path; while it starts (seconds), the
+    explainer entry point logs version 2 from the second image's map run. Yields the server's
+    URL and the entry point's result."""
     where = tmp_path_factory.mktemp("elsewhere")
     port = free_port()
     env = project_env(store.uri)
@@ -135,35 +138,37 @@ def served(store, source, tmp_path_factory):
             return False
 
     with process_group(args, log, env=env, cwd=where) as proc:
+        result = store.process({"saliency_run_id": source[1][1].info.run_id,
+                                "register_as": NAME}, entry_point="explainer")
         wait_until(ready, proc, log, "mlflow models serve", 120)
-        yield url
+        yield url, result
 
 
 def test_served_maps_equal_the_map_runs_of_the_same_files(store, source, served):
     _, map_runs, files = source
-    status, answer = post(served, pd.DataFrame({"image": files}))
+    status, answer = post(served[0], pd.DataFrame({"image": files}))
     assert status == 200, answer
     check_answers(store, answer["predictions"], map_runs)
-    status, answer = post(served, pd.DataFrame({"image": files[:1], "classes": ["one, zero"]}))
+    status, answer = post(served[0], pd.DataFrame({"image": files[:1], "classes": ["one, zero"]}))
     assert status == 200, answer
     check_answers(store, answer["predictions"], map_runs[:1], ["one", "zero"])
 
 
 def test_a_bad_row_gets_400_naming_it_and_the_server_keeps_serving(store, source, served):
     _, map_runs, files = source
-    status, answer = post(served, pd.DataFrame({"image": [files[0], b"not an image"]}))
+    status, answer = post(served[0], pd.DataFrame({"image": [files[0], b"not an image"]}))
     assert status == 400
     assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
     assert "row 1: not a readable PNG or JPEG image" in answer["message"]
-    status, answer = post(served, pd.DataFrame({"image": files[:1], "classes": ["seven"]}))
+    status, answer = post(served[0], pd.DataFrame({"image": files[:1], "classes": ["seven"]}))
     assert status == 400 and "row 0: the model has no class 'seven'" in answer["message"]
-    status, answer = post(served, pd.DataFrame({"image": files[1:]}))
+    status, answer = post(served[0], pd.DataFrame({"image": files[1:]}))
     assert status == 200, answer
     check_answers(store, answer["predictions"], map_runs[1:])
 
 
-def test_the_loaded_model_answers_the_same_in_python(store, source):
+def test_the_loaded_model_answers_the_same_in_python(store, source, served):
     _, map_runs, files = source
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/2")  # the explainer entry point's
     answers = model.predict(pd.DataFrame({"image": files}))
     check_answers(store, answers, map_runs)
