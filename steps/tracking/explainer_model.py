@@ -129,11 +129,17 @@ class ExplainerSource:
 
 
 def log_explainer(source: ExplainerSource, register_as: str = "") -> tuple[str, str | None]:
-    """The explainer logged in the active run as model `explainer` (and, with `register_as`,
-    registered as a new version of that name, tagged as `ExplainerSource.tags`); returns the
-    logged model's URI and `<name>/<version>` or None. A click error naming `saliency_run_id`
-    for images the service cannot read as the pipeline did."""
-    spec = source.spec()
+    """The explainer of a saliency run logged in the active run (`log_explainer_spec`), with
+    the source's tags."""
+    return log_explainer_spec(source.spec(), source.tags(), register_as)
+
+
+def log_explainer_spec(spec: dict, tags: dict[str, str], register_as: str = ""
+                       ) -> tuple[str, str | None]:
+    """An explainer (`ExplainerSource.spec`'s fields) logged in the active run as model
+    `explainer`, `tags` set on the run and, with `register_as`, on a new registered version of
+    that name; returns the logged model's URI and `<name>/<version>` or None. A click error
+    naming `saliency_run_id` for images the service cannot read as the pipeline did."""
     try:
         image_mode(spec["image_shape"])
     except ValueError as error:
@@ -149,7 +155,6 @@ def log_explainer(source: ExplainerSource, register_as: str = "") -> tuple[str, 
                        SPEC_ARTIFACT: str(folder / SPEC_ARTIFACT)},
             code_paths=[str(code_copy(folder))], pip_requirements=pinned_requirements(classifier),
             signature=SIGNATURE)
-    tags = source.tags()
     mlflow.set_tags(tags)
     if not register_as:
         return info.model_uri, None
@@ -159,9 +164,9 @@ def log_explainer(source: ExplainerSource, register_as: str = "") -> tuple[str, 
         client.set_model_version_tag(register_as, version.version, key, value)
     client.update_model_version(
         register_as, version.version,
-        description=f"Saliency explainer of saliency-flow run {source.source_run_id} "
-                    f"(classifier {spec['classifier_uri']}, configuration "
-                    f"{tags[store_names.CONFIG_DIGEST_TAG]})")
+        description=f"Saliency explainer of saliency-flow run "
+                    f"{tags.get(store_names.EXPLAINER_SOURCE_TAG, '(none)')} (classifier "
+                    f"{spec['classifier_uri']}, configuration {config_digest(spec['config'])})")
     named = f"{register_as}/{version.version}"
     mlflow.set_tag(store_names.EXPLAINER_VERSION_TAG, named)
     return info.model_uri, named
