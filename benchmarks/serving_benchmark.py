@@ -43,7 +43,7 @@ from PIL import Image  # noqa: E402
 
 from steps.core.algorithm import PREDICT_BATCH_SIZE, make_algorithm  # noqa: E402
 from steps.core.image_dataset import ImageDataset, load_dataset, random_split  # noqa: E402
-from steps.core.image_models import ModelParams, ProbaModel, train_classifier  # noqa: E402
+from steps.core.image_models import ModelParams, train_classifier  # noqa: E402
 from steps.core.model_input import InputConvention  # noqa: E402
 from steps.core.xaitk_generators import generator_config  # noqa: E402
 from steps.tracking.explainer_model import (SIGNATURE, code_copy,  # noqa: E402
@@ -81,7 +81,7 @@ class NaiveExplainer(mlflow.pyfunc.PythonModel):
 
 
 def colour_dataset(folder: Path) -> ImageDataset:
-    sys.path.insert(0, str(PROJECT_DIR))
+    """Digits upscaled to 64x64 and tinted (the tests' colour folder), read as a folder."""
     from tests.images import write_image_folder
 
     return load_dataset(str(write_image_folder(folder / "colour", per_class=60, sizes=(64,))))
