@@ -273,6 +273,8 @@ def saliency_parameter_sets(values: dict) -> list[dict[str, str]]:
     `algorithm` alone. Only the parameters the algorithm uses are passed, so a stored run
     stands in whatever the others are."""
     making = options.values_of(options.MAP_MAKING + options.MAP_SCORING, values)
+    if values[options.REGISTER_EXPLAINER.name]:  # passed only when set: stored runs stand in
+        making.update(options.values_of([options.REGISTER_EXPLAINER], values))
     return [{**{k: options.as_param(v) for k, v in algorithm.used_params().items()}, **making}
             for algorithm in saliency_configurations(values)]
 

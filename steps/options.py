@@ -171,7 +171,14 @@ MAP_MAKING = [
 #: How the maps are scored: baselines, steps, random maps, the sanity check.
 MAP_SCORING = list(METRIC_PARAMETERS)
 
-SALIENCY = [ALGORITHM, *algorithm_parameters(), *MAP_MAKING, *MAP_SCORING]
+#: The saliency step's maps served as an explainer model (steps/tracking/explainer_model.py).
+REGISTER_EXPLAINER = option(
+    "register_explainer", "", TEXT,
+    "At the end of the saliency step, log its classifier and configuration as an explainer "
+    "model and register it as a new version of this name (empty: do not); with compare, one "
+    "version per configuration.")
+
+SALIENCY = [ALGORITHM, *algorithm_parameters(), *MAP_MAKING, *MAP_SCORING, REGISTER_EXPLAINER]
 
 COMPARE = option(
     "compare", "", Configurations(),
@@ -212,6 +219,14 @@ ENTRY_POINTS = {
     "evaluate": [MODEL_URI, *MODEL_INPUT, *DATA, *SPLIT, *EVALUATE,
                  resume_option("sample runs")],
     "saliency": SALIENCY_INPUTS + [CLUSTER, resume_option("map runs")] + SALIENCY,
+    "explainer": [
+        option("saliency_run_id", "", RunId(),
+               "The saliency run to serve: a saliency step run (one of its map runs' stored "
+               "configuration) or one map run."),
+        option("register_as", "", TEXT,
+               "Register the explainer model as a new version of this name (empty: only log "
+               "it)."),
+    ],
     "compare": [
         option("saliency_run_ids", "", RunIdList(),
                "Two or more FINISHED saliency step runs of the same model and images."),

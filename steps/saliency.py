@@ -51,11 +51,12 @@ class MapsDiffer(click.ClickException):
 def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_ids, algorithm,
              pictures, predict_batch_size, cluster: ClusterSpec | None = None,
              parameters: dict[str, str] | None = None, resume: Run | None = None,
-             input_flags: dict | None = None, metric_settings: MetricSettings | None = None
-             ) -> None:
+             input_flags: dict | None = None, metric_settings: MetricSettings | None = None,
+             register_explainer: str = "") -> None:
     """The normal mode: one new map run per image, in this process or on a Dask cluster.
     `parameters`: the step's own, recorded for a resume. `resume`: a stopped step run to
-    finish, keeping the map runs it made."""
+    finish, keeping the map runs it made. `register_explainer`: log the step's classifier and
+    configuration as an explainer model in the step run and register it under this name."""
     metric_settings = metric_settings or MetricSettings()
     if cluster is not None:
         check_reachable_store(cluster, mlflow.get_tracking_uri())
@@ -124,6 +125,12 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
                       f"insertion).{sanity[1]} One run per image below.")
         click.echo(f"Saliency run {parent.info.run_id} ({algorithm}): {len(image_ids)} maps, "
                    f"{beating} beating random maps{sanity[2]}")
+        if register_explainer:  # imported here: pyfunc logging is slow to import
+            from steps.tracking.explainer_model import ExplainerSource, log_explainer
+
+            _, version = log_explainer(ExplainerSource(writer, parent.info.run_id,
+                                                       made[0].run_id), register_explainer)
+            click.echo(f"Registered its explainer model as {version}")
 
 
 def sanity_summary(scores: list[MapScores], unavailable: str | None) -> tuple[str, str, str]:
@@ -260,7 +267,8 @@ def generate_with(values: dict, cluster: ClusterSpec | None, resume: Run | None 
                                 values["picture_scale"]),
              values["predict_batch_size"], cluster,
              None if resume else options.values_of(options.ENTRY_POINTS["saliency"], values),
-             resume, flags_of(values), MetricSettings.from_values(values))
+             resume, flags_of(values), MetricSettings.from_values(values),
+             values.get("register_explainer") or "")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ step, the driver, the tests and the README. Importable with no dependency at all
 TRAIN_EXPERIMENT = "Train"
 EVALUATION_EXPERIMENT = "Evaluation"
 SALIENCY_EXPERIMENT = "Saliency Map Generation"
+EXPLAINER_EXPERIMENT = "Explainers"
 
 # MLflow's own tags.
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -29,6 +30,10 @@ EXPERIMENT_DESCRIPTIONS = {
                                "one run per explained image (map, pictures, faithfulness "
                                "metrics, the configuration that regenerates it); "
                                "**compare** runs measure how far configurations agree.",
+    "Explainers": "saliency-flow **explainer** step: one run per explainer model logged from "
+                  "a saliency run (the classifier, the stored configuration, class names and "
+                  "input convention as one pyfunc model that `mlflow models serve` serves); "
+                  "`Explainer_source_run_id` names the saliency run.",
 }
 #: The driver's (main) run: its name, and the description of its experiment if it has none.
 PIPELINE_RUN_NAME = "pipeline"
@@ -303,6 +308,17 @@ AGREEMENT_TABLE = "comparison/agreement.json"
 CONFIGURATIONS_ARTIFACT = "comparison/configurations.json"
 #: The compared configurations ranked (steps/core/ranking.py), one row each (`mlflow.load_table`).
 RANKING_TABLE = "comparison/ranking.json"
+
+# Explainer models (steps/tracking/explainer_model.py): the logged model's name, and the tags of
+# the run that logs it and of its registered version: the saliency run it comes from (a step
+# run or one of its map runs), the map run whose stored configuration it carries, and that
+# configuration's digest (the classifier's `Model_uri` and `Model_version` as above).
+EXPLAINER_MODEL = "explainer"
+EXPLAINER_SOURCE_TAG = "Explainer_source_run_id"
+EXPLAINER_MAP_RUN_TAG = "Explainer_map_run_id"
+CONFIG_DIGEST_TAG = "Config_digest"
+#: On a saliency step run (`-P register_explainer`) and an explainer run: `<name>/<version>`.
+EXPLAINER_VERSION_TAG = "Explainer_version"
 
 # Input-dataset contexts (mlflow.log_input).
 TRAINING_CONTEXT = "training"

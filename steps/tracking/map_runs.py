@@ -27,6 +27,7 @@ from steps.core import plots
 from steps.core.image_dataset import DATA_PARAMETERS, SPLIT_PARAMETERS, DataError, SplitChoice
 from steps.core.parameters import values_of
 from steps.core.sanity import SPEARMAN_SIGNED, sanity_config
+from steps.core.serving import WHOLE_PREDICTION  # the panel of a whole-prediction map
 from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
                                 fill_colours_of, resolve_metric_settings)
 from steps.core.metrics import (BEATS_RANDOM_PERCENTILE, MapScores, MetricSettings,
@@ -44,8 +45,6 @@ from steps.tracking.model_loading import convention_tags
 BATCH_PARAM = "predict_batch_size"
 #: Images in the step run's `summary.png`, one row each.
 SUMMARY_MAX_IMAGES = 30
-# The panel of a map that is not any one class's (SquaredDifferenceScoring's).
-WHOLE_PREDICTION = "prediction"
 
 
 def identity_tags(predicted: PredictedImage) -> dict[str, str]:

@@ -104,11 +104,7 @@ class ImageFolder(DatasetSource):
                 raise DataError(f"cannot read image {path}: {error}") from None
         colour = any(image.mode not in GREY_MODES for image in decoded)
         mode = "RGB" if colour else "L"
-        if self.image_size:
-            height, width = self.image_size
-            decoded = [image.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
-                       for image in decoded]
-        else:
+        if not self.image_size:
             sizes = {}
             for (*_, path), image in zip(files, decoded):
                 sizes.setdefault(image.size, path)
@@ -117,8 +113,7 @@ class ImageFolder(DatasetSource):
                 raise DataError(
                     f"images have different sizes ({path_a} is {a[1]}×{a[0]}, {path_b} is "
                     f"{b[1]}×{b[0]}); set -P image_size=H,W to resize them all")
-            decoded = [image.convert(mode) for image in decoded]
-        images = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in decoded])
+        images = np.stack([pixels(image, mode, self.image_size) for image in decoded])
         class_names = tuple(sorted({name for _, name, _ in files}))
         index = {name: i for i, name in enumerate(class_names)}
         splits = tuple(split for split, _, _ in files)
@@ -141,6 +136,20 @@ class ImageFolder(DatasetSource):
 
     def location(self) -> str:
         return str(self.root.resolve())
+
+
+def pixels(image, mode: str, size: tuple[int, ...] = ()) -> np.ndarray:
+    """A decoded Pillow image as the dataset holds it: converted to `mode` (`RGB` or `L`),
+    resized to `size` (H, W; bilinear, antialiased) when given, float32 in [0, 1]. The one
+    place an image file becomes pixels: the explainer service reads the bytes it is sent
+    through it too (`steps/core/serving.py`), so a file gives the same pixels either way."""
+    from PIL import Image
+
+    image = image.convert(mode)
+    if size:
+        height, width = size
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.float32) / 255.0
 
 
 def _loose_files(folder: Path) -> list[Path]:
