@@ -43,6 +43,7 @@ def models(store):
         constant = LogisticRegression(max_iter=300).fit(images.reshape(len(images), -1), labels)
     constant = copy.deepcopy(constant)
     constant.coef_[:] = 0
+    mlflow.set_experiment("models")  # not whichever experiment an earlier test left active
     requirements = ["scikit-learn", "numpy"]  # given: inferring them takes seconds a model
     mlflow.pyfunc.log_model(name="brightness", python_model=Brightness(),
                             registered_model_name="brightness", pip_requirements=requirements)

@@ -41,6 +41,7 @@ def source(store):
     split = random_split(data, 0.25, 0)
     model = train_classifier(ModelParams(hidden_layer_sizes=(32,), epochs=60),
                              data.images[split.train_rows], data.labels[split.train_rows]).classifier
+    mlflow.set_experiment("models")  # not whichever experiment an earlier test left active
     mlflow.sklearn.log_model(model, name="mlp", registered_model_name="shapes-mlp",
                              serialization_format="skops",
                              skops_trusted_types=sklearn_trusted_types(model),

@@ -8,6 +8,7 @@ import html
 from dataclasses import dataclass, field
 
 from steps import store_names
+from steps.core.metrics import BEATS_RANDOM_PERCENTILE
 from steps.core.ranking import RankedConfiguration
 
 STYLE = """
@@ -208,21 +209,31 @@ AGAINST_RANDOM = {"Deletion_auc": ("Deletion AUC", True), "Insertion_auc": ("Ins
 
 
 def _faithfulness_table(metrics: dict[str, float]) -> str:
-    """This map's deletion and insertion areas against a random map's, then the rest."""
+    """This map's deletion and insertion areas against the random maps' (their mean, and the
+    share of them this map does better than), then the rest."""
     rows, shown = [], set()
     for name, (label, lower_better) in AGAINST_RANDOM.items():
         random_name = f"Random_{name[0].lower()}{name[1:]}"
+        percentile_name = f"{name.split('_')[0]}_random_percentile"
         if name not in metrics or random_name not in metrics:
             continue
         value, random = metrics[name], metrics[random_name]
-        better = value < random if lower_better else value > random
-        mark = '<span class="good">better</span>' if better else '<span class="bad">worse</span>'
+        percentile = metrics.get(percentile_name)
+        if percentile is None:  # a run from before the random maps' percentiles
+            better = value < random if lower_better else value > random
+            mark = ('<span class="good">better</span>' if better
+                    else '<span class="bad">worse</span>')
+        else:
+            good = percentile >= BEATS_RANDOM_PERCENTILE
+            mark = (f'<span class="{"good" if good else "bad"}">better than '
+                    f"{percentile:.0f}%</span>")
         rows.append(f'<tr><th title="{html.escape(METRIC_MEANINGS[name])}">{label} '
                     f"({'lower' if lower_better else 'higher'} is better)</th>"
                     f"<td class=num>{value:.3f}</td><td class=num>{random:.3f}</td>"
                     f"<td>{mark}</td></tr>")
-        shown |= {name, random_name}
-    head = ("<tr><th></th><th>this map</th><th>random map</th><th></th></tr>" if rows else "")
+        shown |= {name, random_name, percentile_name}
+    head = ("<tr><th></th><th>this map</th><th>random maps (mean)</th><th></th></tr>"
+            if rows else "")
     rest = {k: v for k, v in metrics.items() if k not in shown}
     return f"<table>{head}{''.join(rows)}</table>" + (_metrics_table(rest) if rest else "")
 
