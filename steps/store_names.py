@@ -162,6 +162,9 @@ RESUME_COUNT_TAG = "Resumed"
 PARTITION_TAG = "Partition"
 WORKER_TAG = "Dask_worker"
 CLUSTER_TAG = "Dask_cluster"
+#: The step run's artifact folder where each worker writes a file (named after its address)
+#: before any partition, to prove it can write into the artifact store the step reads.
+WORKERS_DIR = "dask_workers"
 
 # Where a step run's process spent its time: each phase as metric `Duration_<phase>_s`
 # (seconds): `Duration_startup_s` (from the process's start to the step's own work: Python,

@@ -150,7 +150,7 @@ def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:
     return call(*args, **kwargs)
 
 
-def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
+def write_partition(index: int, samples: list[SampleRun], *, settings, version: str,
                     experiment_id: str, parent_id: str, stop_event: str | None = None
                     ) -> list[str]:
     """On a Dask worker: write one partition of a step's sample runs, under `parent_id`; returns
@@ -158,13 +158,23 @@ def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
 
     Safe to run again after a try that died part-way: its FINISHED runs are kept, any other run
     of the partition (left RUNNING by a dead worker, or FAILED) is ended KILLED and
-    soft-deleted, and only the missing samples are written.
+    soft-deleted, and only the missing samples are written. `settings`: the step's
+    `TrackingSettings`, applied while it runs; `version`: the step's code version.
     """
+    from steps.tracking.cluster import require_code_version
+
+    require_code_version(version)
+    with settings.applied():
+        return _write_partition(index, samples, MlflowClient(settings.uri), experiment_id,
+                                parent_id, stop_event)
+
+
+def _write_partition(index: int, samples: list[SampleRun], client: MlflowClient,
+                     experiment_id: str, parent_id: str, stop_event: str | None) -> list[str]:
     from steps.store_names import IMAGE_ID_TAG, PARTITION_TAG, WORKER_TAG
     from steps.tracking.cluster import stop_check, worker_name
     from steps.tracking.lifecycle import settle_earlier_runs
 
-    client = MlflowClient(tracking_uri)
     kept = {image_id: run.info.run_id for image_id, run
             in settle_earlier_runs(client, experiment_id, parent_id, index).items()}
     # As many runs at a time as the writer has threads (a pool against a server, as the step's
