@@ -165,6 +165,30 @@ def test_a_worker_without_credentials_is_refused_in_one_line(setup):
         "MLFLOW_TRACKING_PASSWORD.")
 
 
+def test_a_partition_of_a_stale_attempt_writes_nothing(setup):
+    """A partition checks the step run's attempt token before each batch: once a resumed step
+    (or a newer attempt) replaced it, a partition still running writes no further run."""
+    from steps.core.code_version import code_version
+    from steps.tracking.cluster import TrackingSettings
+    from steps.tracking.sample_runs import SampleRun, write_partition
+
+    store, _ = setup
+    (step,) = store.runs("Evaluation",
+                         "tags.Dask_attempt != '' AND tags.Num_samples != ''")
+    current = step.data.tags["Dask_attempt"]  # the pipeline's attempt on the cluster
+    assert {run.data.tags["Dask_attempt"] for run in samples_of(
+        store, step.info.run_id).values()} == {current}
+    sample = SampleRun("fence", {"Predicted_class_conf": 0.5}, {
+        "Image_id": "fence", "mlflow.parentRunId": step.info.run_id})
+    written = {"settings": TrackingSettings.current(), "version": code_version(),
+               "experiment_id": step.info.experiment_id, "parent_id": step.info.run_id}
+    assert write_partition(99, [sample], attempt="0" * 32, **written) == []
+    assert not store.runs("Evaluation", "tags.Image_id = 'fence'")
+    (run_id,) = write_partition(99, [sample], attempt=current, **written)
+    assert store.client.get_run(run_id).data.tags["Dask_attempt"] == current
+    store.client.delete_run(run_id)
+
+
 def step_on(store: Store, cluster, entry_point: str, params: dict[str, str], marker: str,
             at_marker) -> tuple[int, str]:
     """`mlflow run -e <entry point>` of the trained model on the cluster, in a process group of

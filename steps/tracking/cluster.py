@@ -42,7 +42,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import click
 
 from steps.core.code_version import code_version, running_code_version
-from steps.store_names import WORKERS_DIR
+from steps.store_names import ATTEMPT_TAG, WORKERS_DIR
 from steps.tracking.store_check import (_RETRY_SETTINGS, SERVER_SCHEMES, first_line,
                                         local_path, scheme_of)
 
@@ -344,11 +344,53 @@ def partitions(items: Sequence, size: int = PARTITION_SIZE) -> list[tuple[int, l
             for start in range(0, len(items), size)]
 
 
+def start_attempt(run_id: str) -> tuple[str, int]:
+    """A new attempt token on the step run `run_id`, which makes any earlier attempt's stale;
+    the token and when it was set (ms)."""
+    from mlflow.tracking import MlflowClient
+
+    token, started = uuid.uuid4().hex, int(time.time() * 1000)
+    MlflowClient().set_tag(run_id, ATTEMPT_TAG, token)
+    return token, started
+
+
+def partition_guard(client, stop_event: str | None, parent_id: str, attempt: str,
+                    index: int) -> Callable[[], bool]:
+    """In a partition: a test, made before each batch of writes, of whether this try must
+    write no more: the step stopped (its Dask event), a newer attempt of the step began (the
+    step run's token is no longer `attempt`), or a newer try of this partition claimed it (a
+    retry Dask started while this one, on a worker it gave up on, still ran). A claim is a
+    Dask Variable, set by each try as it starts: cheap, and gone with the scheduler, when the
+    check fails and the try stops. The token is a tag on the step run: it outlives a
+    scheduler and is what a resumed step, maybe on another cluster, replaces."""
+    from distributed import Variable
+
+    stopped = stop_check(stop_event)
+    claim, mine = None, uuid.uuid4().hex
+    if stop_event:
+        claim = Variable(f"{stop_event}-partition-{index}")
+        claim.set(mine)
+
+    def fenced() -> bool:
+        if stopped():
+            return True
+        try:
+            if claim is not None and claim.get(timeout=CONNECT_TIMEOUT_SECONDS) != mine:
+                return True
+        except Exception:  # noqa: BLE001 - no scheduler to ask: write nothing more
+            return True
+        return client.get_run(parent_id).data.tags.get(ATTEMPT_TAG) != attempt
+
+    return fenced
+
+
 def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
-                   most: int = PARTITION_SIZE, **arguments) -> list:
-    """`task(index, part, stop_event=<name>, version=<code version>, **arguments)` for every
-    partition of `items` on the cluster; `on_done(result)` as each finishes. Returns the
-    results in partition order.
+                   most: int = PARTITION_SIZE, *, parent_id: str, **arguments) -> list:
+    """`task(index, part, stop_event=<name>, version=<code version>, parent_id=parent_id,
+    attempt=<token>, **arguments)` for every partition of `items` on the cluster, under a new
+    attempt of the step run `parent_id` (`start_attempt`); `on_done(result)` as each
+    finishes. Returns the results (lists of run IDs, or of what has a `run_id`) in partition
+    order, once any run a fenced-out try wrote anyway is dropped (`drop_stale_writes`).
 
     A partition holds at most `most` items, and fewer when there are few: every worker gets
     at least two partitions to work on where the items allow.
@@ -358,7 +400,7 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
     writes after the step has ended its runs. (Cancelling a Dask future does not stop a task
     already running.)"""
     import cloudpickle
-    from distributed import Event
+    from distributed import Event, Variable
 
     from steps.tracking.worker_code import partition_runner
 
@@ -366,10 +408,13 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
     size = max(1, min(most, -(-len(items) // (2 * workers))))
     stop = Event(f"saliency-flow-stop-{uuid.uuid4().hex}", client=client)
     version = code_version()
+    attempt, started = start_attempt(parent_id)
     run_pickled = partition_runner()
+    parts = partitions(items, size)
     futures = [client.submit(run_pickled, cloudpickle.dumps((task, (index, part), {
-        "stop_event": stop.name, "version": version, **arguments})),
-        retries=PARTITION_RETRIES, pure=False) for index, part in partitions(items, size)]
+        "stop_event": stop.name, "version": version, "parent_id": parent_id,
+        "attempt": attempt, **arguments})),
+        retries=PARTITION_RETRIES, pure=False) for index, part in parts]
     try:
         _each_as_done(futures, on_done)
     except BaseException:
@@ -377,7 +422,20 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
             stop.set()
             _wait_while_workers(client, futures)
         raise
-    return [future.result() for future in futures]
+    finally:
+        for index, _ in parts:
+            with contextlib.suppress(Exception):
+                Variable(f"{stop.name}-partition-{index}", client=client).delete()
+    results = [future.result() for future in futures]
+    from mlflow.tracking import MlflowClient
+
+    from steps.tracking.lifecycle import drop_stale_writes
+
+    tracking = MlflowClient()
+    drop_stale_writes(tracking, tracking.get_run(parent_id).info.experiment_id, parent_id,
+                      attempt, started, {getattr(one, "run_id", one)
+                                         for result in results for one in result})
+    return results
 
 
 def _each_as_done(futures: list, on_done: Callable) -> None:

@@ -437,33 +437,35 @@ def map_runs(writer: MapRunWriter, params: dict, parent: Run, todo: list[tuple[s
 
 
 def explain_partition(index: int, items: list[tuple[str, dict]], *, settings, version: str,
-                      parent_id: str, recipe: MapRecipe, stop_event: str | None = None
-                      ) -> list[MapMade]:
+                      parent_id: str, attempt: str, recipe: MapRecipe,
+                      stop_event: str | None = None) -> list[MapMade]:
     """On a Dask worker: the map runs of one partition of a step's images (`items`: image ID
     and lineage tags), under the step run `parent_id`, in the order of `items`. Safe to run
     again after a try that died part-way: only the images without a FINISHED run are
     explained. `settings`: the step's `TrackingSettings`, applied while it runs; `version`:
-    the step's code version."""
+    the step's code version; `attempt`: the step's attempt token, checked before each run
+    (`cluster.partition_guard`)."""
     from steps.tracking.cluster import require_code_version
 
     require_code_version(version)
     with settings.applied():
-        return _explain_partition(index, items, MlflowClient(settings.uri), parent_id, recipe,
-                                  stop_event)
+        return _explain_partition(index, items, MlflowClient(settings.uri), parent_id, attempt,
+                                  recipe, stop_event)
 
 
 def _explain_partition(index: int, items: list[tuple[str, dict]], client: MlflowClient,
-                       parent_id: str, recipe: MapRecipe, stop_event: str | None
+                       parent_id: str, attempt: str, recipe: MapRecipe, stop_event: str | None
                        ) -> list[MapMade]:
-    from steps.tracking.cluster import stop_check, worker_name
+    from steps.tracking.cluster import partition_guard, worker_name
     parent = client.get_run(parent_id)
     made = earlier_maps(client, parent_id, parent.info.experiment_id, False, index)
     writer = recipe.writer([image_id for image_id, _ in items])
-    extra = {store_names.PARTITION_TAG: str(index), store_names.WORKER_TAG: worker_name()}
+    extra = {store_names.PARTITION_TAG: str(index), store_names.WORKER_TAG: worker_name(),
+             store_names.ATTEMPT_TAG: attempt}
+    stopped = partition_guard(client, stop_event, parent_id, attempt, index)
     with quiet_run_links():
         for one in map_runs(writer, recipe.params, parent,
-                            [item for item in items if item[0] not in made], extra,
-                            stop_check(stop_event)):
+                            [item for item in items if item[0] not in made], extra, stopped):
             made[one.image_id] = one
     if len(made) < len(items):
         return []  # stopped: the step is failing and discards it, a quiet end
