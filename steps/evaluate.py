@@ -6,8 +6,6 @@ Each per-sample run holds the class confidences as metrics and `Image_id`, `GT_c
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -24,8 +22,8 @@ from steps.tracking.dataset_logging import log_dataset
 from steps.core.image_dataset import ALL, TEST
 from steps.tracking.inputs import load_model_inputs, refuse_training_images, split_data
 from steps.tracking.model_loading import convention_tags
-from steps.tracking.cluster import (ClusterSpec, check_reachable_store, dask_client,
-                                    run_partitions)
+from steps.tracking.cluster import (ClusterSpec, TrackingSettings, check_reachable_store,
+                                    dask_client, run_partitions)
 from steps.tracking.console import Progress
 from steps.tracking.lifecycle import settle_earlier_runs
 from steps.tracking.sample_runs import SampleRun, SampleRunWriter, write_partition
@@ -107,10 +105,10 @@ def write_on_cluster(cluster: ClusterSpec, samples: list[SampleRun], progress: P
                      experiment_id: str, parent_id: str) -> list[str]:
     """The sample runs written by the cluster's workers, a partition at a time; their IDs in
     the order of `samples`."""
-    with tempfile.TemporaryDirectory() as scratch, dask_client(cluster, Path(scratch)) as client:
+    settings = TrackingSettings.current()
+    with dask_client(cluster, parent_id, settings) as client:
         parts = run_partitions(client, write_partition, samples,
-                               lambda ids: progress.advanced(ids, len(ids)),
-                               tracking_uri=mlflow.get_tracking_uri(),
+                               lambda ids: progress.advanced(ids, len(ids)), settings=settings,
                                experiment_id=experiment_id, parent_id=parent_id)
     return [run_id for part in parts for run_id in part]
 

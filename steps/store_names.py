@@ -167,6 +167,13 @@ RESUME_COUNT_TAG = "Resumed"
 PARTITION_TAG = "Partition"
 WORKER_TAG = "Dask_worker"
 CLUSTER_TAG = "Dask_cluster"
+#: The step run's artifact folder where each worker writes a file (named after its address)
+#: before any partition, to prove it can write into the artifact store the step reads.
+WORKERS_DIR = "dask_workers"
+#: On a step run: the token of its current attempt, replaced by each attempt on a cluster and
+#: by each resume; on each sample or map run a cluster wrote, the attempt that wrote it. A
+#: partition writes only while its attempt is the step run's (steps/tracking/cluster.py).
+ATTEMPT_TAG = "Dask_attempt"
 
 # Where a step run's process spent its time: each phase as metric `Duration_<phase>_s`
 # (seconds): `Duration_startup_s` (from the process's start to the step's own work: Python,

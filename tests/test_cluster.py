@@ -1,6 +1,8 @@
 """Scale-out on Dask (`-P cluster=`): a real scheduler and three workers on 127.0.0.1, writing into
-an `mlflow server` with a PostgreSQL backend and proxied artifacts. Two tests each kill a
-worker, one mid-evaluation and one mid-saliency; the pipeline test runs first, on all three."""
+an `mlflow server` with a PostgreSQL backend, proxied artifacts and basic auth (the workers'
+own environment has no credentials: the steps forward theirs). Two tests each kill a worker,
+one mid-evaluation and one mid-saliency; the pipeline test runs first, on all three, and ships
+the project's code to them."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import FAST_TRAIN, PROJECT_DIR, Store, project_env, start_mlflow_run
-from tests.servers import dask_cluster, mlflow_server, postgres_database
+from tests.servers import (ADMIN_PASSWORD, ADMIN_USER, dask_cluster, mlflow_server,
+                           postgres_database)
 from tests.test_pipeline import model_uri_of
 
 SAMPLES = 100  # two partitions
@@ -27,8 +30,13 @@ WORKERS = 3
 def setup(tmp_path_factory):
     directory = tmp_path_factory.mktemp("cluster")
     with postgres_database() as database, \
-            mlflow_server(directory / "server", database) as server, \
-            dask_cluster(directory / "dask", WORKERS) as cluster:
+            mlflow_server(directory / "server", database, basic_auth=True) as server, \
+            dask_cluster(directory / "dask", WORKERS) as cluster, \
+            pytest.MonkeyPatch.context() as environment:
+        # This process's client and every `mlflow run` the tests start.
+        environment.setenv("MLFLOW_TRACKING_USERNAME", ADMIN_USER)
+        environment.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+        environment.setenv("MLFLOW_TRACKING_URI", server.url)
         yield Store(server.url, directory), cluster
 
 
@@ -96,6 +104,89 @@ def test_the_pipeline_on_a_cluster_writes_what_one_process_writes(setup):
                                             str(store.dir / "spread"))))
         assert run.data.metrics == other.data.metrics
         assert run.data.params == other.data.params
+
+
+def test_workers_import_the_step_s_code_and_no_plugin_is_left(setup):
+    from distributed import Client
+
+    from steps.core.code_version import code_version
+    from steps.tracking import worker_code
+
+    store, cluster = setup
+    with Client(cluster.address, timeout=30) as client:
+        versions = client.run(worker_code.imported_version)
+        # The pipeline test's steps installed it: the workers had no code of this project.
+        assert set(versions.values()) == {code_version()}
+        assert all(f"/{worker_code.INSTALL_PREFIX}" in where for where in client.run(
+            lambda: __import__("steps").__file__).values())
+        plugins = client.run_on_scheduler(lambda dask_scheduler: list(
+            dask_scheduler.worker_plugins))
+        assert not [name for name in plugins if name.startswith("saliency-flow")]
+
+
+def test_a_worker_on_another_code_version_is_refused_in_one_line(setup, monkeypatch):
+    from distributed import Client
+
+    from steps.core.code_version import code_version
+    from steps.tracking.cluster import SHIP_CODE_ENV, ClusterError, project_code
+
+    store, cluster = setup
+    monkeypatch.setenv(SHIP_CODE_ENV, "0")  # the workers' image is meant to hold the code
+    with Client(cluster.address, timeout=30) as client:
+        with pytest.raises(ClusterError) as refused, project_code(client, "0" * 40 + ":other"):
+            pass
+    message = refused.value.message
+    assert "\n" not in message
+    assert message.startswith(f"Dask worker tcp://127.0.0.1:")
+    assert message.endswith(
+        f"(and {WORKERS - 1} other workers) runs saliency-flow code version {code_version()}, "
+        f"this step {'0' * 40}:other: install this checkout's code in the workers' image, "
+        f"or unset {SHIP_CODE_ENV}")
+
+
+def test_a_worker_without_credentials_is_refused_in_one_line(setup):
+    from distributed import Client
+
+    from steps.tracking.cluster import ClusterError, TrackingSettings, check_workers
+
+    store, cluster = setup
+    step = store.runs("Evaluation", "tags.Num_samples != ''")[0]
+    settings = TrackingSettings.current()
+    assert "saliency-flow-admin" not in repr(settings)  # a task's repr shows no secret
+    with Client(cluster.address, timeout=30) as client:
+        check_workers(client, step.info.run_id, settings)  # the pipeline's own: accepted
+        with pytest.raises(ClusterError) as refused:
+            check_workers(client, step.info.run_id, settings.without(
+                "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))
+    assert refused.value.message.startswith("Dask worker tcp://127.0.0.1:")
+    assert refused.value.message.endswith(
+        f" cannot write into the tracking store {store.uri}: the tracking server {store.uri} "
+        "asks for a user name and password (HTTP 401). Set MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD.")
+
+
+def test_a_partition_of_a_stale_attempt_writes_nothing(setup):
+    """A partition checks the step run's attempt token before each batch: once a resumed step
+    (or a newer attempt) replaced it, a partition still running writes no further run."""
+    from steps.core.code_version import code_version
+    from steps.tracking.cluster import TrackingSettings
+    from steps.tracking.sample_runs import SampleRun, write_partition
+
+    store, _ = setup
+    (step,) = store.runs("Evaluation",
+                         "tags.Dask_attempt != '' AND tags.Num_samples != ''")
+    current = step.data.tags["Dask_attempt"]  # the pipeline's attempt on the cluster
+    assert {run.data.tags["Dask_attempt"] for run in samples_of(
+        store, step.info.run_id).values()} == {current}
+    sample = SampleRun("fence", {"Predicted_class_conf": 0.5}, {
+        "Image_id": "fence", "mlflow.parentRunId": step.info.run_id})
+    written = {"settings": TrackingSettings.current(), "version": code_version(),
+               "experiment_id": step.info.experiment_id, "parent_id": step.info.run_id}
+    assert write_partition(99, [sample], attempt="0" * 32, **written) == []
+    assert not store.runs("Evaluation", "tags.Image_id = 'fence'")
+    (run_id,) = write_partition(99, [sample], attempt=current, **written)
+    assert store.client.get_run(run_id).data.tags["Dask_attempt"] == current
+    store.client.delete_run(run_id)
 
 
 def step_on(store: Store, cluster, entry_point: str, params: dict[str, str], marker: str,

@@ -48,3 +48,24 @@ def git_commit(project_dir: Path = PROJECT_DIR) -> str | None:
 def code_version(project_dir: Path = PROJECT_DIR) -> str:
     """`<commit>:<content hash>`, with `nogit` for a project outside git."""
     return f"{git_commit(project_dir) or 'nogit'}:{content_hash(project_dir)[:16]}"
+
+
+#: Written into the project's wheel only (`steps/core/wheel.py`): the code version of the
+#: checkout it was built from, which an installed copy cannot hash (it has no `MLproject`).
+SHIPPED_VERSION_FILE = "SHIPPED_CODE_VERSION"
+
+
+def running_code_version() -> str:
+    """The code version of the `steps` package this process imported: the one stamped in it
+    when it came from the project's wheel, else that of the checkout it lies in."""
+    stamp = Path(__file__).resolve().parents[1] / SHIPPED_VERSION_FILE
+    if stamp.is_file():
+        return stamp.read_text(encoding="utf-8").strip()
+    return code_version()
+
+
+def package_version(version: str) -> str:
+    """The wheel's PEP 440 version for a code version `<commit>:<hash>`: `0+<commit 12>.<hash>`
+    (a local version label: letters, digits and dots only)."""
+    commit, _, digest = version.partition(":")
+    return f"0+{commit[:12]}.{digest}"

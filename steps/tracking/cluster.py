@@ -11,28 +11,40 @@ into the tracking store, under the step's run, none lost or doubled when a worke
   try already wrote (its runs are tagged with the step run and the partition): it keeps the
   FINISHED runs, ends any other KILLED and soft-deletes it, and writes only the missing ones,
   each tagged with the worker that wrote it.
-- The project's `steps` package goes to the workers with `Client.upload_file`, so a cluster needs
-  only the environment (conda.yaml / requirements.txt), not this checkout.
+- The right code on every worker: before any partition, a task on each worker reports the code
+  version it imports (`worker_code.imported_version`). Where one differs, the step installs the
+  project's wheel, built from this checkout with the code version in its version
+  (`steps/core/wheel.py`), on every worker (`worker_code.InstallProject`, a worker plugin the
+  step unregisters when it ends) and asks again; a worker still on another version stops the
+  step with one line naming both. With SALIENCY_FLOW_SHIP_CODE=0 nothing is installed: the
+  workers' image must hold this very version. `local:N` workers import this checkout.
+- Tracking settings travel in memory: the tracking URI, credentials and the HTTP retry settings
+  this process uses go to each task as a `TrackingSettings` argument (its repr names no value),
+  which the task sets in its worker's environment while it runs. Before any partition a task on
+  each worker reads the step run and writes a file into its artifacts, which the step reads
+  back: a worker that cannot reach the tracking server or the artifact store stops the
+  step with one line naming the worker and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import re
 import signal
+import threading
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import click
 
-from steps.tracking.store_check import SERVER_SCHEMES, local_path, scheme_of
+from steps.core.code_version import code_version, running_code_version
+from steps.store_names import ATTEMPT_TAG, WORKERS_DIR
+from steps.tracking.store_check import (_RETRY_SETTINGS, SERVER_SCHEMES, first_line,
+                                        local_path, scheme_of)
 
 #: Most samples per partition: small enough that a dead worker costs little and the progress
 #: moves, large enough that the scheduler's overhead per task stays small.
@@ -51,7 +63,14 @@ POLL_SECONDS = 0.1
 #: wait on a tracking server; more only add memory and store contention.
 LOCAL_WORKERS_PER_CORE = 4
 CLUSTER_PATTERN = re.compile(r"^(local:(?P<workers>[1-9][0-9]*)|(?P<address>tcp://[^\s]+:[0-9]+))$")
-PROJECT_PACKAGE = Path(__file__).resolve().parents[1]
+#: `0` when the workers' image holds the project's code: the step installs nothing on them.
+SHIP_CODE_ENV = "SALIENCY_FLOW_SHIP_CODE"
+#: What a step's tasks need of its environment to write where it writes, as it writes.
+FORWARDED_SETTINGS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                      "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                      "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                      "MLFLOW_TRACKING_CLIENT_CERT_PATH", *_RETRY_SETTINGS,
+                      "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
 
 
 class ClusterError(click.ClickException):
@@ -110,26 +129,185 @@ def check_reachable_store(spec: ClusterSpec, tracking_uri: str) -> None:
             "and MLFLOW_TRACKING_URI=http://host:5000")
 
 
-def _project_zip() -> bytes:
-    """The `steps` package as a zip, for `Client.upload_file`."""
-    buffer = io.BytesIO()
-    sources = sorted(PROJECT_PACKAGE.rglob("*.py"))
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sources:
-            archive.write(path, path.relative_to(PROJECT_PACKAGE.parent).as_posix())
-        # Python 3.11 imports no namespace package from a zip: each directory gets an
-        # `__init__.py`.
-        for directory in sorted({path.parent for path in sources}):
-            if not (directory / "__init__.py").exists():
-                archive.writestr(
-                    (directory / "__init__.py").relative_to(PROJECT_PACKAGE.parent).as_posix(), "")
-    return buffer.getvalue()
+class TrackingSettings:
+    """The tracking settings of the step's process, handed to its tasks in memory. Its repr
+    names the settings, never their values: a Dask log of a failed task shows no secret."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = dict(values)
+
+    @classmethod
+    def current(cls) -> TrackingSettings:
+        import mlflow
+
+        values = {name: os.environ[name] for name in FORWARDED_SETTINGS if name in os.environ}
+        return cls({**values, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()})
+
+    @property
+    def uri(self) -> str:
+        return self._values["MLFLOW_TRACKING_URI"]
+
+    def without(self, *names: str) -> TrackingSettings:
+        return TrackingSettings({k: v for k, v in self._values.items() if k not in names})
+
+    def __repr__(self) -> str:
+        return f"TrackingSettings({', '.join(sorted(self._values))})"
+
+    __str__ = __repr__
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """These settings in this process's environment (where MLflow reads them) while the
+        block runs, the ones they replace put back once no task of a step uses them (a worker
+        with several threads runs several partitions of one step at once)."""
+        import mlflow
+
+        with _APPLIED_LOCK:
+            if not _APPLIED:
+                _APPLIED.append({name: os.environ.get(name) for name in FORWARDED_SETTINGS})
+            _APPLIED.append(None)
+            for name in FORWARDED_SETTINGS:
+                if name in self._values:
+                    os.environ[name] = self._values[name]
+                else:
+                    os.environ.pop(name, None)
+            mlflow.set_tracking_uri(self.uri)
+        try:
+            yield
+        finally:
+            with _APPLIED_LOCK:
+                _APPLIED.pop()
+                if len(_APPLIED) == 1:
+                    for name, value in _APPLIED.pop().items():
+                        if value is None:
+                            os.environ.pop(name, None)
+                        else:
+                            os.environ[name] = value
+
+
+_APPLIED_LOCK = threading.Lock()
+#: The environment before the first task applied its settings, then one entry per task.
+_APPLIED: list = []
+
+
+def require_code_version(version: str) -> None:
+    """In a partition: stop, in one line, when this worker imports another code version than
+    the step's (a worker that joined after the preflight and could not install it)."""
+    here = running_code_version()
+    if here != version:
+        raise ClusterError(f"Dask worker {worker_name()} runs saliency-flow code version "
+                           f"{here}, the step {version}")
+
+
+def _version_mismatch(versions: Mapping[str, str], version: str, remedy: str) -> ClusterError:
+    address, theirs = sorted(versions.items())[0]
+    others = f" (and {len(versions) - 1} other workers)" if len(versions) > 1 else ""
+    return ClusterError(f"Dask worker {address}{others} runs saliency-flow code version "
+                        f"{theirs}, this step {version}: {remedy}")
+
+
+def _stale_workers(client, version: str) -> dict[str, str]:
+    from steps.tracking import worker_code
+
+    return {address: theirs for address, theirs
+            in client.run(worker_code.imported_version).items() if theirs != version}
 
 
 @contextlib.contextmanager
-def dask_client(spec: ClusterSpec, scratch: Path) -> Iterator:
+def project_code(client, version: str) -> Iterator[None]:
+    """Every worker imports code version `version`, installed from the project's wheel where
+    it did not (`worker_code.InstallProject`, unregistered when the block ends), or
+    ClusterError naming a worker that does not."""
+    import cloudpickle
+
+    from steps.core.wheel import build_wheel, wheel_name
+    from steps.tracking import worker_code
+
+    # Sent whole: a worker without this project's code (or with another version) runs it.
+    cloudpickle.register_pickle_by_value(worker_code)
+    stale = _stale_workers(client, version)
+    if not stale:
+        yield
+        return
+    if os.environ.get(SHIP_CODE_ENV, "1") == "0":
+        raise _version_mismatch(stale, version, f"install this checkout's code in the "
+                                                f"workers' image, or unset {SHIP_CODE_ENV}")
+    name = f"saliency-flow-code-{uuid.uuid4().hex}"
+    try:
+        client.register_plugin(worker_code.InstallProject(
+            wheel_name(version), build_wheel(version), version), name=name)
+    except Exception as error:
+        with contextlib.suppress(Exception):
+            client.unregister_worker_plugin(name)
+        raise ClusterError(f"could not install this project's code ({wheel_name(version)}) "
+                           f"on the Dask workers: {first_line(str(error))}") from None
+    try:
+        stale = _stale_workers(client, version)
+        if stale:
+            raise _version_mismatch(stale, version, "its own `steps` package comes first")
+        click.echo(f"Installed {wheel_name(version)} on {len(client.scheduler_info()['workers'])}"
+                   " Dask workers", err=True)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            client.unregister_worker_plugin(name)
+
+
+def _artifact_name(address: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", address.removeprefix("tcp://"))
+
+
+def check_worker_store(settings: TrackingSettings, run_id: str, nonce: str,
+                       dask_worker=None) -> str | None:
+    """On a worker (`Client.run` passes it as `dask_worker`): None once it has read the step
+    run and written a file into its artifacts; else why it could not, in one line."""
+    from mlflow.tracking import MlflowClient
+
+    from steps.tracking.store_check import TrackingStoreError, check_server
+
+    with settings.applied():
+        try:
+            if scheme_of(settings.uri) in SERVER_SCHEMES:
+                check_server(settings.uri, run_id)  # one request, no retries
+            MlflowClient(settings.uri).log_text(run_id, nonce,
+                            f"{WORKERS_DIR}/{_artifact_name(dask_worker.address)}.txt")
+        except TrackingStoreError as error:
+            return error.message
+        except Exception as error:  # noqa: BLE001 - reported, one line
+            return first_line(str(error))[:300]
+    return None
+
+
+def check_workers(client, run_id: str, settings: TrackingSettings) -> None:
+    """ClusterError naming the first worker that cannot write into the step run, or whose
+    artifact file the step cannot read back (it wrote somewhere only it sees)."""
+    import mlflow
+
+    nonce = uuid.uuid4().hex
+    answers = client.run(check_worker_store, settings, run_id, nonce, on_error="return")
+    for address, answer in sorted(answers.items()):
+        if isinstance(answer, BaseException):
+            answer = first_line(str(answer))[:300]
+        if answer is None:
+            path = f"{WORKERS_DIR}/{_artifact_name(address)}.txt"
+            try:
+                seen = mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+            except Exception:  # noqa: BLE001 - the reason follows
+                seen = ""
+            if seen != nonce:
+                answer = (f"the file it wrote into the step run's artifacts ({path}) is not in "
+                          "the artifact store this step reads: use a tracking server with "
+                          "proxied artifacts (mlflow server --artifacts-destination ...)")
+        if answer is not None:
+            raise ClusterError(f"Dask worker {address} cannot write into the tracking store "
+                               f"{settings.uri}: {answer}")
+
+
+@contextlib.contextmanager
+def dask_client(spec: ClusterSpec, run_id: str, settings: TrackingSettings) -> Iterator:
     """A `distributed.Client` on the cluster (a LocalCluster started and stopped here for
-    `local:N`), with this project's code on its workers."""
+    `local:N`), every worker checked to run this project's code version (installed where it
+    did not) and to write into the step run `run_id` with `settings`."""
     from distributed import Client, LocalCluster
 
     with contextlib.ExitStack() as stack:
@@ -140,9 +318,6 @@ def dask_client(spec: ClusterSpec, scratch: Path) -> Iterator:
             except OSError as error:
                 raise ClusterError(f"cannot reach the Dask scheduler {spec.address}: "
                                    f"{str(error).splitlines()[0]}") from None
-            package = scratch / "saliency_flow_steps.zip"
-            package.write_bytes(_project_zip())
-            client.upload_file(str(package))  # onto sys.path of the scheduler and workers
         else:
             # Its worker processes share the step's process group, so Ctrl-C at a terminal
             # reaches them too: they ignore it (the disposition is inherited) and are stopped
@@ -158,6 +333,8 @@ def dask_client(spec: ClusterSpec, scratch: Path) -> Iterator:
             client = stack.enter_context(Client(cluster))
         click.echo(f"Dask cluster {spec}: {len(client.scheduler_info()['workers'])} workers, "
                    f"dashboard {client.dashboard_link}", err=True)
+        stack.enter_context(project_code(client, code_version()))
+        check_workers(client, run_id, settings)
         yield client
 
 
@@ -167,10 +344,53 @@ def partitions(items: Sequence, size: int = PARTITION_SIZE) -> list[tuple[int, l
             for start in range(0, len(items), size)]
 
 
+def start_attempt(run_id: str) -> tuple[str, int]:
+    """A new attempt token on the step run `run_id`, which makes any earlier attempt's stale;
+    the token and when it was set (ms)."""
+    from mlflow.tracking import MlflowClient
+
+    token, started = uuid.uuid4().hex, int(time.time() * 1000)
+    MlflowClient().set_tag(run_id, ATTEMPT_TAG, token)
+    return token, started
+
+
+def partition_guard(client, stop_event: str | None, parent_id: str, attempt: str,
+                    index: int) -> Callable[[], bool]:
+    """In a partition: a test, made before each batch of writes, of whether this try must
+    write no more: the step stopped (its Dask event), a newer attempt of the step began (the
+    step run's token is no longer `attempt`), or a newer try of this partition claimed it (a
+    retry Dask started while this one, on a worker it gave up on, still ran). A claim is a
+    Dask Variable, set by each try as it starts: cheap, and gone with the scheduler, when the
+    check fails and the try stops. The token is a tag on the step run: it outlives a
+    scheduler and is what a resumed step, maybe on another cluster, replaces."""
+    from distributed import Variable
+
+    stopped = stop_check(stop_event)
+    claim, mine = None, uuid.uuid4().hex
+    if stop_event:
+        claim = Variable(f"{stop_event}-partition-{index}")
+        claim.set(mine)
+
+    def fenced() -> bool:
+        if stopped():
+            return True
+        try:
+            if claim is not None and claim.get(timeout=CONNECT_TIMEOUT_SECONDS) != mine:
+                return True
+        except Exception:  # noqa: BLE001 - no scheduler to ask: write nothing more
+            return True
+        return client.get_run(parent_id).data.tags.get(ATTEMPT_TAG) != attempt
+
+    return fenced
+
+
 def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
-                   most: int = PARTITION_SIZE, **arguments) -> list:
-    """`task(index, part, stop_event=<name>, **arguments)` for every partition of `items` on
-    the cluster; `on_done(result)` as each finishes. Returns the results in partition order.
+                   most: int = PARTITION_SIZE, *, parent_id: str, **arguments) -> list:
+    """`task(index, part, stop_event=<name>, version=<code version>, parent_id=parent_id,
+    attempt=<token>, **arguments)` for every partition of `items` on the cluster, under a new
+    attempt of the step run `parent_id` (`start_attempt`); `on_done(result)` as each
+    finishes. Returns the results (lists of run IDs, or of what has a `run_id`) in partition
+    order, once any run a fenced-out try wrote anyway is dropped (`drop_stale_writes`).
 
     A partition holds at most `most` items, and fewer when there are few: every worker gets
     at least two partitions to work on where the items allow.
@@ -179,14 +399,22 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
     before each write (`stop_check`), and waits for the partitions to end, so that nothing
     writes after the step has ended its runs. (Cancelling a Dask future does not stop a task
     already running.)"""
-    from distributed import Event
+    import cloudpickle
+    from distributed import Event, Variable
+
+    from steps.tracking.worker_code import partition_runner
 
     workers = max(1, len(client.scheduler_info()["workers"]))
     size = max(1, min(most, -(-len(items) // (2 * workers))))
     stop = Event(f"saliency-flow-stop-{uuid.uuid4().hex}", client=client)
-    futures = [client.submit(task, index, part, stop_event=stop.name, **arguments,
-                             retries=PARTITION_RETRIES, pure=False)
-               for index, part in partitions(items, size)]
+    version = code_version()
+    attempt, started = start_attempt(parent_id)
+    run_pickled = partition_runner()
+    parts = partitions(items, size)
+    futures = [client.submit(run_pickled, cloudpickle.dumps((task, (index, part), {
+        "stop_event": stop.name, "version": version, "parent_id": parent_id,
+        "attempt": attempt, **arguments})),
+        retries=PARTITION_RETRIES, pure=False) for index, part in parts]
     try:
         _each_as_done(futures, on_done)
     except BaseException:
@@ -194,7 +422,20 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
             stop.set()
             _wait_while_workers(client, futures)
         raise
-    return [future.result() for future in futures]
+    finally:
+        for index, _ in parts:
+            with contextlib.suppress(Exception):
+                Variable(f"{stop.name}-partition-{index}", client=client).delete()
+    results = [future.result() for future in futures]
+    from mlflow.tracking import MlflowClient
+
+    from steps.tracking.lifecycle import drop_stale_writes
+
+    tracking = MlflowClient()
+    drop_stale_writes(tracking, tracking.get_run(parent_id).info.experiment_id, parent_id,
+                      attempt, started, {getattr(one, "run_id", one)
+                                         for result in results for one in result})
+    return results
 
 
 def _each_as_done(futures: list, on_done: Callable) -> None:

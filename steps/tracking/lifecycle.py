@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -33,7 +34,7 @@ from mlflow.entities import LifecycleStage, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
 from steps.tracking.store_check import launcher_pid, stop_retrying, unreachable_server
-from steps.store_names import (ERROR_TAG, IMAGE_ID_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG,
+from steps.store_names import (ATTEMPT_TAG, ERROR_TAG, IMAGE_ID_TAG, INTERRUPTED_TAG, PARENT_RUN_TAG,
                          PARTITION_TAG, PROCESS_HOST_TAG, RUN_NAME_TAG, PROCESS_ID_TAG, PROCESS_START_TAG,
                          RESULTS_DELETED_TAG)
 
@@ -276,6 +277,8 @@ def settle_earlier_runs(client: MlflowClient, experiment_id: str, parent_id: str
     the kept runs by image ID."""
     scope = f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'" + (
         f" AND tags.`{PARTITION_TAG}` = '{partition}'" if partition is not None else "")
+    if partition is None:  # a resumed step
+        fence_earlier_attempt(client, experiment_id, parent_id)
     kept: dict[str, object] = {}
     for run in search_all(client, [experiment_id], scope, ViewType.ALL):
         image_id = run.data.tags.get(IMAGE_ID_TAG, "")
@@ -290,6 +293,57 @@ def settle_earlier_runs(client: MlflowClient, experiment_id: str, parent_id: str
         if active:
             client.delete_run(run.info.run_id)
     return kept
+
+
+#: A resumed step waits until the runs of its earlier attempt have stayed unchanged this long...
+STALE_ATTEMPT_QUIET_SECONDS = 5.0
+#: ... or at most this long (a partition on a worker that hangs still stops at its next check).
+STALE_ATTEMPT_WAIT_SECONDS = 60.0
+
+
+def fence_earlier_attempt(client: MlflowClient, experiment_id: str, parent_id: str) -> None:
+    """Before a resumed step settles what an earlier attempt wrote: make that attempt's token
+    (on the step run) stale, so that its partitions still running on a cluster (Dask cannot
+    stop a running task) write no further batch, then wait until its runs have stayed
+    unchanged for STALE_ATTEMPT_QUIET_SECONDS (the batch under way ends), at most
+    STALE_ATTEMPT_WAIT_SECONDS."""
+    old = client.get_run(parent_id).data.tags.get(ATTEMPT_TAG)
+    if old is None:
+        return  # never on a cluster
+    client.set_tag(parent_id, ATTEMPT_TAG, uuid.uuid4().hex)
+    scope = f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' AND tags.`{ATTEMPT_TAG}` = '{old}'"
+
+    def state() -> set:
+        return {(run.info.run_id, run.info.status, run.info.lifecycle_stage)
+                for run in search_all(client, [experiment_id], scope, ViewType.ALL)}
+
+    deadline = time.monotonic() + STALE_ATTEMPT_WAIT_SECONDS
+    seen, quiet_since = state(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < \
+            STALE_ATTEMPT_QUIET_SECONDS:
+        time.sleep(0.5)
+        now = state()
+        if now != seen:
+            seen, quiet_since = now, time.monotonic()
+
+
+def drop_stale_writes(client: MlflowClient, experiment_id: str, parent_id: str, attempt: str,
+                      started_ms: int, keep: set[str]) -> int:
+    """After a step's partitions on a cluster: end KILLED and soft-delete what a fenced-out
+    writer wrote anyway (a try Dask gave up on that still ran its last batch): runs of this
+    `attempt` that are not in `keep`, and runs of another attempt made since this one
+    started at `started_ms`. Returns how many."""
+    dropped = 0
+    for run in search_all(client, [experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'"):
+        written_by = run.data.tags.get(ATTEMPT_TAG)
+        if written_by is None or run.info.run_id in keep or (
+                written_by != attempt and run.info.start_time < started_ms):
+            continue
+        if run.info.status == RUNNING:
+            client.set_terminated(run.info.run_id, KILLED)
+        client.delete_run(run.info.run_id)
+        dropped += 1
+    return dropped
 
 
 def hide_partial_results(run_id: str, client: MlflowClient | None = None,

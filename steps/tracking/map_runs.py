@@ -33,7 +33,8 @@ from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
 from steps.core.metrics import (BEATS_RANDOM_PERCENTILE, MapScores, MetricSettings,
                                 average_maps, class_map)
 from steps.tracking import lifecycle, runs
-from steps.tracking.cluster import MAP_PARTITION_SIZE, ClusterSpec, dask_client, run_partitions
+from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, TrackingSettings,
+                                    dask_client, run_partitions)
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.dataset_logging import log_dataset
 from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs, split_data
@@ -434,25 +435,36 @@ def map_runs(writer: MapRunWriter, params: dict, parent: Run, todo: list[tuple[s
             yield MapMade(one.predicted.image_id, run.info.run_id, one.maps, one.scores)
 
 
-def explain_partition(index: int, items: list[tuple[str, dict]], *, tracking_uri: str,
-                      parent_id: str, recipe: MapRecipe, stop_event: str | None = None
-                      ) -> list[MapMade]:
+def explain_partition(index: int, items: list[tuple[str, dict]], *, settings, version: str,
+                      parent_id: str, attempt: str, recipe: MapRecipe,
+                      stop_event: str | None = None) -> list[MapMade]:
     """On a Dask worker: the map runs of one partition of a step's images (`items`: image ID
     and lineage tags), under the step run `parent_id`, in the order of `items`. Safe to run
     again after a try that died part-way: only the images without a FINISHED run are
-    explained."""
-    from steps.tracking.cluster import stop_check, worker_name
+    explained. `settings`: the step's `TrackingSettings`, applied while it runs; `version`:
+    the step's code version; `attempt`: the step's attempt token, checked before each run
+    (`cluster.partition_guard`)."""
+    from steps.tracking.cluster import require_code_version
 
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    require_code_version(version)
+    with settings.applied():
+        return _explain_partition(index, items, MlflowClient(settings.uri), parent_id, attempt,
+                                  recipe, stop_event)
+
+
+def _explain_partition(index: int, items: list[tuple[str, dict]], client: MlflowClient,
+                       parent_id: str, attempt: str, recipe: MapRecipe, stop_event: str | None
+                       ) -> list[MapMade]:
+    from steps.tracking.cluster import partition_guard, worker_name
     parent = client.get_run(parent_id)
     made = earlier_maps(client, parent_id, parent.info.experiment_id, False, index)
     writer = recipe.writer([image_id for image_id, _ in items])
-    extra = {store_names.PARTITION_TAG: str(index), store_names.WORKER_TAG: worker_name()}
+    extra = {store_names.PARTITION_TAG: str(index), store_names.WORKER_TAG: worker_name(),
+             store_names.ATTEMPT_TAG: attempt}
+    stopped = partition_guard(client, stop_event, parent_id, attempt, index)
     with quiet_run_links():
         for one in map_runs(writer, recipe.params, parent,
-                            [item for item in items if item[0] not in made], extra,
-                            stop_check(stop_event)):
+                            [item for item in items if item[0] not in made], extra, stopped):
             made[one.image_id] = one
     if len(made) < len(items):
         return []  # stopped: the step is failing and discards it, a quiet end
@@ -471,9 +483,9 @@ def make_maps(writer: MapRunWriter, recipe: MapRecipe, parent: Run,
     cluster's workers, in order."""
     if cluster is None:
         return [bar.advanced(one) for one in map_runs(writer, recipe.params, parent, todo)]
-    with tempfile.TemporaryDirectory() as scratch, dask_client(cluster, Path(scratch)) as client:
+    settings = TrackingSettings.current()
+    with dask_client(cluster, parent.info.run_id, settings) as client:
         parts = run_partitions(client, explain_partition, todo,
                                lambda done: bar.advanced(done, len(done)), MAP_PARTITION_SIZE,
-                               tracking_uri=mlflow.get_tracking_uri(),
-                               parent_id=parent.info.run_id, recipe=recipe)
+                               settings=settings, parent_id=parent.info.run_id, recipe=recipe)
     return [made for part in parts for made in part]

@@ -150,33 +150,45 @@ def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:
     return call(*args, **kwargs)
 
 
-def write_partition(index: int, samples: list[SampleRun], *, tracking_uri: str,
-                    experiment_id: str, parent_id: str, stop_event: str | None = None
-                    ) -> list[str]:
+def write_partition(index: int, samples: list[SampleRun], *, settings, version: str,
+                    experiment_id: str, parent_id: str, attempt: str,
+                    stop_event: str | None = None) -> list[str]:
     """On a Dask worker: write one partition of a step's sample runs, under `parent_id`; returns
     their run IDs in the order of `samples`.
 
     Safe to run again after a try that died part-way: its FINISHED runs are kept, any other run
     of the partition (left RUNNING by a dead worker, or FAILED) is ended KILLED and
-    soft-deleted, and only the missing samples are written.
+    soft-deleted, and only the missing samples are written. `settings`: the step's
+    `TrackingSettings`, applied while it runs; `version`: the step's code version; `attempt`:
+    the step's attempt token, checked before each batch (`cluster.partition_guard`).
     """
-    from steps.store_names import IMAGE_ID_TAG, PARTITION_TAG, WORKER_TAG
-    from steps.tracking.cluster import stop_check, worker_name
+    from steps.tracking.cluster import require_code_version
+
+    require_code_version(version)
+    with settings.applied():
+        return _write_partition(index, samples, MlflowClient(settings.uri), experiment_id,
+                                parent_id, attempt, stop_event)
+
+
+def _write_partition(index: int, samples: list[SampleRun], client: MlflowClient,
+                     experiment_id: str, parent_id: str, attempt: str,
+                     stop_event: str | None) -> list[str]:
+    from steps.store_names import ATTEMPT_TAG, IMAGE_ID_TAG, PARTITION_TAG, WORKER_TAG
+    from steps.tracking.cluster import partition_guard, worker_name
     from steps.tracking.lifecycle import settle_earlier_runs
 
-    client = MlflowClient(tracking_uri)
     kept = {image_id: run.info.run_id for image_id, run
             in settle_earlier_runs(client, experiment_id, parent_id, index).items()}
     # As many runs at a time as the writer has threads (a pool against a server, as the step's
     # own process writes), checking between batches whether the step has stopped.
     writer = SampleRunWriter(experiment_id, client)
-    extra = {PARTITION_TAG: str(index), WORKER_TAG: worker_name()}
+    stopped = partition_guard(client, stop_event, parent_id, attempt, index)
+    extra = {PARTITION_TAG: str(index), WORKER_TAG: worker_name(), ATTEMPT_TAG: attempt}
     missing = [SampleRun(s.name, s.metrics, {**s.tags, **extra}, s.params) for s in samples
                if s.tags[IMAGE_ID_TAG] not in kept]
-    stopped = stop_check(stop_event)
     for start in range(0, len(missing), writer.workers):
         if stopped():
-            return []  # the step is failing and discards it: a quiet end
+            return []  # the step is failing, or this try is fenced out: a quiet end
         batch = missing[start:start + writer.workers]
         for sample, run_id in zip(batch, writer.write_batch(batch)):
             kept[sample.tags[IMAGE_ID_TAG]] = run_id
