@@ -6,8 +6,10 @@ into the tracking store, under the step's run, none lost or doubled when a worke
   running Dask scheduler: Kubernetes, HPC, ...). The dashboard's address is printed.
 - The workers need the tracking store and the artifact store: with a remote cluster a SQLite
   file, a local path or a store URI that only this machine can reach is refused before any work.
-- The step's work is cut into partitions of at most PARTITION_SIZE items; Dask retries a
-  partition whose worker died (PARTITION_RETRIES). A partition first looks up what an earlier
+- The step's work is cut into partitions of at most PARTITION_SIZE items. Dask tries a
+  partition again in two ways: after an exception in it, up to PARTITION_RETRIES times (the
+  task's `retries`), and after its worker died, until the scheduler's `allowed-failures`
+  (WORKER_DEATHS for the LocalCluster the step starts; a remote scheduler's own setting). A partition first looks up what an earlier
   try already wrote (its runs are tagged with the step run and the partition): it keeps the
   FINISHED runs, ends any other KILLED and soft-deletes it, and writes only the missing ones,
   each tagged with the worker that wrote it.
@@ -53,6 +55,9 @@ PARTITION_SIZE = 50
 MAP_PARTITION_SIZE = 5
 #: Tries of a partition after its worker died or it failed.
 PARTITION_RETRIES = 3
+#: Worker deaths a partition survives before the step fails (`allowed-failures`, Dask's
+#: default): a partition that kills its worker again and again, by memory say, stops the step.
+WORKER_DEATHS = 3
 #: How long a step waits for a remote scheduler to answer.
 CONNECT_TIMEOUT_SECONDS = 30
 #: How long an interrupted step waits for the partitions under way to stop writing.
@@ -308,6 +313,7 @@ def dask_client(spec: ClusterSpec, run_id: str, settings: TrackingSettings) -> I
     """A `distributed.Client` on the cluster (a LocalCluster started and stopped here for
     `local:N`), every worker checked to run this project's code version (installed where it
     did not) and to write into the step run `run_id` with `settings`."""
+    import dask
     from distributed import Client, LocalCluster
 
     with contextlib.ExitStack() as stack:
@@ -323,6 +329,8 @@ def dask_client(spec: ClusterSpec, run_id: str, settings: TrackingSettings) -> I
             # reaches them too: they ignore it (the disposition is inherited) and are stopped
             # by the step, which ends its runs first.
             handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            stack.enter_context(dask.config.set(
+                {"distributed.scheduler.allowed-failures": WORKER_DEATHS}))
             try:
                 cluster = stack.enter_context(LocalCluster(
                     n_workers=spec.workers, threads_per_worker=1, processes=True,
