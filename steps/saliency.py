@@ -110,9 +110,8 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
         scores = [one.scores for one in made]
         mlflow.log_metrics(aggregate_scores(scores))
         with phases.phase(store_names.PICTURES_PHASE):
-            pairs = list(zip(writer.explainer.predict_all(image_ids), (m.maps for m in made)))
-            writer.log_averages(pairs)
-            writer.log_summary(pairs)
+            writer.log_averages(made)
+            writer.log_summary(made)
         beating = sum(s.beats_random() for s in scores)
         mlflow.set_tag(store_names.RUN_NAME_TAG,
                        store_names.saliency_run_name(writer.label, beating, len(scores)))

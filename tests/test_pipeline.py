@@ -363,11 +363,13 @@ def test_the_step_run_holds_mean_maps_by_class_and_confusion_cell(pipeline, runs
     step_id = runs["saliency"].info.run_id
     paths = artifact_paths(store.client, step_id)
     assert read_artifact(store.client, step_id, "summary.png").startswith(PNG_MAGIC)
-    by_cell = {}
+    by_cell, raw_by_cell = {}, {}
     for run in runs["maps"]:
         key = (run.data.tags["GT_class"], run.data.tags["Predicted_class"])
         stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
         by_cell.setdefault(key, []).append(stored)
+        raw = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map_raw.npy"))
+        raw_by_cell.setdefault(key, []).append(raw)
     groups = {f"averages/true_{true}": [m for (t, _), maps in by_cell.items() if t == true
                                         for m in maps] for true in {t for t, _ in by_cell}}
     groups.update({f"averages/true_{true}_predicted_{predicted}": members
@@ -378,6 +380,12 @@ def test_the_step_run_holds_mean_maps_by_class_and_confusion_cell(pipeline, runs
             continue
         mean = np.load(store.client.download_artifacts(step_id, f"{name}.npy"))
         np.testing.assert_allclose(mean, np.mean(members, axis=0), atol=1e-12)
+        # Pictured in confidence units, as the map runs' pictures: the raw maps' mean.
+        raw_members = [r for key, raws in raw_by_cell.items() for r in raws
+                       if name in (f"averages/true_{key[0]}",
+                                   f"averages/true_{key[0]}_predicted_{key[1]}")]
+        raw_mean = np.load(store.client.download_artifacts(step_id, f"{name}_raw.npy"))
+        np.testing.assert_allclose(raw_mean, np.mean(raw_members, axis=0), atol=1e-12)
         assert f"{name}_all_classes.png" in paths
 
 

@@ -20,6 +20,7 @@ import click
 import mlflow
 import numpy as np
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steps import phases, store_names
@@ -317,32 +318,49 @@ class MapRunWriter:
         """`0: black`: an MC-RISE fill colour's index and name."""
         return f"{colour}: {plots.fill_colour_name(fill_colours_of(self.config)[colour])}"
 
-    def log_averages(self, made: list[tuple[PredictedImage, np.ndarray]]) -> None:
+    def log_averages(self, made: list[MapMade]) -> None:
         """Mean maps by true class and by confusion cell (true → predicted) of two maps or more,
-        as `.npy` and pictures over the mean image, under `averages/` of the active (step) run:
-        the classes in the model's order (a mean has no one confidence), the group's true class
-        and, of a confusion cell, its predicted class marked."""
-        groups = average_maps([maps for _, maps in made], [one.image for one, _ in made],
-                              [one.true_class for one, _ in made],
-                              [one.predicted_class for one, _ in made])
+        as `.npy` (and `_raw.npy`, of the maps in the model's confidence units, where the maps
+        have them) and pictures over the mean image, under `averages/` of the active (step)
+        run: the classes in the model's order (a mean has no one confidence), the group's true
+        class and, of a confusion cell, its predicted class marked. Pictured in confidence units
+        where they exist, as the map runs' pictures."""
+        predicted = self.explainer.predict_all([one.image_id for one in made])
+        images = [one.image for one in predicted]
+        true_names = [one.true_class for one in predicted]
+        predicted_names = [one.predicted_class for one in predicted]
+        groups = average_maps([one.maps for one in made], images, true_names, predicted_names)
+        raw = pictured_raw(made)
+        raw_groups = (average_maps(raw, images, true_names, predicted_names) if raw else {})
         column = {n: k for k, n in enumerate(self.inputs.classes.names)}.get
-        for (true, predicted), (mean_maps, mean_image, count) in groups.items():
+        for (true, predicted_name), (mean_maps, mean_image, count) in groups.items():
             name = f"true_{store_names.metric_safe(true)}" + (
-                f"_predicted_{store_names.metric_safe(predicted)}" if predicted is not None else "")
-            what = f"true {true}" + (f", predicted {predicted}" if predicted is not None else "")
+                f"_predicted_{store_names.metric_safe(predicted_name)}"
+                if predicted_name is not None else "")
+            what = f"true {true}" + (f", predicted {predicted_name}"
+                                     if predicted_name is not None else "")
             log_map(mean_maps, f"{store_names.AVERAGES_DIR}/", f"{name}.npy")
-            log_pictures(mean_image, mean_maps, self.inputs.classes.names,
+            shown, meaning = mean_maps, None
+            if (true, predicted_name) in raw_groups:
+                shown = raw_groups[(true, predicted_name)][0]
+                meaning = self.explainer.raw_meaning()
+                log_map(shown, f"{store_names.AVERAGES_DIR}/", f"{name}_raw.npy")
+            log_pictures(mean_image, shown, self.inputs.classes.names,
                          f"mean of {count} maps: {what}",
-                         plots.Answer(None, column(predicted), column(true)),
+                         plots.Answer(None, column(predicted_name), column(true)),
                          replace(self.pictures, mode="combined", top_classes=0),
-                         f"{store_names.AVERAGES_DIR}/{name}_")
+                         f"{store_names.AVERAGES_DIR}/{name}_", meaning=meaning)
 
-    def log_summary(self, made: list[tuple[PredictedImage, np.ndarray]]) -> None:
+    def log_summary(self, made: list[MapMade]) -> None:
         """One picture of the step's maps (`summary.png` of the active, step run): a row per
         image (the first `SUMMARY_MAX_IMAGES`), its map of the predicted class and, where the
-        model was wrong, of the true class, all on one scale."""
+        model was wrong, of the true class, all on one scale: in the model's confidence units
+        where the maps have them, so an image whose answer no region moves stays pale."""
         class_names, rows = self.inputs.classes.names, []
-        for one, maps in made[:SUMMARY_MAX_IMAGES]:
+        raw = pictured_raw(made)
+        pictured = raw or [one.maps for one in made]
+        predicted = self.explainer.predict_all([one.image_id for one in made])
+        for one, maps in list(zip(predicted, pictured))[:SUMMARY_MAX_IMAGES]:
             def label(kind: str, column: int) -> str:
                 return (f"{kind} {class_names[column]}  "
                         f"{plots.confidence_text(one.confidences[column])}")
@@ -358,9 +376,17 @@ class MapRunWriter:
                  else f"{len(made)}")
         fig = plots.rows_figure(rows, f"{shown} maps by {self.label or 'the algorithm'}: the "
                                       "predicted class, and the true class where it differs",
-                                plots.meaning_of(made[0][1]))
+                                self.explainer.raw_meaning() if raw
+                                else plots.meaning_of(pictured[0]))
         mlflow.log_figure(fig, store_names.SUMMARY_PICTURE)
         plots.plt.close(fig)
+
+
+def pictured_raw(made: list[MapMade]) -> list[np.ndarray] | None:
+    """The maps in the model's confidence units, when every one of them has them (else None:
+    one picture draws one kind of map)."""
+    raw = [one.raw for one in made]
+    return None if any(r is None for r in raw) else raw
 
 
 @dataclass(frozen=True)
@@ -387,9 +413,15 @@ class MapRecipe:
         return writer
 
 
-def stored_map(run: Run) -> np.ndarray:
-    return np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                       artifact_path=store_names.MAP_ARTIFACT))
+def stored_map(run: Run, name: str = store_names.MAP_ARTIFACT) -> np.ndarray | None:
+    """A map run's map (or its raw map, `name`); None for a raw map the run does not have."""
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=name)
+    except (MlflowException, OSError):
+        if name == store_names.MAP_ARTIFACT:
+            raise
+        return None
+    return np.load(path)
 
 
 @dataclass(frozen=True)
@@ -400,6 +432,8 @@ class MapMade:
     run_id: str
     maps: np.ndarray
     scores: MapScores
+    #: The map before xaitk's scaling, in the model's confidence units (None where there is none).
+    raw: np.ndarray | None = None
 
     @classmethod
     def stored(cls, run: Run) -> MapMade:
@@ -407,7 +441,8 @@ class MapMade:
         sanity = run.data.tags.get(store_names.SANITY_TAG)
         return cls(run.data.tags[store_names.IMAGE_ID_TAG], run.info.run_id, stored_map(run),
                    MapScores(metrics, {}, fails_sanity=None if sanity is None
-                             else sanity == store_names.SANITY_FAILED))
+                             else sanity == store_names.SANITY_FAILED),
+                   stored_map(run, store_names.RAW_MAP_ARTIFACT))
 
 
 def earlier_maps(client: MlflowClient, parent_id: str, experiment_id: str, restore: bool,
@@ -432,7 +467,8 @@ def map_runs(writer: MapRunWriter, params: dict, parent: Run, todo: list[tuple[s
             if stopped():
                 return
             run = writer.map_run(one, parent, params, {**lineage, **(extra_tags or {})})
-            yield MapMade(one.predicted.image_id, run.info.run_id, one.maps, one.scores)
+            yield MapMade(one.predicted.image_id, run.info.run_id, one.maps, one.scores,
+                          one.raw)
 
 
 def explain_partition(index: int, items: list[tuple[str, dict]], *, settings, version: str,
