@@ -129,7 +129,8 @@ def explanation_set(reader: StoreReader, step: Run) -> ExplanationSet:
                   if k in SALIENCY_AGGREGATES or k.endswith("_mean")}
     algorithm = step.data.tags.get(store_names.ALGORITHM_TAG, "saliency")
     settings = images[0].data.params if images else {}
-    not_algorithm = {d.name for d in options.SALIENCY_INPUTS + options.MAP_MAKING} | {
+    not_algorithm = {d.name for d in options.SALIENCY_INPUTS + options.MAP_MAKING
+                     + options.MAP_SCORING} | {
         "algorithm"}
     used = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k not in not_algorithm)
     return ExplanationSet(f"Saliency: {algorithm}" + (f" ({used})" if used else ""),

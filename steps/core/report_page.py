@@ -155,8 +155,10 @@ METRIC_MEANINGS = {
                     "deleted first; lower is better",
     "Insertion_auc": "area under the class's probability as the pixels the map ranks first are "
                      "put back first into a blurred copy; higher is better",
-    "Random_deletion_auc": "the same deletion for a random map: the value to beat (from below)",
-    "Random_insertion_auc": "the same insertion for a random map: the value to beat (from above)",
+    "Random_deletion_auc": "the same deletion, mean over random maps of the image: 90% of "
+                           "them to beat (from below)",
+    "Random_insertion_auc": "the same insertion, mean over random maps of the image: 90% of "
+                            "them to beat (from above)",
     "Entropy": "how spread out the map is, in bits; lower is more focused",
     "Road_morf_auc": "ROAD: the class's mean probability as the pixels the map ranks first are "
                      "removed by imputation from their neighbours (10 to 90%); lower is better",
