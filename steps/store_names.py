@@ -256,9 +256,6 @@ SANITY_SPEARMAN_METRIC = "Sanity_spearman"
 SANITY_SIGNED_SPEARMAN_METRIC = "Sanity_spearman_signed"
 SANITY_SSIM_METRIC = "Sanity_ssim"
 FAILING_SANITY_METRIC = "Maps_failing_sanity"
-#: On a map run: the share (0 to 100) of random maps its deletion or insertion area beats.
-DELETION_PERCENTILE_METRIC = "Deletion_random_percentile"
-INSERTION_PERCENTILE_METRIC = "Insertion_random_percentile"
 
 # Comparison runs (several algorithm configurations on the same images).
 COMPARED_RUNS_TAG = "Compared_saliency_run_ids"

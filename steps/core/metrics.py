@@ -90,9 +90,8 @@ class MetricSettings:
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any] | None) -> MetricSettings:
         stored = dict(stored or {})
-        for name in ("mean_colour",):
-            if stored.get(name) is not None:
-                stored[name] = tuple(stored[name])
+        if stored.get("mean_colour") is not None:
+            stored["mean_colour"] = tuple(stored["mean_colour"])
         stored["fills"] = tuple(tuple(fill) for fill in stored.get("fills", ()))
         return cls(**{k: v for k, v in stored.items() if k in cls.__dataclass_fields__})
 
@@ -358,14 +357,15 @@ ROAD_GAP = "Road_lerf_minus_morf"
 CAUSAL_METRICS = (Deletion, Insertion)
 
 
-def random_name(metric: type[MapMetric]) -> str:
-    """`Random_deletion_auc`: the metric's mean over the random maps."""
-    return f"Random_{metric.name[0].lower()}{metric.name[1:]}"
+def random_name(name: str) -> str:
+    """`Random_deletion_auc`: metric `name`'s mean over the random maps."""
+    return f"Random_{name[0].lower()}{name[1:]}"
 
 
-def percentile_name(metric: type[MapMetric]) -> str:
-    """`Deletion_random_percentile`: the share of random maps the map does better than."""
-    return f"{metric.name.split('_')[0]}_random_percentile"
+def percentile_name(name: str) -> str:
+    """`Deletion_random_percentile`: the share of random maps the map does better than on
+    metric `name`."""
+    return f"{name.split('_')[0]}_random_percentile"
 
 
 def fill_suffix(colour: int) -> str:
@@ -374,7 +374,7 @@ def fill_suffix(colour: int) -> str:
 
 
 #: The metrics `beats_random` compares, and those of runs from before the percentiles.
-PERCENTILES = tuple(percentile_name(m) for m in CAUSAL_METRICS)
+PERCENTILES = tuple(percentile_name(m.name) for m in CAUSAL_METRICS)
 AGAINST_RANDOM = ("Deletion_auc", "Random_deletion_auc", "Insertion_auc", "Random_insertion_auc")
 
 
@@ -449,9 +449,9 @@ def score_map(maps: np.ndarray, image: np.ndarray, predict, predicted_column: in
     for metric_class in CAUSAL_METRICS:
         random_curves = metric_class().curves(context, noise)
         areas = area_under_curve(random_curves)
-        metrics[random_name(metric_class)] = float(areas.mean())
-        curves[random_name(metric_class)] = random_curves.mean(axis=0)
-        metrics[percentile_name(metric_class)] = random_percentile(
+        metrics[random_name(metric_class.name)] = float(areas.mean())
+        curves[random_name(metric_class.name)] = random_curves.mean(axis=0)
+        metrics[percentile_name(metric_class.name)] = random_percentile(
             metrics[metric_class.name], areas, metric_class.lower_is_better)
     most_faithful = None
     if np.ndim(maps) == 4:

@@ -8,7 +8,7 @@ import html
 from dataclasses import dataclass, field
 
 from steps import store_names
-from steps.core.metrics import BEATS_RANDOM_PERCENTILE
+from steps.core.metrics import BEATS_RANDOM_PERCENTILE, percentile_name, random_name
 from steps.core.ranking import RankedConfiguration
 
 STYLE = """
@@ -215,12 +215,12 @@ def _faithfulness_table(metrics: dict[str, float]) -> str:
     share of them this map does better than), then the rest."""
     rows, shown = [], set()
     for name, (label, lower_better) in AGAINST_RANDOM.items():
-        random_name = f"Random_{name[0].lower()}{name[1:]}"
-        percentile_name = f"{name.split('_')[0]}_random_percentile"
-        if name not in metrics or random_name not in metrics:
+        random_key, percentile_key = random_name(name), percentile_name(name)
+        if name not in metrics or random_key not in metrics:
             continue
-        value, random = metrics[name], metrics[random_name]
-        percentile = metrics.get(percentile_name)
+        shown |= {name, random_key, percentile_key}
+        value, random = metrics[name], metrics[random_key]
+        percentile = metrics.get(percentile_key)
         if percentile is None:  # a run from before the random maps' percentiles
             better = value < random if lower_better else value > random
             mark = ('<span class="good">better</span>' if better
@@ -233,7 +233,6 @@ def _faithfulness_table(metrics: dict[str, float]) -> str:
                     f"({'lower' if lower_better else 'higher'} is better)</th>"
                     f"<td class=num>{value:.3f}</td><td class=num>{random:.3f}</td>"
                     f"<td>{mark}</td></tr>")
-        shown |= {name, random_name, percentile_name}
     head = ("<tr><th></th><th>this map</th><th>random maps (mean)</th><th></th></tr>"
             if rows else "")
     rest = {k: v for k, v in metrics.items() if k not in shown}

@@ -31,8 +31,9 @@ from steps.core.sanity import SPEARMAN_SIGNED, sanity_config
 from steps.core.serving import WHOLE_PREDICTION  # the panel of a whole-prediction map
 from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
                                 fill_colours_of, resolve_metric_settings)
-from steps.core.metrics import (BEATS_RANDOM_PERCENTILE, MapScores, MetricSettings,
-                                average_maps, class_map)
+from steps.core.metrics import (BEATS_RANDOM_PERCENTILE, Deletion, Insertion, MapScores,
+                                MetricSettings, average_maps, class_map, percentile_name,
+                                random_name)
 from steps.tracking import lifecycle, runs
 from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, TrackingSettings,
                                     dask_client, run_partitions)
@@ -120,13 +121,13 @@ def against_random(scores: MapScores) -> str:
     insertion ...`."""
     m = scores.metrics
 
-    def one(kind: str, better: str) -> str:
-        name = kind.capitalize()
-        return (f"{kind} {m[f'{name}_auc']:.3f}, better than "
-                f"{m[f'{name}_random_percentile']:.0f}% of the random maps (mean "
-                f"{m[f'Random_{kind}_auc']:.3f}), {better} is better")
+    def one(metric, better: str) -> str:
+        name = metric.name
+        return (f"{name.split('_')[0].lower()} {m[name]:.3f}, better than "
+                f"{m[percentile_name(name)]:.0f}% of the random maps (mean "
+                f"{m[random_name(name)]:.3f}), {better} is better")
 
-    return f"{one('deletion', 'lower')}; {one('insertion', 'higher')}"
+    return f"{one(Deletion, 'lower')}; {one(Insertion, 'higher')}"
 
 
 def barely_depends(scores: MapScores) -> str:
