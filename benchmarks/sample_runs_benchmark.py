@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steps import store_names  # noqa: E402
-from steps.evaluate import sample_runs  # noqa: E402
+from steps.tracking.evaluation import sample_runs  # noqa: E402
 from steps.tracking.console import quiet_run_links  # noqa: E402
 from steps.tracking.sample_runs import SERVER_WORKERS, SampleRun, SampleRunWriter  # noqa: E402
 from steps.tracking.sqlite_journal import journal_mode, use_wal  # noqa: E402

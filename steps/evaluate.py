@@ -15,49 +15,23 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from steps import options, phases, store_names
-from steps.core.blas import ONE_PREDICTION, blas_threads
 from steps.core.model_input import flags_of
 from steps.tracking import lifecycle, runs
 from steps.tracking.dataset_logging import log_dataset
-from steps.core.image_dataset import ALL, TEST
-from steps.tracking.inputs import load_model_inputs, refuse_training_images, split_data
+from steps.core.image_dataset import ALL
+from steps.tracking.evaluation import (EvaluatedSample, EvaluationRecipe, evaluate_partition,
+                                       predict_confidences, samples_of)
+from steps.tracking.inputs import (ModelInputs, absolute_dataset, load_model_inputs,
+                                   refuse_training_images, split_data)
 from steps.tracking.model_loading import convention_tags
 from steps.tracking.cluster import (ClusterSpec, TrackingSettings, check_reachable_store,
                                     dask_client, run_partitions)
 from steps.tracking.console import Progress
 from steps.tracking.lifecycle import settle_earlier_runs
-from steps.tracking.sample_runs import SampleRun, SampleRunWriter, write_partition
+from steps.tracking.sample_runs import SampleRun, SampleRunWriter
 
 if TYPE_CHECKING:
     from steps.core.classification import Evaluated
-
-
-#: Input bytes one prediction call takes at most: a deep model's activations grow with them.
-PREDICTION_BYTES = 2**28
-
-
-def sample_runs(image_ids, true_names, predicted_names, confidences, column_names,
-                tags, split_name: str = TEST) -> list[SampleRun]:
-    """The per-sample runs to write: confidences as metrics, identity and outcome as tags;
-    `split_name` is the evaluated split's (test, val or all)."""
-    metric_names = [store_names.class_conf_metric(name) for name in column_names]
-    runs = []
-    for image_id, truth, pred, conf in zip(image_ids, true_names, predicted_names, confidences):
-        metrics = dict(zip(metric_names, map(float, conf)))
-        metrics[store_names.PREDICTED_CONF_METRIC] = float(conf.max())
-        runs.append(SampleRun(
-            name=store_names.image_run_name(image_id, pred, truth == pred),
-            metrics=metrics,
-            tags={
-                **tags,
-                store_names.IMAGE_ID_TAG: str(image_id),
-                store_names.GT_CLASS_TAG: str(truth),
-                store_names.PREDICTED_CLASS_TAG: str(pred),
-                store_names.CORRECT_TAG: str(bool(truth == pred)).lower(),
-                store_names.SPLIT_TAG: split_name,
-            },
-        ))
-    return runs
 
 
 def named_metrics(result: Evaluated) -> dict[str, float]:
@@ -101,40 +75,49 @@ def log_evaluation(result: Evaluated, samples: list[SampleRun], run_ids: list[st
             plots.plt.close(fig)
 
 
-def write_on_cluster(cluster: ClusterSpec, samples: list[SampleRun], progress: Progress,
-                     experiment_id: str, parent_id: str) -> list[str]:
-    """The sample runs written by the cluster's workers, a partition at a time; their IDs in
-    the order of `samples`."""
+def write_on_cluster(cluster: ClusterSpec, recipe: EvaluationRecipe,
+                     items: list[tuple[int, str | None]], progress: Progress,
+                     experiment_id: str, parent_id: str) -> list[EvaluatedSample]:
+    """The samples predicted and written by the cluster's workers, a partition at a time
+    (`items`: dataset row, and its run already written or None); in the order of `items`."""
     settings = TrackingSettings.current()
-    with dask_client(cluster, parent_id, settings) as client:
-        parts = run_partitions(client, write_partition, samples,
-                               lambda ids: progress.advanced(ids, len(ids)), settings=settings,
-                               experiment_id=experiment_id, parent_id=parent_id)
-    return [run_id for part in parts for run_id in part]
+    already = {kept for _, kept in items if kept}
+    with dask_client(cluster, parent_id, settings, prepare=recipe.inputs) as client:
+        parts = run_partitions(
+            client, evaluate_partition, items,
+            lambda part: progress.advanced(part, sum(one.run_id not in already for one in part)),
+            settings=settings, experiment_id=experiment_id, parent_id=parent_id, recipe=recipe)
+    return [one for part in parts for one in part]
 
 
-def write_samples(samples: list[SampleRun], parent: Run, cluster: ClusterSpec | None,
-                  resuming: bool) -> list[str]:
-    """Write the sample runs under the step run (in this process or on the cluster); their IDs
-    in the order of `samples`. Resuming, the FINISHED runs an earlier try wrote are kept (and
-    restored) and only the missing ones are written."""
+def write_samples(inputs: ModelInputs, rows: np.ndarray, confidences: np.ndarray | None,
+                  recipe: EvaluationRecipe, parent: Run, cluster: ClusterSpec | None,
+                  resuming: bool) -> tuple[list[str], np.ndarray]:
+    """Write the sample runs of the dataset's `rows` under the step run: in this process,
+    from the `confidences` predicted here, or on the cluster, whose workers predict. Their
+    run IDs in the order of `rows`, and the confidences. Resuming, the FINISHED runs an
+    earlier try wrote are kept (and restored) and only the missing ones are written."""
     experiment, parent_id = parent.info.experiment_id, parent.info.run_id
+    image_ids = [inputs.dataset.image_ids[row] for row in rows]
     kept = {}
     if resuming:
         kept = {image_id: run.info.run_id for image_id, run
                 in settle_earlier_runs(MlflowClient(), experiment, parent_id, restore=True).items()}
-        click.echo(f"Resuming evaluation run {parent_id}: {len(kept)} of {len(samples)} sample "
-                   f"runs already written, writing the other {len(samples) - len(kept)}",
+        click.echo(f"Resuming evaluation run {parent_id}: {len(kept)} of {len(rows)} sample "
+                   f"runs already written, writing the other {len(rows) - len(kept)}",
                    err=True)
-    missing = [s for s in samples if s.tags[store_names.IMAGE_ID_TAG] not in kept]
-    with Progress(len(samples), f"Logging {len(samples)} evaluation runs",
-                  done=len(kept)) as progress:
-        if cluster is None:
-            written = SampleRunWriter(experiment).write_batch(missing, progress.advanced)
-        else:
-            written = write_on_cluster(cluster, missing, progress, experiment, parent_id)
+    with Progress(len(rows), f"Logging {len(rows)} evaluation runs", done=len(kept)) as progress:
+        if cluster is not None:
+            done = write_on_cluster(cluster, recipe, [
+                (int(row), kept.get(image_id)) for row, image_id in zip(rows, image_ids)],
+                progress, experiment, parent_id)
+            return [one.run_id for one in done], np.stack([one.confidences for one in done])
+        missing = [sample for sample in samples_of(inputs, rows, confidences, recipe.tags,
+                                                   recipe.split_name)
+                   if sample.tags[store_names.IMAGE_ID_TAG] not in kept]
+        written = SampleRunWriter(experiment).write_batch(missing, progress.advanced)
     kept.update(zip((s.tags[store_names.IMAGE_ID_TAG] for s in missing), written))
-    return [kept[s.tags[store_names.IMAGE_ID_TAG]] for s in samples]
+    return [kept[image_id] for image_id in image_ids], confidences
 
 
 @click.command(help=__doc__)
@@ -171,11 +154,9 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_spl
     if num_samples:
         test_rows = test_rows[:num_samples]
     phases.enter(store_names.COMPUTE_PHASE)
-    images = data.images[test_rows]
-    per_call = max(1, PREDICTION_BYTES // max(1, images[:1].nbytes))
-    with blas_threads(ONE_PREDICTION, images.size):
-        confidences = np.concatenate([inputs.model.predict_proba(images[first:first + per_call])
-                                      for first in range(0, len(images), per_call)])
+    # On a cluster the workers predict, each its partitions.
+    confidences = (None if cluster is not None
+                   else predict_confidences(inputs.model, data.images[test_rows]))
 
     parameters = options.values_of(options.ENTRY_POINTS["evaluate"],
                                    click.get_current_context().params)
@@ -191,21 +172,22 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_spl
         if resume is None:
             log_dataset(inputs.data.source, data, inputs.data.digest, store_names.EVALUATION_CONTEXT,
                         split, {**split_values, "image_size": image_size})
-        from steps.core.classification import Evaluated  # scikit-learn's metrics: 0.8 s
-
-        result = Evaluated(data.labels[test_rows], np.asarray(confidences),
-                           inputs.classes.column_classes, tuple(data.class_names))
-        class_names = np.asarray(data.class_names)
-        samples = sample_runs(
-            [data.image_ids[row] for row in test_rows], class_names[result.truth],
-            class_names[result.predicted], confidences, inputs.classes.names, {
+        recipe = EvaluationRecipe(
+            inputs.resolved.uri, absolute_dataset(dataset), image_size,
+            flags_of(input_values), inputs.data.digest, split.evaluated, {
                 **lineage,
                 store_names.EVALUATION_PARENT_TAG: parent_id,
                 store_names.sample_key(parent_id): "true",
                 store_names.PARENT_RUN_TAG: parent_id,
                 store_names.CODE_VERSION_TAG: parent.data.tags[store_names.CODE_VERSION_TAG],
-            }, split.evaluated)
-        run_ids = write_samples(samples, parent, cluster, resume is not None)
+            })
+        run_ids, confidences = write_samples(inputs, test_rows, confidences, recipe, parent,
+                                             cluster, resume is not None)
+        samples = samples_of(inputs, test_rows, confidences, recipe.tags, split.evaluated)
+        from steps.core.classification import Evaluated  # scikit-learn's metrics: 0.8 s
+
+        result = Evaluated(data.labels[test_rows], np.asarray(confidences),
+                           inputs.classes.column_classes, tuple(data.class_names))
         mlflow.set_tag(store_names.SAMPLES_KEYED_TAG, "true")
         log_evaluation(result, samples, run_ids)
         accuracy = float(np.mean(result.correct))

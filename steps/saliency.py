@@ -84,7 +84,8 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
                        split, writer.config, pictures, predict_batch_size,
                        {**{k: options.as_param(v) for k, v in {
                            **algorithm.used_params(), **metric_settings.params()}.items()},
-                        BATCH_PARAM: str(predict_batch_size)}, writer.label)
+                        BATCH_PARAM: str(predict_batch_size)}, writer.label,
+                       writer.inputs.data.digest)
     with runs.step_run(store_names.SALIENCY_EXPERIMENT, "saliency", parameters, resume) as parent:
         mlflow.set_tags({**writer.step_tags(), store_names.ALGORITHM_TAG: algorithm.name,
                          store_names.IMAGE_IDS_TAG: options.as_param(tuple(image_ids)),

@@ -124,6 +124,46 @@ def test_workers_import_the_step_s_code_and_no_plugin_is_left(setup):
         assert not [name for name in plugins if name.startswith("saliency-flow")]
 
 
+def test_each_worker_loads_the_model_once_and_predicts_its_partitions(setup):
+    """The pipeline's evaluate and saliency steps: each worker loaded the model and the images
+    once for each (the preflight), and its partitions found them in its cache."""
+    from distributed import Client
+
+    from steps.tracking.inputs import _cached_model_inputs
+
+    _, cluster = setup
+    with Client(cluster.address, timeout=30) as client:
+        caches = client.run(lambda: _cached_model_inputs.cache_info()._asdict())
+    assert {cache["misses"] for cache in caches.values()} == {2}, caches
+    assert sum(cache["hits"] for cache in caches.values()) >= 2 + len(caches) * 2, caches
+
+
+@pytest.mark.parametrize("where, why", [
+    ("other", "it reads other images at digits (digest {theirs}, the step's 000000000000): "
+              "give the workers the same files, on a shared path or in an object store"),
+    ("missing", "no folder at {nowhere}"),
+], ids=["other-images", "no-images"])
+def test_a_worker_that_cannot_read_the_step_s_images_is_refused_in_one_line(setup, where, why):
+    from distributed import Client
+
+    from steps.tracking.cluster import ClusterError, TrackingSettings, prepare_workers
+    from steps.tracking.evaluation import EvaluationRecipe
+    from steps.tracking.inputs import dataset_digest
+
+    store, cluster = setup
+    model_uri = model_uri_of(store.client, store.runs("Train")[0].info.run_id)
+    nowhere = store.dir / "nowhere" / "images"
+    dataset = "digits" if where == "other" else str(nowhere)
+    recipe = EvaluationRecipe(model_uri, dataset, (), {}, "0" * 64, "test")
+    with Client(cluster.address, timeout=30) as client, pytest.raises(ClusterError) as refused:
+        prepare_workers(client, recipe.inputs, TrackingSettings.current())
+    message = refused.value.message
+    assert "\n" not in message
+    assert message.startswith("Dask worker tcp://127.0.0.1:")
+    theirs = dataset_digest("digits", ())[:12]
+    assert f" cannot load the model and the images: {why.format(theirs=theirs, nowhere=nowhere)}" in message
+
+
 def test_a_worker_on_another_code_version_is_refused_in_one_line(setup, monkeypatch):
     from distributed import Client
 
@@ -137,7 +177,7 @@ def test_a_worker_on_another_code_version_is_refused_in_one_line(setup, monkeypa
             pass
     message = refused.value.message
     assert "\n" not in message
-    assert message.startswith(f"Dask worker tcp://127.0.0.1:")
+    assert message.startswith("Dask worker tcp://127.0.0.1:")
     assert message.endswith(
         f"(and {WORKERS - 1} other workers) runs saliency-flow code version {code_version()}, "
         f"this step {'0' * 40}:other: install this checkout's code in the workers' image, "

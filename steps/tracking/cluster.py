@@ -309,10 +309,12 @@ def check_workers(client, run_id: str, settings: TrackingSettings) -> None:
 
 
 @contextlib.contextmanager
-def dask_client(spec: ClusterSpec, run_id: str, settings: TrackingSettings) -> Iterator:
+def dask_client(spec: ClusterSpec, run_id: str, settings: TrackingSettings,
+                prepare: Callable[[], object] | None = None) -> Iterator:
     """A `distributed.Client` on the cluster (a LocalCluster started and stopped here for
     `local:N`), every worker checked to run this project's code version (installed where it
-    did not) and to write into the step run `run_id` with `settings`."""
+    did not), to write into the step run `run_id` with `settings` and, with `prepare`, to
+    load the step's model and images (`prepare_workers`)."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -343,7 +345,41 @@ def dask_client(spec: ClusterSpec, run_id: str, settings: TrackingSettings) -> I
                    f"dashboard {client.dashboard_link}", err=True)
         stack.enter_context(project_code(client, code_version()))
         check_workers(client, run_id, settings)
+        if prepare is not None:
+            prepare_workers(client, prepare, settings)
         yield client
+
+
+def submit_pickled(client, function: Callable, args: tuple, kwargs: dict, **options):
+    """`client.submit` of `function(*args, **kwargs)`, pickled for the worker only
+    (`worker_code.partition_runner`)."""
+    import cloudpickle
+
+    from steps.tracking.worker_code import partition_runner
+
+    return client.submit(partition_runner(), cloudpickle.dumps((function, args, kwargs)),
+                         pure=False, **options)
+
+
+def _prepared(prepare: Callable[[], object], settings: TrackingSettings) -> None:
+    with settings.applied():
+        prepare()
+
+
+def prepare_workers(client, prepare: Callable[[], object], settings: TrackingSettings) -> None:
+    """Before any partition: `prepare()` once on each worker, a task placed on it, which loads
+    the step's model and reads its images into the worker's cache
+    (`inputs.worker_model_inputs`), so that its partitions find them there; ClusterError
+    naming the first worker that cannot (the images are not at the dataset's path there, or
+    differ from the step's) and why."""
+    futures = {address: submit_pickled(client, _prepared, (prepare, settings), {},
+                                       workers=[address], allow_other_workers=True)
+               for address in sorted(client.scheduler_info()["workers"])}
+    _each_as_done(list(futures.values()), lambda _: None, raising=False)
+    for address, future in futures.items():
+        if future.status == "error":
+            raise ClusterError(f"Dask worker {address} cannot load the model and the images: "
+                               f"{first_line(str(future.exception()))}")
 
 
 def partitions(items: Sequence, size: int = PARTITION_SIZE) -> list[tuple[int, list]]:
@@ -407,22 +443,17 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
     before each write (`stop_check`), and waits for the partitions to end, so that nothing
     writes after the step has ended its runs. (Cancelling a Dask future does not stop a task
     already running.)"""
-    import cloudpickle
     from distributed import Event, Variable
-
-    from steps.tracking.worker_code import partition_runner
 
     workers = max(1, len(client.scheduler_info()["workers"]))
     size = max(1, min(most, -(-len(items) // (2 * workers))))
     stop = Event(f"saliency-flow-stop-{uuid.uuid4().hex}", client=client)
     version = code_version()
     attempt, started = start_attempt(parent_id)
-    run_pickled = partition_runner()
     parts = partitions(items, size)
-    futures = [client.submit(run_pickled, cloudpickle.dumps((task, (index, part), {
+    futures = [submit_pickled(client, task, (index, part), {
         "stop_event": stop.name, "version": version, "parent_id": parent_id,
-        "attempt": attempt, **arguments})),
-        retries=PARTITION_RETRIES, pure=False) for index, part in parts]
+        "attempt": attempt, **arguments}, retries=PARTITION_RETRIES) for index, part in parts]
     try:
         _each_as_done(futures, on_done)
     except BaseException:
@@ -446,16 +477,17 @@ def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,
     return results
 
 
-def _each_as_done(futures: list, on_done: Callable) -> None:
-    """`on_done(result)` for each future as it finishes. It waits in this module, not inside a
-    Dask call, so that a signal interrupts the wait at once (see lifecycle's
-    UNINTERRUPTIBLE_CODE)."""
+def _each_as_done(futures: list, on_done: Callable, raising: bool = True) -> None:
+    """`on_done(result)` for each future as it finishes (`raising`: its error raised; else
+    only waited for). It waits in this module, not inside a Dask call, so that a signal
+    interrupts the wait at once (see lifecycle's UNINTERRUPTIBLE_CODE)."""
     pending = list(futures)
     while pending:
         finished = [future for future in pending if future.done()]
         for future in finished:
             pending.remove(future)
-            on_done(future.result())
+            if raising or future.status != "error":
+                on_done(future.result())
         if not finished:
             time.sleep(POLL_SECONDS)
 

@@ -7,6 +7,8 @@ before any run is written.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -124,6 +126,40 @@ def load_model_inputs(model_uri: str | None, spec: str, image_size: tuple[int, .
                    "as logits (softmax applied); set -P model_output= to say otherwise",
                    err=True)
     return ModelInputs(data, model, resolved, classes)
+
+
+#: Models (with their data) a Dask worker keeps loaded between partitions: a step's, and the
+#: next step's on the same cluster.
+WORKER_CACHED_INPUTS = 2
+
+
+def worker_model_inputs(model_uri: str, spec: str, image_size: tuple[int, ...] | None,
+                        input_flags: Mapping[str, Any] | None = None,
+                        stored_convention: Mapping[str, Any] | None = None) -> ModelInputs:
+    """On a Dask worker: `load_model_inputs`, loaded once per worker process and kept for its
+    later partitions. `model_uri` is a resolved one (a version, never an alias, which moves)."""
+    return _cached_model_inputs(model_uri, spec, tuple(image_size or ()),
+                                json.dumps(input_flags or {}, sort_keys=True),
+                                json.dumps(stored_convention, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=WORKER_CACHED_INPUTS)
+def _cached_model_inputs(model_uri: str, spec: str, image_size: tuple[int, ...],
+                         input_flags: str, stored_convention: str) -> ModelInputs:
+    return load_model_inputs(model_uri, spec, image_size, input_flags=json.loads(input_flags),
+                             stored_convention=json.loads(stored_convention))
+
+
+class DataMismatch(Exception):
+    """A Dask worker reads other images than the step under the dataset's name."""
+
+
+def require_same_images(inputs: ModelInputs, dataset: str, digest: str) -> None:
+    """DataMismatch unless the images loaded here have the step's `digest`."""
+    if inputs.data.digest != digest:
+        raise DataMismatch(f"it reads other images at {dataset} (digest "
+                           f"{inputs.data.digest[:12]}, the step's {digest[:12]}): give the "
+                           "workers the same files, on a shared path or in an object store")
 
 
 def split_data(dataset: ImageDataset, choice: SplitChoice, quiet: bool = False) -> Split:

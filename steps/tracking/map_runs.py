@@ -39,7 +39,8 @@ from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, TrackingSet
                                     dask_client, run_partitions)
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.dataset_logging import log_dataset
-from steps.tracking.inputs import ModelInputs, absolute_dataset, load_model_inputs, split_data
+from steps.tracking.inputs import (ModelInputs, absolute_dataset, load_model_inputs,
+                                   require_same_images, split_data, worker_model_inputs)
 from steps.tracking.lifecycle import settle_earlier_runs
 from steps.tracking.model_loading import convention_tags
 
@@ -183,14 +184,16 @@ class MapRunWriter:
     def build(cls, model_uri: str | None, dataset: str, image_size, config: dict,
               pictures: plots.PictureStyle, predict_batch_size: int, image_ids=(), *,
               split: SplitChoice, input_flags: dict | None = None,
-              metric_settings: MetricSettings | None = None) -> MapRunWriter:
+              metric_settings: MetricSettings | None = None,
+              inputs: ModelInputs | None = None) -> MapRunWriter:
         """`split`: how the dataset is split, which tells training from test images.
         The model's input convention and the metrics' settings are those `config` holds (a
         stored map's), else resolved from `input_flags` and `metric_settings`; either way the
-        explainer's config then holds them."""
+        explainer's config then holds them. `inputs`: the model and data, already loaded."""
         dataset = absolute_dataset(dataset)
-        inputs = load_model_inputs(model_uri, dataset, image_size, input_flags=input_flags,
-                                   stored_convention=config.get(store_names.MODEL_INPUT_CONFIG_KEY))
+        inputs = inputs or load_model_inputs(
+            model_uri, dataset, image_size, input_flags=input_flags,
+            stored_convention=config.get(store_names.MODEL_INPUT_CONFIG_KEY))
         config = {**config, store_names.MODEL_INPUT_CONFIG_KEY: inputs.model.convention.as_dict()}
         if not image_ids:
             raise click.BadParameter("give at least one image ID", param_hint="'--image_ids'")
@@ -405,11 +408,21 @@ class MapRecipe:
     #: The algorithm's parameters, logged on each map run.
     params: dict
     label: str
+    #: The digest of the step's images, which a worker's must equal.
+    digest: str
+
+    def inputs(self) -> ModelInputs:
+        """The model and the data, loaded once per worker; DataMismatch for other images."""
+        inputs = worker_model_inputs(self.model_uri, self.dataset, self.image_size,
+                                     stored_convention=self.config.get(
+                                         store_names.MODEL_INPUT_CONFIG_KEY))
+        require_same_images(inputs, self.dataset, self.digest)
+        return inputs
 
     def writer(self, image_ids) -> MapRunWriter:
         writer = MapRunWriter.build(self.model_uri, self.dataset, self.image_size, self.config,
                                     self.pictures, self.predict_batch_size, image_ids,
-                                    split=self.split)
+                                    split=self.split, inputs=self.inputs())
         writer.label = self.label
         return writer
 
@@ -521,7 +534,7 @@ def make_maps(writer: MapRunWriter, recipe: MapRecipe, parent: Run,
     if cluster is None:
         return [bar.advanced(one) for one in map_runs(writer, recipe.params, parent, todo)]
     settings = TrackingSettings.current()
-    with dask_client(cluster, parent.info.run_id, settings) as client:
+    with dask_client(cluster, parent.info.run_id, settings, prepare=recipe.inputs) as client:
         parts = run_partitions(client, explain_partition, todo,
                                lambda done: bar.advanced(done, len(done)), MAP_PARTITION_SIZE,
                                settings=settings, parent_id=parent.info.run_id, recipe=recipe)

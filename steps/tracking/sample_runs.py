@@ -166,11 +166,11 @@ def write_partition(index: int, samples: list[SampleRun], *, settings, version: 
 
     require_code_version(version)
     with settings.applied():
-        return _write_partition(index, samples, MlflowClient(settings.uri), experiment_id,
+        return write_partition_runs(index, samples, MlflowClient(settings.uri), experiment_id,
                                 parent_id, attempt, stop_event)
 
 
-def _write_partition(index: int, samples: list[SampleRun], client: MlflowClient,
+def write_partition_runs(index: int, samples: list[SampleRun], client: MlflowClient,
                      experiment_id: str, parent_id: str, attempt: str,
                      stop_event: str | None) -> list[str]:
     from steps.store_names import ATTEMPT_TAG, IMAGE_ID_TAG, PARTITION_TAG, WORKER_TAG
