@@ -458,14 +458,16 @@ def _scheduler_up(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def dask_cluster(directory: Path, workers: int = 2) -> Iterator[DaskCluster]:
+def dask_cluster(directory: Path, workers: int = 2,
+                 settings: dict[str, str] | None = None) -> Iterator[DaskCluster]:
     """`dask scheduler` and `workers` single-threaded `dask worker` processes (no nanny, so a
     killed worker stays dead) on 127.0.0.1, each in a directory of its own: the project's code
-    reaches them only as the step ships it."""
+    reaches them only as the step ships it. `settings`: Dask configuration as environment
+    variables (`DASK_DISTRIBUTED__...`)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = server_env()
+    env = {**server_env(), **(settings or {})}
     env.pop("PYTHONPATH", None)
     scheduler_args = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
                       "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"]

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from mlflow.entities import ViewType
 
 from tests.conftest import FAST_TRAIN, PROJECT_DIR, Store, project_env, start_mlflow_run
 from tests.servers import (ADMIN_PASSWORD, ADMIN_USER, dask_cluster, mlflow_server,
@@ -24,6 +25,8 @@ SAMPLES = 100  # two partitions
 PIPELINE = {**FAST_TRAIN, "num_samples": str(SAMPLES), "n": "50", "max_images": "2",
             "picture_mode": "combined"}
 WORKERS = 3
+#: How long the scheduler of the paused-worker test waits for a silent worker.
+PAUSED_WORKER_TTL_SECONDS = 5
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +277,57 @@ def test_ctrl_c_stops_the_cluster_s_partitions_before_the_step_ends_its_runs(set
     time.sleep(2)  # a partition still writing now would show below
     assert not store.runs("Evaluation",
                           f"tags.Evaluation_parent_run_id = '{step.info.run_id}'")
+    assert not store.runs("Evaluation", "attributes.status = 'RUNNING'")
+
+
+def test_a_paused_partition_released_after_its_retry_writes_no_image_twice(setup, tmp_path):
+    """A worker paused (SIGSTOP, not killed) mid-partition past the scheduler's worker TTL: the
+    scheduler gives up on it and its partition runs again on the other worker. Released
+    (SIGCONT) once the step has finished, the paused try ends the batch it was writing, finds
+    itself fenced out, drops what it doubled and stops; its worker then exits."""
+    store, _ = setup
+    with dask_cluster(tmp_path / "dask", 2, {
+            "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": f"{PAUSED_WORKER_TTL_SECONDS}s"}) as cluster:
+        paused = cluster.workers[0]
+        code, output = evaluate_on(store, cluster, 3,
+                                   lambda _: paused.send_signal(signal.SIGSTOP))
+        paused.send_signal(signal.SIGCONT)
+        assert code == 0, output
+        paused.wait(timeout=180)
+    evaluation = step_run(store, 3)
+    assert evaluation.info.status == "FINISHED"
+    samples = samples_of(store, evaluation.info.run_id)  # no image twice
+    assert len(samples) == 200
+    assert all(run.info.status == "FINISHED" for run in samples.values())
+    assert not store.runs("Evaluation", "attributes.status = 'RUNNING'")
+    # The race happened: the worker left running wrote (at least) the paused one's partition
+    # too, 3 or 4 of the 4.
+    partitions = {}
+    for run in store.client.search_runs(
+            [evaluation.info.experiment_id],
+            f"tags.Evaluation_parent_run_id = '{evaluation.info.run_id}'", ViewType.ALL, 1000):
+        partitions.setdefault(run.data.tags["Dask_worker"], set()).add(run.data.tags["Partition"])
+    assert max(map(len, partitions.values())) >= 3, partitions
+
+
+def test_a_step_resumed_while_its_dead_attempt_s_partitions_run_doubles_nothing(setup):
+    """The evaluate step SIGKILLed mid-way, its partitions still running on the workers
+    (Dask cannot stop a running task), and resumed at once: the resumed step fences the old
+    attempt out, waits for its writes to stop and writes only what is missing."""
+    store, cluster = setup
+    code, _ = evaluate_on(store, cluster, 4, lambda process: os.killpg(process.pid,
+                                                                      signal.SIGKILL))
+    assert code != 0
+    evaluation = step_run(store, 4)
+    resumed = store.run({"resume_run_id": evaluation.info.run_id}, entry_point="evaluate")
+    assert resumed.returncode == 0, resumed.output
+    assert "Resuming evaluation run" in resumed.output
+    time.sleep(2)  # a partition of the dead attempt still writing now would show below
+    evaluation = store.client.get_run(evaluation.info.run_id)
+    assert evaluation.info.status == "FINISHED"
+    samples = samples_of(store, evaluation.info.run_id)  # no image twice
+    assert len(samples) == 200
+    assert all(run.info.status == "FINISHED" for run in samples.values())
     assert not store.runs("Evaluation", "attributes.status = 'RUNNING'")
 
 

@@ -398,34 +398,48 @@ def start_attempt(run_id: str) -> tuple[str, int]:
     return token, started
 
 
-def partition_guard(client, stop_event: str | None, parent_id: str, attempt: str,
-                    index: int) -> Callable[[], bool]:
-    """In a partition: a test, made before each batch of writes, of whether this try must
-    write no more: the step stopped (its Dask event), a newer attempt of the step began (the
-    step run's token is no longer `attempt`), or a newer try of this partition claimed it (a
-    retry Dask started while this one, on a worker it gave up on, still ran). A claim is a
-    Dask Variable, set by each try as it starts: cheap, and gone with the scheduler, when the
-    check fails and the try stops. The token is a tag on the step run: it outlives a
-    scheduler and is what a resumed step, maybe on another cluster, replaces."""
-    from distributed import Variable
+@dataclass
+class PartitionGuard:
+    """In a partition: whether this try may still write. `stopped()`, asked before each batch:
+    the step stopped (its Dask event), a newer attempt of the step began (the step run's
+    token is no longer this one's), or a newer try of this partition claimed it (a retry Dask
+    started while this one, on a worker it gave up on, still ran). `claimed()`, asked right
+    before each run is created: this try still holds the claim. A claim is a Dask Variable,
+    set by each try as it starts: cheap to ask, and gone with the scheduler, when the check
+    fails and the try stops. The token is a tag on the step run: it outlives a scheduler and
+    is what a resumed step, maybe on another cluster, replaces."""
 
-    stopped = stop_check(stop_event)
-    claim, mine = None, uuid.uuid4().hex
-    if stop_event:
-        claim = Variable(f"{stop_event}-partition-{index}")
-        claim.set(mine)
+    client: object
+    parent_id: str
+    attempt: str
+    event_stopped: Callable[[], bool]
+    claim: object = None
+    mine: str = ""
 
-    def fenced() -> bool:
-        if stopped():
+    def claimed(self) -> bool:
+        if self.claim is None:
             return True
         try:
-            if claim is not None and claim.get(timeout=CONNECT_TIMEOUT_SECONDS) != mine:
-                return True
+            return self.claim.get(timeout=CONNECT_TIMEOUT_SECONDS) == self.mine
         except Exception:  # noqa: BLE001 - no scheduler to ask: write nothing more
-            return True
-        return client.get_run(parent_id).data.tags.get(ATTEMPT_TAG) != attempt
+            return False
 
-    return fenced
+    def stopped(self) -> bool:
+        if self.event_stopped() or not self.claimed():
+            return True
+        return self.client.get_run(self.parent_id).data.tags.get(ATTEMPT_TAG) != self.attempt
+
+
+def partition_guard(client, stop_event: str | None, parent_id: str, attempt: str,
+                    index: int) -> PartitionGuard:
+    """This try's guard (`PartitionGuard`), its claim on partition `index` set."""
+    from distributed import Variable
+
+    guard = PartitionGuard(client, parent_id, attempt, stop_check(stop_event))
+    if stop_event:
+        guard.claim, guard.mine = Variable(f"{stop_event}-partition-{index}"), uuid.uuid4().hex
+        guard.claim.set(guard.mine)
+    return guard
 
 
 def run_partitions(client, task: Callable, items: Sequence, on_done: Callable,

@@ -472,7 +472,7 @@ def map_runs(writer: MapRunWriter, params: dict, parent: Run, todo: list[tuple[s
              ) -> Iterator[MapMade]:
     """The map runs of `todo` (image ID, lineage tags) under the step run `parent`, in order;
     the maps of `MAP_PARTITION_SIZE` images at a time made together. Ends early, before a run,
-    once `stopped()`."""
+    once `stopped()`, checked right before each run is created."""
     for first in range(0, len(todo), MAP_PARTITION_SIZE):
         group = todo[first:first + MAP_PARTITION_SIZE]
         predicted = writer.explainer.predict_all([image_id for image_id, _ in group])
@@ -511,7 +511,7 @@ def _explain_partition(index: int, items: list[tuple[str, dict]], client: Mlflow
     writer = recipe.writer([image_id for image_id, _ in items])
     extra = {store_names.PARTITION_TAG: str(index), store_names.WORKER_TAG: worker_name(),
              store_names.ATTEMPT_TAG: attempt}
-    stopped = partition_guard(client, stop_event, parent_id, attempt, index)
+    stopped = partition_guard(client, stop_event, parent_id, attempt, index).stopped
     with quiet_run_links():
         for one in map_runs(writer, recipe.params, parent,
                             [item for item in items if item[0] not in made], extra, stopped):

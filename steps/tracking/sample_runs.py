@@ -42,6 +42,10 @@ TRANSIENT_ERRORS = ("database is locked", "Connection broken", "IncompleteRead",
 T = TypeVar("T")
 
 
+class FencedOut(Exception):
+    """A partition's try found, about to write a run, that a newer try had taken it over."""
+
+
 @dataclass
 class SampleRun:
     name: str
@@ -66,6 +70,9 @@ class SampleRunWriter:
         self.experiment_id = experiment_id
         self.client = client or MlflowClient()
         self.workers = writer_threads(self.client.tracking_uri, workers)
+        #: Asked right before each run is created, on a cluster: False once a newer try of
+        #: the partition took it over (FencedOut raised, the run not written).
+        self.may_write: Callable[[], bool] | None = None
 
     def write(self, sample: SampleRun) -> str:
         """Write one run; returns its ID."""
@@ -104,6 +111,8 @@ class SampleRunWriter:
         return [future.result() for future in futures]
 
     def _write(self, sample: SampleRun) -> str:
+        if self.may_write is not None and not self.may_write():
+            raise FencedOut(sample.name)
         now = int(time.time() * 1000)
         run = retry_locked(self.client.create_run, self.experiment_id, start_time=now,
                            tags=sample.tags, run_name=sample.name)
@@ -182,14 +191,19 @@ def write_partition_runs(index: int, samples: list[SampleRun], client: MlflowCli
     # As many runs at a time as the writer has threads (a pool against a server, as the step's
     # own process writes), checking between batches whether the step has stopped.
     writer = SampleRunWriter(experiment_id, client)
-    stopped = partition_guard(client, stop_event, parent_id, attempt, index)
+    guard = partition_guard(client, stop_event, parent_id, attempt, index)
     extra = {PARTITION_TAG: str(index), WORKER_TAG: worker_name(), ATTEMPT_TAG: attempt}
     missing = [SampleRun(s.name, s.metrics, {**s.tags, **extra}, s.params) for s in samples
                if s.tags[IMAGE_ID_TAG] not in kept]
+    writer.may_write = guard.claimed
     for start in range(0, len(missing), writer.workers):
-        if stopped():
+        if guard.stopped():
             return []  # the step is failing, or this try is fenced out: a quiet end
         batch = missing[start:start + writer.workers]
-        for sample, run_id in zip(batch, writer.write_batch(batch)):
+        try:
+            written = writer.write_batch(batch)
+        except FencedOut:
+            return []
+        for sample, run_id in zip(batch, written):
             kept[sample.tags[IMAGE_ID_TAG]] = run_id
     return [kept[sample.tags[IMAGE_ID_TAG]] for sample in samples]
