@@ -1,4 +1,4 @@
-"""The evaluate step on a Dask cluster against a PostgreSQL-backed `mlflow server` (issue 12).
+"""The evaluate step on a Dask cluster against a PostgreSQL-backed `mlflow server`.
 
 Makes an `.npz` dataset of `--images` 8x8 images (digits, tiled with random
    one-pixel shifts and noise), trains a small model once (`mlflow run . -e train`), then
@@ -9,10 +9,14 @@ Makes an `.npz` dataset of `--images` 8x8 images (digits, tiled with random
    step's own figure: the last line of its progress output (runs written / seconds writing);
    the table also gives the `mlflow run` command's wall time and how long the evaluation run
    was open (its start and end times in the store).
-The driver's query on a large store is timed by `benchmarks/query_benchmark.py`.
+With `--heavy LAYERSxWIDTH` the model is an ONNX MLP whose prediction dominates (logged by the
+script instead of training), and `--maps N` adds the saliency step on N images per
+configuration. The driver's query on a large store is timed by
+`benchmarks/query_benchmark.py`.
 
     python benchmarks/cluster_benchmark.py   # --images 10000 --test-fraction 0.99
     python benchmarks/cluster_benchmark.py --test-fraction 0.05   # about 5 minutes
+    python benchmarks/cluster_benchmark.py --images 2700 --test-fraction 0.75 --heavy 24x4096 --maps 8
 """
 
 from __future__ import annotations
@@ -60,6 +64,53 @@ def make_dataset(path: Path, images: int, seed: int = 0) -> None:
     np.savez(path, images=out, labels=labels[rows].astype(np.int64),
              class_names=np.array([str(k) for k in range(10)]),
              image_ids=np.array([f"img{i:06d}" for i in range(images)]))
+
+
+def heavy_onnx_model(layers: int, width: int, seed: int = 0) -> bytes:
+    """An ONNX classifier of the flattened 8x8 images whose prediction dominates a step: a
+    first Gemm to `width` units, then `layers` times the same `width`x`width` Gemm and Relu
+    (one weight matrix, reused, so the file stays small), then 10 logits. Its classes are
+    meaningless; what it costs per image is what is measured."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w_in": rng.normal(scale=0.1, size=(64, width)),
+        "w_hidden": rng.normal(scale=1 / np.sqrt(width), size=(width, width)),
+        "w_out": rng.normal(scale=1 / np.sqrt(width), size=(width, 10)),
+        "bias": np.zeros(width), "bias_out": np.zeros(10)}
+    initializers = [numpy_helper.from_array(value.astype(np.float32), name)
+                    for name, value in weights.items()]
+    nodes = [helper.make_node("Gemm", ["input", "w_in", "bias"], ["h0"])]
+    for layer in range(layers):
+        nodes += [helper.make_node("Gemm", [f"h{layer}", "w_hidden", "bias"], [f"z{layer}"]),
+                  helper.make_node("Relu", [f"z{layer}"], [f"h{layer + 1}"])]
+    nodes.append(helper.make_node("Gemm", [f"h{layers}", "w_out", "bias_out"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "heavy_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def log_heavy_model(url: str, layers: int, width: int) -> str:
+    """The heavy model logged into the tracking server; its `models:/` URI."""
+    import mlflow
+    import onnx
+
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment("Benchmark models")
+    with mlflow.start_run(run_name=f"heavy mlp {layers}x{width}"):
+        info = mlflow.onnx.log_model(
+            onnx.load_from_string(heavy_onnx_model(layers, width)), name="heavy",
+            metadata={"image_input": {"layout": "flat", "output": "logits"}},
+            pip_requirements=["onnx", "onnxruntime"])
+    return info.model_uri
 
 
 def project_env(tracking_uri: str) -> dict[str, str]:
@@ -134,6 +185,24 @@ def evaluate(config: str, model_uri: str, dataset: Path, test_fraction: float, u
                       (info.end_time - info.start_time) / 1000, seconds_of(elapsed), float(rate))
 
 
+@dataclass
+class Explanation:
+    config: str
+    maps: int
+    wall: float  # the `mlflow run` command, start to exit
+
+
+def explain(config: str, model_uri: str, dataset: Path, images: int, rise_n: int, url: str,
+            cwd: Path, log: Path) -> Explanation:
+    """The saliency step on the dataset's first `images` images (RISE, `rise_n` masks)."""
+    params = {"model_uri": model_uri, "dataset": str(dataset), "cluster": config,
+              "image_ids": ",".join(f"img{i:06d}" for i in range(images)),
+              "n": str(rise_n), "picture_mode": "combined", "random_maps": "1",
+              "eval_split": "all"}
+    _, wall = mlflow_run("saliency", params, url, cwd, log)
+    return Explanation(config or "in-process", images, wall)
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa
@@ -161,6 +230,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="times each configuration is evaluated, taking turns (default: 1)")
     parser.add_argument("--skip-scaling", action="store_true",
                         help="evaluate once (the first configuration), no scaling table")
+    parser.add_argument("--heavy", metavar="LAYERSxWIDTH", default="",
+                        help="evaluate (and explain) an ONNX model whose prediction dominates, "
+                             "e.g. 12x2048, instead of training a small MLP")
+    parser.add_argument("--maps", type=int, default=0,
+                        help="also run the saliency step on this many images per "
+                             "configuration (RISE, --rise-n masks; default: none)")
+    parser.add_argument("--rise-n", type=int, default=100, help="RISE masks per map")
     parser.add_argument("--postgres", default="127.0.0.1:5432",
                         help="PostgreSQL host:port, user postgres, trust auth")
     return parser.parse_args(argv)
@@ -185,15 +261,22 @@ def main(argv: list[str] | None = None) -> None:
         make_dataset(dataset, args.images)
         print(f"dataset {dataset.name}: {args.images} images 8x8; server {url} on {db_uri}",
               flush=True)
-        output, seconds = mlflow_run("train", {"dataset": str(dataset),
-                                               "epochs": str(args.epochs)}, url, scratch, log)
-        from mlflow.tracking import MlflowClient
+        if args.heavy:
+            layers, width = map(int, args.heavy.lower().split("x"))
+            model_uri = log_heavy_model(url, layers, width)
+            print(f"logged {model_uri}: ONNX MLP, {layers} hidden layers of {width} units",
+                  flush=True)
+        else:
+            output, seconds = mlflow_run("train", {"dataset": str(dataset),
+                                                   "epochs": str(args.epochs)}, url, scratch,
+                                         log)
+            from mlflow.tracking import MlflowClient
 
-        from steps.store_names import MODEL_URI_TAG
+            from steps.store_names import MODEL_URI_TAG
 
-        train_run = MlflowClient(url).get_run(TRAIN_RUN.search(output)[1])
-        model_uri = train_run.data.tags[MODEL_URI_TAG]
-        print(f"trained {model_uri} in {seconds:.1f} s", flush=True)
+            train_run = MlflowClient(url).get_run(TRAIN_RUN.search(output)[1])
+            model_uri = train_run.data.tags[MODEL_URI_TAG]
+            print(f"trained {model_uri} in {seconds:.1f} s", flush=True)
 
         evaluations: list[Evaluation] = []
         for round_ in range(args.rounds):
@@ -204,26 +287,49 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {result.config:<11} {result.samples} samples: {result.rate:.1f} runs/s "
                       f"writing, {result.wall:.1f} s the command ({now_utc():%H:%M:%S} UTC)",
                       flush=True)
+        explanations: list[Explanation] = []
+        if args.maps:
+            for config in configs:
+                made = explain(config, model_uri, dataset, args.maps, args.rise_n, url, scratch,
+                               log)
+                explanations.append(made)
+                print(f"  {made.config:<11} {made.maps} maps: {made.wall:.1f} s the command",
+                      flush=True)
 
         rates: dict[str, list[Evaluation]] = {}
         for result in evaluations:
             rates.setdefault(result.config, []).append(result)
-        base = statistics.mean(r.rate for r in rates[configs[0] or "in-process"])
+        first = rates[configs[0] or "in-process"]
+        base_wall = statistics.mean(r.samples / r.wall for r in first)
         rows = []
         for config, results in rates.items():
             rate = statistics.mean(r.rate for r in results)
+            wall = statistics.mean(r.wall for r in results)
+            per_wall = statistics.mean(r.samples / r.wall for r in results)
             rows.append([config, str(sum(r.samples for r in results) // len(results)),
-                         f"{statistics.mean(r.wall for r in results):.1f}",
-                         f"{statistics.mean(r.open_s for r in results):.1f}",
+                         f"{wall:.1f}", f"{statistics.mean(r.open_s for r in results):.1f}",
                          f"{statistics.mean(r.write_s for r in results):.0f}",
-                         f"{rate:.1f}", f"{rate / base:.2f}x"])
+                         f"{rate:.1f}", f"{per_wall:.1f}", f"{per_wall / base_wall:.2f}x"])
+        map_rows = [[made.config, str(made.maps), f"{made.wall:.1f}",
+                     f"{made.maps / made.wall:.2f}",
+                     f"{(made.maps / made.wall) / (explanations[0].maps / explanations[0].wall):.2f}x"]
+                    for made in explanations]
 
 
     print(f"\n{os.cpu_count()} CPU cores; dataset of {args.images:,} images, "
           f"test_fraction {args.test_fraction}; mlflow server (4 workers) on PostgreSQL, "
           "all on this machine; runs/s from the step's progress line (runs / seconds writing)")
-    print(table(rows, ["-P cluster", "samples", "mlflow run, s", "run open, s", "writing, s",
-                       "runs/s", "ratio to " + (configs[0] or "in-process")]))
+    model = (f"ONNX MLP {args.heavy} (prediction dominates)" if args.heavy
+             else "the train step's MLP")
+    print(f"model: {model}; runs/s: the progress line's (in-process it counts writing only, "
+          "on a cluster the workers' predicting too); images/s: samples / the command's "
+          "wall time")
+    print(table(rows, ["-P cluster", "samples", "mlflow run, s", "run open, s", "progress, s",
+                       "runs/s", "images/s", "ratio to " + (configs[0] or "in-process")]))
+    if map_rows:
+        print(f"\nsaliency step, RISE n={args.rise_n}, maps/s: maps / the command's wall time")
+        print(table(map_rows, ["-P cluster", "maps", "mlflow run, s", "maps/s",
+                               "ratio to " + (configs[0] or "in-process")]))
     print(f"\nended {now_utc():%Y-%m-%d %H:%M} UTC")
 
 
