@@ -92,10 +92,10 @@ def write_on_cluster(cluster: ClusterSpec, recipe: EvaluationRecipe,
 
 def write_samples(inputs: ModelInputs, rows: np.ndarray, confidences: np.ndarray | None,
                   recipe: EvaluationRecipe, parent: Run, cluster: ClusterSpec | None,
-                  resuming: bool) -> tuple[list[str], np.ndarray]:
+                  resuming: bool) -> tuple[list[SampleRun], list[str], np.ndarray]:
     """Write the sample runs of the dataset's `rows` under the step run: in this process,
-    from the `confidences` predicted here, or on the cluster, whose workers predict. Their
-    run IDs in the order of `rows`, and the confidences. Resuming, the FINISHED runs an
+    from the `confidences` predicted here, or on the cluster, whose workers predict. The
+    sample runs and their run IDs in the order of `rows`, and the confidences. Resuming, the FINISHED runs an
     earlier try wrote are kept (and restored) and only the missing ones are written."""
     experiment, parent_id = parent.info.experiment_id, parent.info.run_id
     image_ids = [inputs.dataset.image_ids[row] for row in rows]
@@ -111,13 +111,14 @@ def write_samples(inputs: ModelInputs, rows: np.ndarray, confidences: np.ndarray
             done = write_on_cluster(cluster, recipe, [
                 (int(row), kept.get(image_id)) for row, image_id in zip(rows, image_ids)],
                 progress, experiment, parent_id)
-            return [one.run_id for one in done], np.stack([one.confidences for one in done])
-        missing = [sample for sample in samples_of(inputs, rows, confidences, recipe.tags,
-                                                   recipe.split_name)
-                   if sample.tags[store_names.IMAGE_ID_TAG] not in kept]
+            confidences = np.stack([one.confidences for one in done])
+            return (samples_of(inputs, rows, confidences, recipe.tags, recipe.split_name),
+                    [one.run_id for one in done], confidences)
+        samples = samples_of(inputs, rows, confidences, recipe.tags, recipe.split_name)
+        missing = [s for s in samples if s.tags[store_names.IMAGE_ID_TAG] not in kept]
         written = SampleRunWriter(experiment).write_batch(missing, progress.advanced)
     kept.update(zip((s.tags[store_names.IMAGE_ID_TAG] for s in missing), written))
-    return [kept[image_id] for image_id in image_ids], confidences
+    return samples, [kept[image_id] for image_id in image_ids], confidences
 
 
 @click.command(help=__doc__)
@@ -181,9 +182,8 @@ def evaluate(model_uri, dataset, image_size, test_fraction, split_seed, eval_spl
                 store_names.PARENT_RUN_TAG: parent_id,
                 store_names.CODE_VERSION_TAG: parent.data.tags[store_names.CODE_VERSION_TAG],
             })
-        run_ids, confidences = write_samples(inputs, test_rows, confidences, recipe, parent,
-                                             cluster, resume is not None)
-        samples = samples_of(inputs, test_rows, confidences, recipe.tags, split.evaluated)
+        samples, run_ids, confidences = write_samples(inputs, test_rows, confidences, recipe,
+                                                      parent, cluster, resume is not None)
         from steps.core.classification import Evaluated  # scikit-learn's metrics: 0.8 s
 
         result = Evaluated(data.labels[test_rows], np.asarray(confidences),

@@ -204,6 +204,18 @@ def require_code_version(version: str) -> None:
                            f"{here}, the step {version}")
 
 
+@contextlib.contextmanager
+def partition_client(settings: TrackingSettings, version: str) -> Iterator:
+    """In a partition's task: this worker checked to import the step's code `version`
+    (`require_code_version`), then the step's tracking `settings` applied while the block
+    runs; yields an `MlflowClient` of its tracking URI."""
+    from mlflow.tracking import MlflowClient
+
+    require_code_version(version)
+    with settings.applied():
+        yield MlflowClient(settings.uri)
+
+
 def _version_mismatch(versions: Mapping[str, str], version: str, remedy: str) -> ClusterError:
     address, theirs = sorted(versions.items())[0]
     others = f" (and {len(versions) - 1} other workers)" if len(versions) > 1 else ""

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
 import numpy as np
-from mlflow.tracking import MlflowClient
 
 from steps import store_names
 from steps.core.blas import ONE_PREDICTION, blas_threads
 from steps.core.image_dataset import TEST
 from steps.core.image_models import ImageModel
-from steps.tracking.inputs import ModelInputs, require_same_images, worker_model_inputs
+from steps.tracking.inputs import ModelInputs, worker_model_inputs
 from steps.tracking.sample_runs import SampleRun
 
 #: Input bytes one prediction call takes at most: a deep model's activations grow with them.
@@ -89,10 +88,8 @@ class EvaluationRecipe:
 
     def inputs(self) -> ModelInputs:
         """The model and the data, loaded once per worker; DataMismatch for other images."""
-        inputs = worker_model_inputs(self.model_uri, self.dataset, self.image_size,
-                                     self.input_flags)
-        require_same_images(inputs, self.dataset, self.digest)
-        return inputs
+        return worker_model_inputs(self.model_uri, self.dataset, self.image_size, self.digest,
+                                   self.input_flags)
 
 
 def evaluate_partition(index: int, items: list[tuple[int, str | None]], *, settings,
@@ -103,18 +100,17 @@ def evaluate_partition(index: int, items: list[tuple[int, str | None]], *, setti
     row, and the run an earlier attempt of the step already wrote for it, or None) and write
     the runs not yet written (`sample_runs.write_partition`'s rules); the samples in the order
     of `items`, or [] once the step stopped or this try was fenced out."""
-    from steps.tracking.cluster import require_code_version
+    from steps.tracking.cluster import partition_client
     from steps.tracking.sample_runs import write_partition_runs
 
-    require_code_version(version)
-    with settings.applied():
+    with partition_client(settings, version) as client:
         inputs = recipe.inputs()
         rows = [row for row, _ in items]
         confidences = predict_confidences(inputs.model, inputs.dataset.images[rows])
         samples = samples_of(inputs, rows, confidences, recipe.tags, recipe.split_name)
         todo = [sample for sample, (_, kept) in zip(samples, items) if kept is None]
-        written = write_partition_runs(index, todo, MlflowClient(settings.uri), experiment_id,
-                                   parent_id, attempt, stop_event)
+        written = write_partition_runs(index, todo, client, experiment_id, parent_id, attempt,
+                                       stop_event)
     if len(written) < len(todo):
         return []
     fresh = iter(written)

@@ -134,13 +134,19 @@ WORKER_CACHED_INPUTS = 2
 
 
 def worker_model_inputs(model_uri: str, spec: str, image_size: tuple[int, ...] | None,
-                        input_flags: Mapping[str, Any] | None = None,
+                        digest: str, input_flags: Mapping[str, Any] | None = None,
                         stored_convention: Mapping[str, Any] | None = None) -> ModelInputs:
     """On a Dask worker: `load_model_inputs`, loaded once per worker process and kept for its
-    later partitions. `model_uri` is a resolved one (a version, never an alias, which moves)."""
-    return _cached_model_inputs(model_uri, spec, tuple(image_size or ()),
-                                json.dumps(input_flags or {}, sort_keys=True),
-                                json.dumps(stored_convention, sort_keys=True))
+    later partitions. `model_uri` is a resolved one (a version, never an alias, which moves);
+    DataMismatch unless the images read here have the step's `digest`."""
+    inputs = _cached_model_inputs(model_uri, spec, tuple(image_size or ()),
+                                  json.dumps(input_flags or {}, sort_keys=True),
+                                  json.dumps(stored_convention, sort_keys=True))
+    if inputs.data.digest != digest:
+        raise DataMismatch(f"it reads other images at {spec} (digest "
+                           f"{inputs.data.digest[:12]}, the step's {digest[:12]}): give the "
+                           "workers the same files, on a shared path or in an object store")
+    return inputs
 
 
 @functools.lru_cache(maxsize=WORKER_CACHED_INPUTS)
@@ -152,14 +158,6 @@ def _cached_model_inputs(model_uri: str, spec: str, image_size: tuple[int, ...],
 
 class DataMismatch(Exception):
     """A Dask worker reads other images than the step under the dataset's name."""
-
-
-def require_same_images(inputs: ModelInputs, dataset: str, digest: str) -> None:
-    """DataMismatch unless the images loaded here have the step's `digest`."""
-    if inputs.data.digest != digest:
-        raise DataMismatch(f"it reads other images at {dataset} (digest "
-                           f"{inputs.data.digest[:12]}, the step's {digest[:12]}): give the "
-                           "workers the same files, on a shared path or in an object store")
 
 
 def split_data(dataset: ImageDataset, choice: SplitChoice, quiet: bool = False) -> Split:

@@ -40,7 +40,7 @@ from steps.tracking.cluster import (MAP_PARTITION_SIZE, ClusterSpec, TrackingSet
 from steps.tracking.console import Progress, quiet_run_links
 from steps.tracking.dataset_logging import log_dataset
 from steps.tracking.inputs import (ModelInputs, absolute_dataset, load_model_inputs,
-                                   require_same_images, split_data, worker_model_inputs)
+                                   split_data, worker_model_inputs)
 from steps.tracking.lifecycle import settle_earlier_runs
 from steps.tracking.model_loading import convention_tags
 
@@ -413,11 +413,9 @@ class MapRecipe:
 
     def inputs(self) -> ModelInputs:
         """The model and the data, loaded once per worker; DataMismatch for other images."""
-        inputs = worker_model_inputs(self.model_uri, self.dataset, self.image_size,
-                                     stored_convention=self.config.get(
-                                         store_names.MODEL_INPUT_CONFIG_KEY))
-        require_same_images(inputs, self.dataset, self.digest)
-        return inputs
+        return worker_model_inputs(self.model_uri, self.dataset, self.image_size, self.digest,
+                                   stored_convention=self.config.get(
+                                       store_names.MODEL_INPUT_CONFIG_KEY))
 
     def writer(self, image_ids) -> MapRunWriter:
         writer = MapRunWriter.build(self.model_uri, self.dataset, self.image_size, self.config,
@@ -494,12 +492,10 @@ def explain_partition(index: int, items: list[tuple[str, dict]], *, settings, ve
     explained. `settings`: the step's `TrackingSettings`, applied while it runs; `version`:
     the step's code version; `attempt`: the step's attempt token, checked before each run
     (`cluster.partition_guard`)."""
-    from steps.tracking.cluster import require_code_version
+    from steps.tracking.cluster import partition_client
 
-    require_code_version(version)
-    with settings.applied():
-        return _explain_partition(index, items, MlflowClient(settings.uri), parent_id, attempt,
-                                  recipe, stop_event)
+    with partition_client(settings, version) as client:
+        return _explain_partition(index, items, client, parent_id, attempt, recipe, stop_event)
 
 
 def _explain_partition(index: int, items: list[tuple[str, dict]], client: MlflowClient,

@@ -66,13 +66,14 @@ class SampleRunWriter:
     """Writes sample runs into one experiment, through `client` (the current tracking URI's)."""
 
     def __init__(self, experiment_id: str, client: MlflowClient | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None,
+                 may_write: Callable[[], bool] | None = None) -> None:
         self.experiment_id = experiment_id
         self.client = client or MlflowClient()
         self.workers = writer_threads(self.client.tracking_uri, workers)
         #: Asked right before each run is created, on a cluster: False once a newer try of
         #: the partition took it over (FencedOut raised, the run not written).
-        self.may_write: Callable[[], bool] | None = None
+        self.may_write = may_write
 
     def write(self, sample: SampleRun) -> str:
         """Write one run; returns its ID."""
@@ -171,17 +172,16 @@ def write_partition(index: int, samples: list[SampleRun], *, settings, version: 
     `TrackingSettings`, applied while it runs; `version`: the step's code version; `attempt`:
     the step's attempt token, checked before each batch (`cluster.partition_guard`).
     """
-    from steps.tracking.cluster import require_code_version
+    from steps.tracking.cluster import partition_client
 
-    require_code_version(version)
-    with settings.applied():
-        return write_partition_runs(index, samples, MlflowClient(settings.uri), experiment_id,
-                                parent_id, attempt, stop_event)
+    with partition_client(settings, version) as client:
+        return write_partition_runs(index, samples, client, experiment_id, parent_id, attempt,
+                                    stop_event)
 
 
 def write_partition_runs(index: int, samples: list[SampleRun], client: MlflowClient,
-                     experiment_id: str, parent_id: str, attempt: str,
-                     stop_event: str | None) -> list[str]:
+                         experiment_id: str, parent_id: str, attempt: str,
+                         stop_event: str | None) -> list[str]:
     from steps.store_names import ATTEMPT_TAG, IMAGE_ID_TAG, PARTITION_TAG, WORKER_TAG
     from steps.tracking.cluster import partition_guard, worker_name
     from steps.tracking.lifecycle import settle_earlier_runs
@@ -190,12 +190,11 @@ def write_partition_runs(index: int, samples: list[SampleRun], client: MlflowCli
             in settle_earlier_runs(client, experiment_id, parent_id, index).items()}
     # As many runs at a time as the writer has threads (a pool against a server, as the step's
     # own process writes), checking between batches whether the step has stopped.
-    writer = SampleRunWriter(experiment_id, client)
     guard = partition_guard(client, stop_event, parent_id, attempt, index)
+    writer = SampleRunWriter(experiment_id, client, may_write=guard.claimed)
     extra = {PARTITION_TAG: str(index), WORKER_TAG: worker_name(), ATTEMPT_TAG: attempt}
     missing = [SampleRun(s.name, s.metrics, {**s.tags, **extra}, s.params) for s in samples
                if s.tags[IMAGE_ID_TAG] not in kept]
-    writer.may_write = guard.claimed
     for start in range(0, len(missing), writer.workers):
         if guard.stopped():
             return []  # the step is failing, or this try is fenced out: a quiet end
