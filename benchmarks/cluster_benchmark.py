@@ -71,8 +71,9 @@ def heavy_onnx_model(layers: int, width: int, seed: int = 0) -> bytes:
     first Gemm to `width` units, then `layers` times the same `width`x`width` Gemm and Relu
     (one weight matrix, reused, so the file stays small), then 10 logits. Its classes are
     meaningless; what it costs per image is what is measured."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from tests.onnx_models import checked_model
 
     rng = np.random.default_rng(seed)
     weights = {
@@ -87,15 +88,11 @@ def heavy_onnx_model(layers: int, width: int, seed: int = 0) -> bytes:
         nodes += [helper.make_node("Gemm", [f"h{layer}", "w_hidden", "bias"], [f"z{layer}"]),
                   helper.make_node("Relu", [f"z{layer}"], [f"h{layer + 1}"])]
     nodes.append(helper.make_node("Gemm", [f"h{layers}", "w_out", "bias_out"], ["logits"]))
-    graph = helper.make_graph(
+    return checked_model(
         nodes, "heavy_mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+        initializers).SerializeToString()
 
 
 def log_heavy_model(url: str, layers: int, width: int) -> str:

@@ -243,8 +243,9 @@ def cnn_graph(channels: int, height: int, width: int, seed: int = 0):
     """A small CNN as an ONNX graph with random weights (He's normal, `seed`): NCHW float input
     `[N, channels, height, width]`; Conv 3x3 to 8, Relu, MaxPool 2, Conv 3x3 to 16, Relu,
     MaxPool 2, GlobalAveragePool, Flatten, Gemm to `CNN_CLASSES` logits."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from tests.onnx_models import checked_model
 
     rng = np.random.default_rng(seed)
 
@@ -269,16 +270,12 @@ def cnn_graph(channels: int, height: int, width: int, seed: int = 0):
         helper.make_node("Flatten", ["g"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1),
     ]
-    graph = helper.make_graph(
+    return checked_model(
         nodes, "saliency_benchmark_cnn",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT,
                                        ["N", channels, height, width])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CNN_CLASSES])],
         [numpy_helper.from_array(array, name) for name, array in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              ir_version=8)
-    onnx.checker.check_model(model)
-    return model
 
 
 def cnn_model(shape: tuple[int, ...]) -> OnnxModel:

@@ -19,6 +19,17 @@ STD = (58.395, 57.12, 57.375)
 OPSET = 17
 
 
+def checked_model(nodes: list, name: str, inputs: list, outputs: list,
+                  initializers: list) -> onnx.ModelProto:
+    """The model of a graph of `nodes` (opset OPSET, IR version 8, as exporters write it),
+    checked by `onnx.checker`."""
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
 def per_channel(values, channels: int) -> np.ndarray:
     values = np.broadcast_to(np.asarray(values, np.float32), (channels,))
     return values.reshape(1, channels, 1, 1)
@@ -44,13 +55,9 @@ def linear_as_onnx(coef: np.ndarray, intercept: np.ndarray, image_shape: tuple[i
         helper.make_node("Reshape", ["nhwc", "rows"], ["flat"]),
         helper.make_node("Gemm", ["flat", "weights", "bias"], ["logits"]),
     ]
-    graph = helper.make_graph(
+    return checked_model(
         nodes, "linear_cnn_stand_in",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                        ["batch", channels, height, width])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(intercept)])],
-        initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+        initializers).SerializeToString()

@@ -27,6 +27,7 @@ from steps.core.sanity import (MEASURES, SANITY_THRESHOLD, SPEARMAN, SPEARMAN_SI
                                fails_sanity, map_similarity,
                                sanity_config)
 from steps.core.xaitk_generators import ImageClassifier, generator_config
+from tests.onnx_models import checked_model
 
 #: The images the maps are measured on: the first of the default split's test images.
 MEASURED = 5
@@ -134,15 +135,11 @@ def onnx_linear(coef: np.ndarray, intercept: np.ndarray) -> bytes:
              helper.make_node("MatMul", ["flat", "weights"], ["scores"]),
              helper.make_node("Add", ["scores", "bias"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
-    graph = helper.make_graph(
+    return checked_model(
         nodes, "linear_digits",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
-        initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+        initializers).SerializeToString()
 
 
 def test_an_onnx_models_initializers_are_redrawn(digits, regression):
