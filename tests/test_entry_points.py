@@ -167,6 +167,8 @@ def test_each_algorithm_alone_on_digits(store, model_uri, algorithm, settings, s
                         f"params.algorithm = '{algorithm}' AND tags.Image_id = '1003'")
     stored = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map.npy"))
     assert stored.shape == shape and np.isfinite(stored).all()
+    raw = np.load(store.client.download_artifacts(run.info.run_id, "saliency_map_raw.npy"))
+    assert raw.shape == shape and np.isfinite(raw).all()
     metrics = run.data.metrics
     assert {"Deletion_auc", "Insertion_auc", "Entropy", "Random_deletion_auc"} <= set(metrics)
     mlflow.set_tracking_uri(store.uri)

@@ -349,6 +349,24 @@ def test_mc_rise_on_grey_images_gives_xaitk_a_channel_axis(model, images):
     np.testing.assert_allclose(ours, reference, atol=ATOL)
 
 
+@pytest.mark.parametrize("grey", [True, False], ids=["grey", "colour"])
+def test_mc_rise_raw_maps_are_confidence_changes_that_xaitk_scales(grey, model, images, colour):
+    """MC-RISE's raw maps, each class's scaled by its largest magnitude, are xaitk's maps; unscaled,
+    the class the model gives least confidence moves least, where xaitk draws it at full scale."""
+    image, classifier = ((images[0], image_classifier(model.classifier)) if grey else
+                         (colour[0][3], image_classifier(colour[1], batch_size=32)))
+    params = make_algorithm("mc_rise", n=80, s=3, p1=0.4, seed=2)
+    engine = engine_from_config(stored_config(params))
+    ((maps, raw),) = engine.maps_and_raw([image], classifier)
+    assert raw.shape == maps.shape == (2, len(classifier.get_labels()), *image.shape[:2])
+    peaks = np.abs(raw).reshape(*raw.shape[:2], -1).max(axis=2)
+    np.testing.assert_allclose(raw / peaks[..., np.newaxis, np.newaxis], maps, atol=ATOL)
+    confidences = fast_saliency.classify_array(classifier, image[np.newaxis])[0]
+    least, most = confidences.argmin(), confidences.argmax()
+    assert np.abs(maps[:, least]).max() == pytest.approx(1.0)
+    assert (peaks[:, least] < 0.5 * peaks[:, most]).all(), (peaks, confidences)
+
+
 def test_mc_rise_fill_colours_must_fit_the_images():
     rgb = make_algorithm("mc_rise", fill_colors=((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)))
     rgb.check_image((8, 8, 3))

@@ -63,8 +63,12 @@ class ExplainedImage:
     scores: MapScores
 
 
-def raw_meaning(weighting) -> plots.MapMeaning:
-    """What a raw map's values are (`RegionWeighting.in_confidence_units`)."""
+def raw_meaning(engine) -> plots.MapMeaning:
+    """What an engine's raw maps' values are: `RegionWeighting.in_confidence_units`, or MC-RISE's
+    (`McRiseRaw`) for xaitk's generator."""
+    weighting = getattr(engine, "weighting", None)
+    if weighting is None:
+        return plots.FILLING_IN_CONFIDENCE
     if weighting.squared:
         return plots.OCCLUDING_IN_CONFIDENCE
     if weighting.normalize or weighting.offset:
@@ -144,7 +148,7 @@ class ImageExplainer:
         return engine_from_config(self.config)
 
     def raw_meaning(self) -> plots.MapMeaning:
-        return raw_meaning(self.engine.weighting)
+        return raw_meaning(self.engine)
 
     def split_of(self, image_id: str) -> str:
         """The part of the dataset's split the image is in: train, test, val or all."""

@@ -36,6 +36,7 @@ from xaitk_saliency.impls.gen_classifier_conf_sal.rise_scoring import RISEScorin
 from xaitk_saliency.impls.gen_classifier_conf_sal.squared_difference_scoring import (
     SquaredDifferenceScoring,
 )
+from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.mc_rise import MCRISEStack
 from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.occlusion_based import (
     PerturbationOcclusion,
 )
@@ -72,6 +73,7 @@ def _type_name(cls) -> str:
 
 
 PERTURBATION_OCCLUSION = _type_name(PerturbationOcclusion)
+MC_RISE_STACK = _type_name(MCRISEStack)
 VECTORISED_SCORERS = tuple(map(_type_name, (RISEScoring, OcclusionScoring,
                                              SquaredDifferenceScoring)))
 
@@ -499,47 +501,100 @@ class FastSaliency:
         return maps
 
 
+class McRiseRaw:
+    """MC-RISE's maps before `MCRISEScoring`'s per-class scaling, in the model's confidence
+    units: for each fill colour, the class's mean confidence with a region filled with that
+    colour less its mean confidence with the region kept.
+
+    `MCRISEScoring` sums `(k·filled·(1 - p1) - kept·p1) × confidence` over the n masks, which is
+    n·p1·(1 - p1) times `k·filled/p1 - kept/(1 - p1)` weighted by the confidences and averaged:
+    with a region filled in colour c in p1/k of the masks and kept in 1 - p1 of them, that is
+    the change of confidence from keeping it to filling it. The masks are drawn again from the
+    configuration's seed with xaitk's `MCRISEGrid`, the same masks the stack drew.
+    """
+
+    def __init__(self, n: int, s: int, p1: float, seed: int, colours: int) -> None:
+        from xaitk_saliency.impls.perturb_image.mc_rise import MCRISEGrid
+
+        self.p1, self.colours = float(p1), int(colours)
+        self.grid = MCRISEGrid(n=n, s=s, p1=p1, k=colours, seed=seed, threads=0)
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> McRiseRaw:
+        """For an `MCRISEStack` configuration (`generator_config`'s inner dictionary)."""
+        return cls(config["n"], config["s"], config["p1"], config["seed"],
+                   len(config["fill_colors"]))
+
+    def __call__(self, image: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
+        """The raw maps `[colours, classes, H, W]` from the perturbed images' confidences
+        `[n, classes]`, in the order the stack classified them."""
+        masks = self.grid(image)  # [colours, n, H, W], 1 where the image is kept
+        filled = (1 - masks).reshape(masks.shape[0], masks.shape[1], -1)
+        kept = 1 - filled.sum(axis=0)
+        by_class = perturbed.T / len(perturbed)
+        raw = [by_class @ (self.colours * colour / self.p1 - kept / (1 - self.p1))
+               for colour in filled]
+        return np.asarray(raw).reshape(len(raw), len(by_class), *masks.shape[2:])
+
+
 class XaitkGenerator:
     """xaitk's own generator, for configurations `FastSaliency` does not vectorise (e.g. MC-RISE,
     whose masks carry a fill colour each): the same maps, as xaitk makes them; the classifier
     still takes the perturbed images a batch at a time (`ImageClassifier`).
 
     A grey image `[H, W]` is given to xaitk as `[H, W, 1]` (MC-RISE adds its fill colours along a
-    channel axis), and the classifier sees each perturbed image without that axis again.
+    channel axis), and the classifier sees each perturbed image without that axis again. With
+    `raw_scoring` (`McRiseRaw`), the confidences the generator asks for are kept, and each map
+    comes with its raw map.
     """
 
-    def __init__(self, generator) -> None:
+    def __init__(self, generator, raw_scoring: McRiseRaw | None = None) -> None:
         self.generator = generator
+        self.raw_scoring = raw_scoring
 
     def maps(self, images: Sequence[np.ndarray], classifier: ClassifyImage) -> list[np.ndarray]:
         """The maps of several images, one at a time."""
-        return [self(image, classifier) for image in images]
+        return [maps for maps, _ in self.maps_and_raw(images, classifier)]
 
     def maps_and_raw(self, images: Sequence[np.ndarray], classifier: ClassifyImage
-                     ) -> list[tuple[np.ndarray, None]]:
-        """The maps, with no raw map: xaitk's generator gives only its scaled one."""
-        return [(maps, None) for maps in self.maps(images, classifier)]
+                     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The maps, each with its raw map where `raw_scoring` makes one (else None)."""
+        return [self._map_and_raw(np.asarray(image), classifier) for image in images]
 
     def __call__(self, image: np.ndarray, classifier: ClassifyImage) -> np.ndarray:
-        image = np.asarray(image)
+        return self._map_and_raw(np.asarray(image), classifier)[0]
+
+    def _map_and_raw(self, image: np.ndarray, classifier: ClassifyImage
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        grey = image.ndim == 2
+        seen = _Seen(classifier, without_channel=grey)
         with blas_threads(SMALL_BATCHES):
-            if image.ndim == 2:
-                return np.asarray(self.generator(image[..., np.newaxis],
-                                                 _WithoutChannel(classifier)))
-            return np.asarray(self.generator(image, classifier))
+            maps = np.asarray(self.generator(image[..., np.newaxis] if grey else image, seen))
+        if self.raw_scoring is None:
+            return maps, None
+        # The stack asks for the reference image's confidences first, then the perturbed ones.
+        return maps, self.raw_scoring(image, np.asarray(seen.confidences[1:], np.float64))
 
 
-class _WithoutChannel(ClassifyImage):
-    """A classifier of grey images `[H, W]` fed `[H, W, 1]` images."""
+class _Seen(ClassifyImage):
+    """A classifier as the generator sees it: the confidences it gave kept, in order, and for
+    grey images `[H, W]` fed `[H, W, 1]`, each image given without that axis."""
 
-    def __init__(self, inner: ClassifyImage) -> None:
+    def __init__(self, inner: ClassifyImage, without_channel: bool) -> None:
         self._inner = inner
+        self._without_channel = without_channel
+        self.confidences: list[list[float]] = []
 
     def get_labels(self):
         return self._inner.get_labels()
 
     def classify_images(self, img_iter):
-        return self._inner.classify_images(image[..., 0] for image in img_iter)
+        if self._without_channel:
+            img_iter = (image[..., 0] for image in img_iter)
+        labels = self._inner.get_labels()
+        for confidences in self._inner.classify_images(img_iter):
+            self.confidences.append([confidences[label] for label in labels])
+            yield confidences
 
     def get_config(self) -> dict[str, Any]:
         return self._inner.get_config()
@@ -556,4 +611,6 @@ def engine_from_config(config: dict[str, Any], chunk_size: int = DEFAULT_CHUNK_S
         parts = generator[PERTURBATION_OCCLUSION]
         if parts["generator"].get("type") in VECTORISED_SCORERS:
             return FastSaliency.from_config(config, chunk_size, mask_cache)
-    return XaitkGenerator(generator_from_config(config))
+    raw_scoring = (McRiseRaw.of(generator[MC_RISE_STACK])
+                   if generator.get("type") == MC_RISE_STACK else None)
+    return XaitkGenerator(generator_from_config(config), raw_scoring)

@@ -111,10 +111,19 @@ FILLING = MapMeaning("map value: how much filling a region with this colour\n"
 OCCLUDING = MapMeaning("map value: how much occluding a region\n"
                        "changes the model's prediction")
 #: Maps before xaitk's per-class scaling (`saliency_map_raw.npy`), in the model's confidence
-#: units: occlusion scoring and debiased RISE; RISE not debiased; squared-difference scoring.
+#: units: occlusion scoring and debiased RISE; RISE not debiased; squared-difference scoring;
+#: MC-RISE, a map per fill colour.
 SHOWING_IN_CONFIDENCE = MapMeaning("confidence change when a region is shown:\n"
                                    "red raises the class's confidence, blue lowers it")
 SHOWN_IN_CONFIDENCE = MapMeaning("the class's mean confidence\nwhen a region is shown")
+FILLING_IN_CONFIDENCE = MapMeaning("confidence change when a region is filled with\n"
+                                   "this colour: red raises the class's confidence")
+#: MC-RISE's maps averaged over the fill colours (`metrics.class_map`), scaled or raw.
+FILLING_MEAN = MapMeaning("map value: mean over the fill colours of how much filling\n"
+                          "a region raises (red) or lowers (blue) the class's confidence")
+FILLING_MEAN_IN_CONFIDENCE = MapMeaning("confidence change when a region is filled, mean\n"
+                                        "over the fill colours: red raises the class's "
+                                        "confidence")
 OCCLUDING_IN_CONFIDENCE = MapMeaning("half the squared change of the confidences\n"
                                      "when a region is hidden")
 #: Maps of different algorithms side by side.

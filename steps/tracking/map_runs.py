@@ -378,10 +378,13 @@ class MapRunWriter:
             rows.append((one.image, f"{one.image_id}: true {one.true_class}", row))
         shown = (f"the first {len(rows)} of {len(made)}" if len(rows) < len(made)
                  else f"{len(made)}")
+        if pictured[0].ndim == 4:  # `class_map` averages MC-RISE's fill colours
+            meaning = plots.FILLING_MEAN_IN_CONFIDENCE if raw else plots.FILLING_MEAN
+        else:
+            meaning = self.explainer.raw_meaning() if raw else plots.meaning_of(pictured[0])
         fig = plots.rows_figure(rows, f"{shown} maps by {self.label or 'the algorithm'}: the "
                                       "predicted class, and the true class where it differs",
-                                self.explainer.raw_meaning() if raw
-                                else plots.meaning_of(pictured[0]))
+                                meaning)
         mlflow.log_figure(fig, store_names.SUMMARY_PICTURE)
         plots.plt.close(fig)
 
