@@ -17,29 +17,30 @@ ENTRY_POINT_TAG = "mlflow.project.entryPoint"
 #: A run's or an experiment's description, shown by the MLflow UI (Markdown).
 NOTE_TAG = "mlflow.note.content"
 
-#: What each stage experiment holds, as its description in the MLflow UI.
+#: What each stage experiment holds, as its description in the MLflow UI: plain text, what
+#: it is first, since the experiment list shows the first few words as they are written.
 EXPERIMENT_DESCRIPTIONS = {
-    "Train": "saliency-flow **train** step: one run per trained classifier, with its "
-             "parameters, data, loss curve and model.",
-    "Evaluation": "saliency-flow **evaluate** step: a parent run per evaluation (metrics, "
-                  "confusion matrix, curves, the `results.json` table) and, under it, one run "
-                  "per test image (`Image_id`, `GT_class`, `Predicted_class`, `Correct`, class "
-                  "confidences): find them with `tags.Evaluation_parent_run_id = '<run ID>'`.",
-    "Saliency Map Generation": "saliency-flow **saliency** step: a run per algorithm "
-                               "configuration (summary grid, metric averages) and, under it, "
-                               "one run per explained image (map, pictures, faithfulness "
-                               "metrics, the configuration that regenerates it); "
-                               "**compare** runs measure how far configurations agree.",
-    "Explainers": "saliency-flow **explainer** step: one run per explainer model logged from "
-                  "a saliency run (the classifier, the stored configuration, class names and "
-                  "input convention as one pyfunc model that `mlflow models serve` serves); "
-                  "`Explainer_source_run_id` names the saliency run.",
+    "Train": "Trained classifiers: one run each, with its parameters, data, loss curve and "
+             "model (saliency-flow's train step).",
+    "Evaluation": "Evaluations: a parent run per evaluation (metrics, confusion matrix, curves, "
+                  "the results.json table) and, under it, one run per test image (Image_id, "
+                  "GT_class, Predicted_class, Correct, class confidences); find them with "
+                  "tags.Evaluation_parent_run_id = '<run ID>' (saliency-flow's evaluate step).",
+    "Saliency Map Generation": "Saliency maps: a run per algorithm configuration (summary "
+                               "grid, metric averages) and, under it, one run per explained "
+                               "image (map, pictures, faithfulness metrics, the configuration "
+                               "that regenerates it); compare runs measure how far "
+                               "configurations agree (saliency-flow's saliency step).",
+    "Explainers": "Explainer models: one run per explainer logged from a saliency run (the "
+                  "classifier, the stored configuration, class names and input convention as "
+                  "one pyfunc model that mlflow models serve serves); Explainer_source_run_id "
+                  "names the saliency run (saliency-flow's explainer step).",
 }
 #: The driver's (main) run: its name, and the description of its experiment if it has none.
 PIPELINE_RUN_NAME = "pipeline"
-PIPELINE_DESCRIPTION = ("saliency-flow **pipeline** runs (`mlflow run .`): each links its "
-                        "train, evaluate and saliency runs by tags and holds `report.html`, the "
-                        "pipeline's results on one page.")
+PIPELINE_DESCRIPTION = ("Pipelines (mlflow run .): each run links its train, evaluate and "
+                        "saliency runs by tags and holds report.html, the pipeline's results "
+                        "on one page (saliency-flow).")
 
 #: Run names say what a run is at a glance in the UI's runs table: parts joined by this, the
 #: outcome early (the table's name column shows the first 25 or so characters; the run's page

@@ -476,6 +476,13 @@ def test_the_report_renders_in_a_browser_with_every_image(pipeline, runs, tmp_pa
         assert run.info.run_id in text
     assert html.escape(QUERY) in text
     assert f"{runs['evaluation'].data.metrics['accuracy']:.4g}" in text
+    # Every metric of the saliency runs the page names is explained in its row.
+    named = [name for run in [runs["saliency"], *runs["maps"]] for name in run.data.metrics
+             if f"<th>{name}</th>" in text]
+    assert any(name.endswith("_true_class") for name in named), named
+    unexplained = {name for name in named if 'class="what"' not in
+                   text.split(f"<th>{name}</th>", 1)[1].split("</tr>", 1)[0]}
+    assert unexplained == set()
     rendered = render_page(page, tmp_path)
     # The confusion matrix, the calibration curve, one picture per map.
     assert rendered.images == 2 + len(runs["maps"])

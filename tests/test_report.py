@@ -151,6 +151,7 @@ def test_metric_names_on_the_page_are_explained():
     assert "cross-correlation" in metric_meaning("Xcorr_rise_vs_sliding_window")
     assert metric_meaning("accuracy") and metric_meaning("expected_calibration_error")
     assert metric_meaning("something_else") is None
+    assert metric_meaning("Deletion_auc_true_class").startswith("of the true class's map")
     text = render(page())
     # Beside every metric in a table: its meaning, the map's deletion row as a tooltip.
     for shown in ("Maps_beating_random", "accuracy", "num_samples", "Entropy",

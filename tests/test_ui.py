@@ -21,7 +21,7 @@ store = module_store("ui")
 
 #: The pages checked here (tests/ui_screenshots.py takes a few more): a table sorted by name
 #: lists every run, where the default order folds a step run's image runs under it.
-PAGES = ("table-default", "table-evaluation-by-name", "table-saliency-by-name", "main-run",
+PAGES = ("experiments", "table-default", "table-evaluation-by-name", "table-saliency-by-name", "main-run",
          "saliency-run", "map-run", "map-picture")
 NAME_COLUMN = "attributes.`Run Name`"
 DATASET_COLUMN = "attributes.`Dataset`"
@@ -95,15 +95,28 @@ def test_each_table_row_shows_its_own_runs_name(shots, marks):
     assert wrong == {}
 
 
-def test_the_saliency_step_run_shows_its_dataset(shots, marks):
-    inputs = marks.step.inputs.dataset_inputs
+def test_the_experiment_list_says_what_each_experiment_holds_in_plain_words(store, shots, marks):
+    """The list shows a description's first words as written: no Markdown marks there."""
+    page = text(shots["experiments"].dom)
+    for experiment in marks.experiments.values():
+        note = store.client.get_experiment(experiment).tags[store_names.NOTE_TAG]
+        assert note in page and not re.search(r"[*`_]{2}|`", note), note
+
+
+@pytest.mark.parametrize("page,which", [("saliency-run", "step"), ("map-run", "map")])
+def test_saliency_runs_show_their_dataset(shots, marks, page, which):
+    """The step run in its table's Datasets column and on its page; a map run on its page."""
+    run = getattr(marks, which)
+    inputs = run.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["digits"]
     contexts = {t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
     assert contexts == {store_names.SALIENCY_CONTEXT}
-    in_table = text(cell(shots["table-saliency-by-name"].dom, marks.step.info.run_id,
-                         DATASET_COLUMN))
-    assert in_table.startswith(f"{inputs[0].dataset.name} ({inputs[0].dataset.digest})"), in_table
-    assert f"Datasets {inputs[0].dataset.name} (" in text(shots["saliency-run"].dom)
+    assert f"Datasets {inputs[0].dataset.name} (" in text(shots[page].dom)
+    if which == "step":
+        in_table = text(cell(shots["table-saliency-by-name"].dom, run.info.run_id,
+                             DATASET_COLUMN))
+        assert in_table.startswith(f"{inputs[0].dataset.name} ({inputs[0].dataset.digest})"), \
+            in_table
 
 
 def test_the_main_runs_page_shows_its_headline_metrics(shots, marks):

@@ -158,6 +158,10 @@ def colour_of(value: Sequence[float], image: np.ndarray) -> np.ndarray:
     return value if len(value) == image.shape[-1] else np.full(image.shape[-1], value.mean())
 
 
+#: The deletion and insertion areas of the true class's map, on a wrong prediction.
+TRUE_CLASS_SUFFIX = "_true_class"
+
+
 def class_map(maps: np.ndarray, column: int) -> np.ndarray:
     """The `[H, W]` map of one model output column: a class's map of `[classes, H, W]`; of
     MC-RISE's `[colours, classes, H, W]`, its mean over the fill colours; a whole-prediction
@@ -444,7 +448,7 @@ def score_map(maps: np.ndarray, image: np.ndarray, predict, predicted_column: in
     parts = []
     if true_column is not None and true_column != predicted_column:
         parts.append(scored(context.with_map(class_map(maps, true_column), true_column),
-                            CAUSAL_METRICS, "_true_class"))
+                            CAUSAL_METRICS, TRUE_CLASS_SUFFIX))
     noise = random_maps(image_id, image.shape, settings.random_maps)
     for metric_class in CAUSAL_METRICS:
         random_curves = metric_class().curves(context, noise)

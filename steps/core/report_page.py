@@ -8,7 +8,8 @@ import html
 from dataclasses import dataclass, field
 
 from steps import store_names
-from steps.core.metrics import BEATS_RANDOM_PERCENTILE, percentile_name, random_name
+from steps.core.metrics import (BEATS_RANDOM_PERCENTILE, TRUE_CLASS_SUFFIX, percentile_name,
+                                random_name)
 from steps.core.ranking import RankedConfiguration
 
 STYLE = """
@@ -28,10 +29,11 @@ code { font-size: 0.9em; background: #f6f8fa; padding: 0.1em 0.3em; border-radiu
 .figures img { width: 460px; max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 .gallery { display: flex; flex-direction: column; gap: 1em; }
 .card { border: 1px solid #d0d7de; border-radius: 6px; padding: 0.8em; display: grid;
-        grid-template-columns: minmax(0, 3fr) minmax(260px, 1fr); gap: 1em; }
+        grid-template-columns: minmax(0, 1fr) minmax(0, 1.5fr); gap: 0.5em 2em; }
+.card .picture { grid-column: 1 / -1; }
 .card figure { margin: 0; }
 .card.wrong { border-left: 5px solid #cf222e; } .card.right { border-left: 5px solid #1a7f37; }
-.card img { width: 100%; height: auto; }
+.card img { max-width: 100%; height: auto; }
 .card h3 { margin: 0 0 0.3em 0; font-size: 1em; }
 .bad { color: #cf222e; font-weight: 600; } .good { color: #1a7f37; font-weight: 600; }
 .warn { color: #9a6700; }
@@ -195,6 +197,10 @@ def metric_meaning(name: str) -> str | None:
         if name.endswith(suffix):
             meaning = metric_meaning(name.removesuffix(suffix))
             return f"{statistic} of: {meaning}" if meaning else None
+    if name.endswith(TRUE_CLASS_SUFFIX):
+        meaning = metric_meaning(name.removesuffix(TRUE_CLASS_SUFFIX))
+        return (f"of the true class's map (the model was wrong): {meaning}" if meaning
+                else None)
     if "_vs_" in name:  # an agreement of two configurations' maps
         name = name.split("_", 1)[0]
     return METRIC_MEANINGS.get(name)
@@ -210,9 +216,9 @@ def _metrics_table(metrics: dict[str, float]) -> str:
 AGAINST_RANDOM = {"Deletion_auc": ("Deletion AUC", True), "Insertion_auc": ("Insertion AUC", False)}
 
 
-def _faithfulness_table(metrics: dict[str, float]) -> str:
+def _faithfulness_tables(metrics: dict[str, float]) -> tuple[str, str]:
     """This map's deletion and insertion areas against the random maps' (their mean, and the
-    share of them this map does better than), then the rest."""
+    share of them this map does better than); the rest, each with what it means."""
     rows, shown = [], set()
     for name, (label, lower_better) in AGAINST_RANDOM.items():
         random_key, percentile_key = random_name(name), percentile_name(name)
@@ -236,7 +242,7 @@ def _faithfulness_table(metrics: dict[str, float]) -> str:
     head = ("<tr><th></th><th>this map</th><th>random maps (mean)</th><th></th></tr>"
             if rows else "")
     rest = {k: v for k, v in metrics.items() if k not in shown}
-    return f"<table>{head}{''.join(rows)}</table>" + (_metrics_table(rest) if rest else "")
+    return f"<table>{head}{''.join(rows)}</table>", (_metrics_table(rest) if rest else "")
 
 
 def _image_card(image: ExplainedImage) -> str:
@@ -259,12 +265,15 @@ def _image_card(image: ExplainedImage) -> str:
                   + (f" (signed Spearman ρ {spearman:.2f})" if spearman is not None else "") + ".</p>")
     picture = (image.picture.html(captioned=False) if image.picture
                else "<p class=sub>(no picture)</p>")
-    return (f'<div class="card {"right" if right else "wrong"}"><div>{picture}</div><div>'
-            f"<h3>Image <code>{html.escape(image.image_id)}</code>{split}</h3>"
+    against_random, rest = _faithfulness_tables(image.metrics)
+    # The picture across the card, the facts and the metrics (each with its meaning) under it,
+    # side by side: a side column beside the picture is too narrow for the meanings.
+    return (f'<div class="card {"right" if right else "wrong"}"><div class="picture">{picture}'
+            f"</div><div><h3>Image <code>{html.escape(image.image_id)}</code>{split}</h3>"
             f"<p>true <b>{html.escape(image.true_class)}</b>, predicted "
             f"<b>{html.escape(image.predicted_class)}</b>{confidence}: {outcome}</p>"
-            f"{trust}{_faithfulness_table(image.metrics)}"
-            f"<p class=sub>map run {image.run.html()}</p></div></div>")
+            f"{trust}{against_random}<p class=sub>map run {image.run.html()}</p></div>"
+            f"<div>{rest}</div></div>")
 
 
 def _percent(value: float) -> str:

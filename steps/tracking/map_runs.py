@@ -310,6 +310,7 @@ class MapRunWriter:
                              store_names.CODE_VERSION_TAG: parent.data.tags[store_names.CODE_VERSION_TAG],
                              **extra_tags})
             mlflow.log_params({**params, **self.data_params})
+            self.log_dataset()  # the run's page then names the dataset, as its step run's does
             mlflow.log_dict(self.config, store_names.CONFIG_ARTIFACT)
             self.log_maps(predicted, explained.maps, explained.raw)
             log_scores(scores)
