@@ -316,10 +316,11 @@ def check_before_any_run(values: dict, image_shape: tuple[int, ...] | None) -> N
 
 
 def describe_experiment(experiment_id: str) -> None:
-    """Say what the pipeline's runs are in the main run's experiment, unless it says already."""
+    """Say what the pipeline's runs are in the main run's experiment and give it the results
+    view, unless it has them already."""
     client = MlflowClient()
-    if store_names.NOTE_TAG not in client.get_experiment(experiment_id).tags:
-        client.set_experiment_tag(experiment_id, store_names.NOTE_TAG, store_names.PIPELINE_DESCRIPTION)
+    runs.describe_experiment(client, client.get_experiment(experiment_id),
+                             store_names.PIPELINE_DESCRIPTION, store_names.PIPELINE_VIEW_COLUMNS)
 
 
 def write_report(main_run_id: str) -> None:
@@ -345,10 +346,26 @@ def report_location(run: Run, tracking_uri: str) -> str:
             f"{run.info.run_id} -a {store_names.REPORT_ARTIFACT}")
 
 
+#: Where `mlflow ui` serves by default.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def ui_hint(tracking_uri: str) -> str:
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_server(tracking_uri):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def results_view_address(run: Run, tracking_uri: str) -> str:
+    """The main run's experiment's runs table in the results view (`describe_experiment`), in
+    the tracking server's UI, or in `mlflow ui` at its default address."""
+    ui = tracking_uri.rstrip("/") if is_server(tracking_uri) else LOCAL_UI
+    return (f"{ui}/#/experiments/{run.info.experiment_id}/runs?viewStateShareKey="
+            f"{store_names.RESULTS_VIEW}")
 
 
 def checked_data(values: dict, start) -> tuple[str, tuple | None]:
@@ -467,6 +484,7 @@ def print_summary(summary: dict, main_run: Run) -> None:
     click.echo(f"  {'Tracking URI:':18}{uri}")
     click.echo(f"  {'Report:':18}{report_location(main_run, uri)}")
     click.echo(f"  {'Open the UI:':18}{ui_hint(uri)}")
+    click.echo(f"  {'Results table:':18}{results_view_address(main_run, uri)}")
 
 
 @click.command(help=__doc__)

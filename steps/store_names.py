@@ -237,6 +237,38 @@ def mean_metric(name: str) -> str:
     return f"{name}_mean"
 
 
+#: The MLflow UI's saved views of a runs table (the table's "Views" menu), which MLflow's UI
+#: keeps as experiment tags under this prefix. The table's own default columns show no metric
+#: and no tag, so each experiment gets a view showing the columns that tell its runs' outcomes
+#: apart, opened from that menu or by the address `?viewStateShareKey=<RESULTS_VIEW>`.
+SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+RESULTS_VIEW = "saliency-flow-results"
+RESULTS_VIEW_NAME = "Results (saliency-flow)"
+
+
+def metric_column(name: str) -> str:
+    """A metric's column in the MLflow UI's runs table (its key in a saved view)."""
+    return f"metrics.`{name}`"
+
+
+def tag_column(name: str) -> str:
+    return f"tags.`{name}`"
+
+
+#: The results view's columns: of the pipelines' experiment, then of each stage's.
+PIPELINE_VIEW_COLUMNS = tuple(map(metric_column, (TEST_ACCURACY_METRIC, MAPS_EXPLAINED_METRIC,
+                                                  *HEADLINE_MAP_METRICS)))
+RESULTS_VIEW_COLUMNS = {
+    TRAIN_EXPERIMENT: tuple(map(metric_column, ("train_accuracy", "test_accuracy"))),
+    EVALUATION_EXPERIMENT: (*map(tag_column, (GT_CLASS_TAG, PREDICTED_CLASS_TAG, CORRECT_TAG)),
+                            *map(metric_column, (PREDICTED_CONF_METRIC, "accuracy"))),
+    SALIENCY_EXPERIMENT: (*map(tag_column, (GT_CLASS_TAG, PREDICTED_CLASS_TAG)),
+                          *map(metric_column, ("Deletion_auc", "Insertion_auc",
+                                               "Deletion_random_percentile",
+                                               "Insertion_random_percentile",
+                                               BEATING_RANDOM_METRIC))),
+}
+
 #: A step run's mean ROAD figures (steps/core/metrics.py's `RoadMorf.name`, `RoadLerf.name`,
 #: `ROAD_GAP`, spelled out here so this module needs nothing: tests/test_compare.py checks that
 #: they match).

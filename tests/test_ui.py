@@ -21,7 +21,7 @@ store = module_store("ui")
 
 #: The pages checked here (tests/ui_screenshots.py takes a few more): a table sorted by name
 #: lists every run, where the default order folds a step run's image runs under it.
-PAGES = ("experiments", "table-default", "table-evaluation-by-name", "table-saliency-by-name", "main-run",
+PAGES = ("experiments", "table-default", "table-default-results", "table-saliency-results", "table-evaluation-by-name", "table-saliency-by-name", "main-run",
          "saliency-run", "map-run", "map-picture")
 NAME_COLUMN = "attributes.`Run Name`"
 DATASET_COLUMN = "attributes.`Dataset`"
@@ -132,6 +132,22 @@ def test_the_map_runs_page_shows_its_verdict_rendered(shots, marks):
     assert verdict, note
     assert f"Description {verdict.group(1)} (better than 90% of them on both):" in \
         text(shots["map-run"].dom)
+
+
+def test_the_results_view_shows_each_experiments_outcome_columns(shots, marks):
+    """The pipelines' table in the results view: the main run's headline metrics in its row;
+    the saliency table's: the step run's share beating random, its map runs' classes."""
+    dom = shots["table-default-results"].dom
+    for column in store_names.PIPELINE_VIEW_COLUMNS:
+        name = column.split("`")[1]
+        assert text(cell(dom, marks.main.info.run_id, column)).split()[:1] == \
+            [shown(marks.main.data.metrics[name])], column
+    dom = shots["table-saliency-results"].dom
+    beating = store_names.metric_column(store_names.BEATING_RANDOM_METRIC)
+    assert text(cell(dom, marks.step.info.run_id, beating)).split()[:1] == \
+        [shown(marks.step.data.metrics[store_names.BEATING_RANDOM_METRIC])]
+    for column in store_names.RESULTS_VIEW_COLUMNS[store_names.SALIENCY_EXPERIMENT][:3]:
+        assert f'col-id="{column}"' in dom, column
 
 
 def test_the_map_picture_shows_in_the_artifact_view(shots):

@@ -8,7 +8,8 @@ loads each page once in Chromium (a PNG of a window 1600 pixels wide and, with `
 the page's DOM beside it as .html), checks that each DOM holds what the page must show (a page
 still loading is loaded again with more time), and stops the UI, also on error. The pages, in
 the UI's "Model training" mode: the experiment list, each experiment's runs table (Evaluation
-and Saliency also sorted by name, which lists their image runs), the main run, the saliency
+and Saliency also sorted by name, which lists their image runs; Default and Saliency also in
+the results view the pipeline saves, its metrics as columns), the main run, the saliency
 step run, a map run and that map run's `pictures/all_classes.png` in the UI's artifact view.
 `tests/test_ui.py` checks most of them.
 """
@@ -47,6 +48,12 @@ MODEL_TRAINING = "workflowType=machine_learning"
 #: The runs table sorted by run name: the UI nests a step run's image runs (folded) under it
 #: only when sorted by date, so this lists every run by its name.
 BY_NAME = "orderByKey=tags.%60mlflow.runName%60&orderByAsc=true"
+#: The runs table in the results view the pipeline saves in each experiment.
+RESULTS = f"viewStateShareKey={store_names.RESULTS_VIEW}&{MODEL_TRAINING}"
+#: The experiments whose results view is pictured, and its columns there.
+RESULTS_VIEWS = {DEFAULT_EXPERIMENT: store_names.PIPELINE_VIEW_COLUMNS,
+                 store_names.SALIENCY_EXPERIMENT:
+                     store_names.RESULTS_VIEW_COLUMNS[store_names.SALIENCY_EXPERIMENT]}
 
 
 def store_uri(directory: Path) -> str:
@@ -122,8 +129,9 @@ def run_route(run: Run) -> str:
 def pages(marks: Landmarks) -> list[Page]:
     """The experiment list; each experiment's runs table as it first opens (a step run's image
     runs folded under it) and, for Evaluation and Saliency, sorted by name (which lists every
-    run flat); the main run, the saliency step run, a map run and the map run's picture. Each
-    expects the names a user tells runs apart by."""
+    run flat) and, for Default and Saliency, in the results view; the main run, the saliency
+    step run, a map run and the map run's picture. Each expects the names a user tells runs
+    apart by."""
     tables = {DEFAULT_EXPERIMENT: [marks.main], store_names.TRAIN_EXPERIMENT: [marks.train],
               store_names.EVALUATION_EXPERIMENT: [marks.evaluation],
               store_names.SALIENCY_EXPERIMENT: [marks.step]}
@@ -137,6 +145,10 @@ def pages(marks: Landmarks) -> list[Page]:
         if experiment in flat:
             listed.append(Page(f"{stem}-by-name", route, tuple(map(run_name, flat[experiment])),
                                TABLE_HEIGHT, f"{BY_NAME}&{MODEL_TRAINING}"))
+        if experiment in RESULTS_VIEWS:
+            listed.append(Page(f"{stem}-results", route, (
+                *map(run_name, shown), f'col-id="{RESULTS_VIEWS[experiment][0]}"'),
+                TABLE_HEIGHT, RESULTS))
     return listed + [
         Page("main-run", run_route(marks.main),
              (run_name(marks.main), store_names.TEST_ACCURACY_METRIC, store_names.MAPS_EXPLAINED_METRIC)),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +23,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PROJECT_ENV, MLFL
 from steps import phases
 from steps.core.code_version import code_version
 from steps.store_names import (CODE_VERSION_TAG, DATASET_DIGEST_TAG, ERROR_TAG,
-                         EXPERIMENT_DESCRIPTIONS, IMAGE_ID_TAG, INTERRUPTED_TAG, NOTE_TAG, PARENT_RUN_TAG, PHASES, PROCESS_HOST_TAG,
+                         EXPERIMENT_DESCRIPTIONS, IMAGE_ID_TAG, RESULTS_VIEW, RESULTS_VIEW_COLUMNS,
+                         RESULTS_VIEW_NAME, SAVED_VIEW_TAG_PREFIX, INTERRUPTED_TAG, NOTE_TAG, PARENT_RUN_TAG, PHASES, PROCESS_HOST_TAG,
                          PROCESS_ID_TAG, RESULTS_DELETED_TAG, RESUME_COUNT_TAG, RUN_NAME_TAG,
                          SALIENCY_PARENT_TAG, STEP_PARAMETERS_ARTIFACT, STEP_RUN_TAG,
                          WRITE_PHASE, duration_metric)
@@ -46,18 +49,41 @@ def _artifact_location(client: MlflowClient, name: str) -> str | None:
     return f"{root}/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
 
 
+def saved_view(name: str, columns: tuple[str, ...]) -> str:
+    """A saved view of the MLflow UI's runs table showing `columns` (MLflow 3.17's UI format:
+    the view's name and times around its state, itself JSON)."""
+    now = int(time.time() * 1000)
+    return json.dumps({"name": name, "createdAt": now, "updatedAt": now,
+                       "state": json.dumps({"selectedColumns": list(columns)})})
+
+
+def experiment_tags(description: str, view_columns: tuple[str, ...] = ()) -> dict[str, str]:
+    """What the MLflow UI shows of an experiment: its description and its results view."""
+    view = ({SAVED_VIEW_TAG_PREFIX + RESULTS_VIEW: saved_view(RESULTS_VIEW_NAME, view_columns)}
+            if view_columns else {})
+    return {NOTE_TAG: description, **view}
+
+
+def describe_experiment(client: MlflowClient, experiment, description: str,
+                        view_columns: tuple[str, ...] = ()) -> None:
+    """Give an existing experiment the tags of `experiment_tags` it lacks (made by an older
+    version, or by the user); what is there stays, the user's own description and views too."""
+    for key, value in experiment_tags(description, view_columns).items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
 def experiment_id(name: str) -> str:
     """ID of the named experiment, created if missing (safe when two processes race)."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
+    description, columns = EXPERIMENT_DESCRIPTIONS[name], RESULTS_VIEW_COLUMNS.get(name, ())
     if experiment is not None:
-        if NOTE_TAG not in experiment.tags:  # made by an older version; a user's own stays
-            client.set_experiment_tag(experiment.experiment_id, NOTE_TAG,
-                                      EXPERIMENT_DESCRIPTIONS[name])
+        describe_experiment(client, experiment, description, columns)
         return experiment.experiment_id
     try:
         return client.create_experiment(name, artifact_location=_artifact_location(client, name),
-                                        tags={NOTE_TAG: EXPERIMENT_DESCRIPTIONS[name]})
+                                        tags=experiment_tags(description, columns))
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
