@@ -28,15 +28,13 @@ from mlflow.tracking import MlflowClient
 from steps import options, phases, store_names
 from steps.core import plots
 from steps.core.algorithm import algorithm_parameters, make_algorithm
-from steps.core.metrics import BEATS_RANDOM_PERCENTILE, MapScores, MetricSettings
-from steps.core.ranking import SANITY_FAILURE_SHARE
+from steps.core.metrics import MetricSettings
 from steps.core.model_input import flags_of
 from steps.core.xaitk_generators import generator_config
 from steps.tracking import lifecycle, runs
 from steps.tracking.cluster import ClusterSpec, check_reachable_store
 from steps.tracking.console import quiet_run_links
-from steps.tracking.map_runs import (BATCH_PARAM, MapRecipe, MapRunWriter, aggregate_scores,
-                                     earlier_maps, make_maps, map_progress, stored_map)
+from steps.tracking.map_runs import (BATCH_PARAM, MapRecipe, MapRunWriter, earlier_maps, make_maps, map_progress, stored_map)
 from steps.tracking.stored_maps import (check_evaluation_runs, original_image_id,
                                         require_map_run, settled_identity, stored_writer,
                                         update_record)
@@ -69,15 +67,8 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
     algorithm.check_image(writer.inputs.dataset.image_shape)
     writer.label = str(algorithm)
     lineage = check_evaluation_runs(image_ids, evaluation_run_ids)
-    trained_on = writer.explainer.training_images(image_ids)
-    if evaluation_run_ids and trained_on:  # an evaluation's samples are its test images
-        one = len(trained_on) == 1
-        raise click.BadParameter(
-            f"with {writer.split_description()}, image{'' if one else 's'} "
-            f"{', '.join(trained_on)} {'is' if one else 'are'} in the training split, but "
-            f"{'its evaluation run' if one else 'their evaluation runs'} evaluated "
-            f"{'it as a test image' if one else 'them as test images'}; give the evaluation's "
-            "test_fraction, split_seed and eval_split", param_hint="'--split_seed'")
+    if evaluation_run_ids:
+        writer.refuse_training_images(image_ids)
     writer.warn_about_training_images(image_ids)
     sanity_unavailable = writer.warn_if_sanity_unavailable()
     recipe = MapRecipe(writer.inputs.resolved.uri, writer.data_params["dataset"], image_size,
@@ -106,49 +97,13 @@ def generate(model_uri, dataset, image_size, split, image_ids, evaluation_run_id
             found.update((m.image_id, m) for m in make_maps(writer, recipe, parent, todo,
                                                             cluster, bar))
         made = [found[image_id] for image_id in image_ids]
-        for one in made:
-            writer.warn_about_scores(one.image_id, one.scores)
-        scores = [one.scores for one in made]
-        mlflow.log_metrics(aggregate_scores(scores))
-        with phases.phase(store_names.PICTURES_PHASE):
-            writer.log_averages(made)
-            writer.log_summary(made)
-        beating = sum(s.beats_random() for s in scores)
-        mlflow.set_tag(store_names.RUN_NAME_TAG,
-                       store_names.saliency_run_name(writer.label, beating, len(scores)))
-        sanity = sanity_summary(scores, sanity_unavailable)
-        if metric_settings.sanity_check:
-            mlflow.set_tag(store_names.SANITY_TAG, sanity[0])
-        runs.describe(f"Saliency maps of {len(image_ids)} images by `{algorithm}`: {beating} "
-                      f"of them beat random maps (better than {BEATS_RANDOM_PERCENTILE:.0f}% "
-                      f"of {metric_settings.random_maps} random maps each on deletion and "
-                      f"insertion).{sanity[1]} One run per image below.")
-        click.echo(f"Saliency run {parent.info.run_id} ({algorithm}): {len(image_ids)} maps, "
-                   f"{beating} beating random maps{sanity[2]}")
+        writer.log_step_results(made, parent.info.run_id, sanity_unavailable)
         if register_explainer:  # imported here: pyfunc logging is slow to import
             from steps.tracking.explainer_model import ExplainerSource, log_explainer
 
             _, version = log_explainer(ExplainerSource(writer, parent.info.run_id,
                                                        made[0].run_id), register_explainer)
             click.echo(f"Registered its explainer model as {version}")
-
-
-def sanity_summary(scores: list[MapScores], unavailable: str | None) -> tuple[str, str, str]:
-    """The step run's `Sanity_check` tag (`passed` when at most half its maps fail, `failed`,
-    `unavailable`), a sentence for its description and a clause for the console line; empty
-    words when the check was not asked for."""
-    if unavailable:
-        return (store_names.SANITY_UNAVAILABLE, f" No sanity check: {unavailable}.",
-                ", no sanity check")
-    checked = [s.fails_sanity for s in scores if s.fails_sanity is not None]
-    if not checked:
-        return "", "", ""
-    failing = sum(checked)
-    verdict = (store_names.SANITY_FAILED if failing > len(checked) * SANITY_FAILURE_SHARE
-               else store_names.SANITY_PASSED)
-    return (verdict, f" Sanity check {verdict}: {failing} of {len(checked)} maps barely "
-                     "depend on the model (they stay the same when its weights are "
-                     "randomised).", f", {failing} failing the sanity check")
 
 
 def reproduce(source_id: str, pictures: plots.PictureStyle, predict_batch_size: int) -> None:

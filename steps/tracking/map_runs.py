@@ -27,6 +27,7 @@ from steps import phases, store_names
 from steps.core import plots
 from steps.core.image_dataset import DATA_PARAMETERS, SPLIT_PARAMETERS, DataError, SplitChoice
 from steps.core.parameters import values_of
+from steps.core.ranking import SANITY_FAILURE_SHARE
 from steps.core.sanity import SPEARMAN_SIGNED, sanity_config
 from steps.core.serving import WHOLE_PREDICTION  # the panel of a whole-prediction map
 from steps.core.explain import (ExplainedImage, ImageExplainer, PredictedImage,
@@ -166,6 +167,25 @@ def aggregate_scores(scores: list[MapScores]) -> dict[str, float]:
     return aggregates
 
 
+def sanity_summary(scores: list[MapScores], unavailable: str | None) -> tuple[str, str, str]:
+    """The step run's `Sanity_check` tag (`passed` when at most half its maps fail, `failed`,
+    `unavailable`), a sentence for its description and a clause for the console line; empty
+    words when the check was not asked for."""
+    if unavailable:
+        return (store_names.SANITY_UNAVAILABLE, f" No sanity check: {unavailable}.",
+                ", no sanity check")
+    checked = [s.fails_sanity for s in scores if s.fails_sanity is not None]
+    if not checked:
+        return "", "", ""
+    failing = sum(checked)
+    verdict = (store_names.SANITY_FAILED if failing > len(checked) * SANITY_FAILURE_SHARE
+               else store_names.SANITY_PASSED)
+    return (verdict, f" Sanity check {verdict}: {failing} of {len(checked)} maps barely "
+                     "depend on the model (they stay the same when its weights are "
+                     "randomised).", f", {failing} failing the sanity check")
+
+
+
 @dataclass
 class MapRunWriter:
     """An `ImageExplainer` and what its runs record: the model's lineage, the data's source and
@@ -225,6 +245,46 @@ class MapRunWriter:
         if self.inputs.dataset.predefined:
             return f"{self.inputs.dataset.name}'s own train/ split"
         return ", ".join(f"{d.name} {self.data_params[d.name]}" for d in SPLIT_PARAMETERS[:2])
+
+    def log_step_results(self, made: list[MapMade], run_id: str,
+                         sanity_unavailable: str | None) -> None:
+        """What the step run `run_id` (active) says of its maps: a warning per untrusted map,
+        the scores' aggregates, the mean maps and summary, a name and a description with how
+        many beat random maps and the sanity check's verdict, and one console line."""
+        for one in made:
+            self.warn_about_scores(one.image_id, one.scores)
+        scores = [one.scores for one in made]
+        mlflow.log_metrics(aggregate_scores(scores))
+        with phases.phase(store_names.PICTURES_PHASE):
+            self.log_averages(made)
+            self.log_summary(made)
+        beating = sum(s.beats_random() for s in scores)
+        mlflow.set_tag(store_names.RUN_NAME_TAG,
+                       store_names.saliency_run_name(self.label, beating, len(scores)))
+        settings = self.explainer.metric_settings
+        sanity = sanity_summary(scores, sanity_unavailable)
+        if settings.sanity_check:
+            mlflow.set_tag(store_names.SANITY_TAG, sanity[0])
+        runs.describe(f"Saliency maps of {len(made)} images by `{self.label}`: {beating} "
+                      f"of them beat random maps (better than {BEATS_RANDOM_PERCENTILE:.0f}% "
+                      f"of {settings.random_maps} random maps each on deletion and "
+                      f"insertion).{sanity[1]} One run per image below.")
+        click.echo(f"Saliency run {run_id} ({self.label}): {len(made)} maps, "
+                   f"{beating} beating random maps{sanity[2]}")
+
+    def refuse_training_images(self, image_ids) -> None:
+        """Refuse images of the training split given as an evaluation's samples: the
+        evaluation's split differs from this one."""
+        trained_on = self.explainer.training_images(image_ids)
+        if trained_on:
+            one = len(trained_on) == 1
+            raise click.BadParameter(
+                f"with {self.split_description()}, image{'' if one else 's'} "
+                f"{', '.join(trained_on)} {'is' if one else 'are'} in the training split, but "
+                f"{'its evaluation run' if one else 'their evaluation runs'} evaluated "
+                f"{'it as a test image' if one else 'them as test images'}; give the "
+                "evaluation's test_fraction, split_seed and eval_split",
+                param_hint="'--split_seed'")
 
     def warn_about_training_images(self, image_ids) -> None:
         """One `Warning:` line naming the images of the training split, if any."""
